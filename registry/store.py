@@ -1,0 +1,434 @@
+"""The store: adapters/<name>/<n>/ directories plus an SQLite index in WAL mode.
+
+An add copies into a temporary directory inside the registry, hashes, renames
+into place and commits the index row in one `BEGIN IMMEDIATE` transaction that
+also allocates the number; until that commit the version is invisible, and
+`gc` sweeps whatever an interrupted add left behind.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import stat
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from registry.errors import NotFoundError, RegistryError
+from registry.hashing import hash_tree
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+KINDS = ("adapter", "reward", "merged")
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS names (
+    name TEXT PRIMARY KEY,
+    next_number INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    created REAL NOT NULL,
+    base_model TEXT NOT NULL,
+    base_revision TEXT NOT NULL DEFAULT '',
+    method TEXT NOT NULL DEFAULT '',
+    profile TEXT NOT NULL DEFAULT '',
+    dataset TEXT NOT NULL DEFAULT '',
+    dataset_fingerprint TEXT NOT NULL DEFAULT '',
+    metrics TEXT NOT NULL DEFAULT '{}',
+    parent_id INTEGER REFERENCES versions(id),
+    library_versions TEXT NOT NULL DEFAULT '{}',
+    size_bytes INTEGER NOT NULL DEFAULT 0,
+    run_id TEXT NOT NULL DEFAULT '',
+    location TEXT NOT NULL,
+    extra TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (name, number)
+);
+CREATE TABLE IF NOT EXISTS files (
+    version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (version_id, path)
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    name TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    PRIMARY KEY (name, alias)
+);
+CREATE TABLE IF NOT EXISTS pushes (
+    id INTEGER PRIMARY KEY,
+    version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    repo TEXT NOT NULL,
+    commit_id TEXT NOT NULL DEFAULT '',
+    url TEXT NOT NULL DEFAULT '',
+    merged INTEGER NOT NULL DEFAULT 0,
+    pushed REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS versions_parent ON versions(parent_id);
+"""
+
+
+@dataclass
+class NewVersion:
+    """What the caller knows about a version it is adding; the store fills in number, files and size."""
+
+    base_model: str
+    kind: str = "adapter"
+    base_revision: str = ""
+    method: str = ""
+    profile: str = ""
+    dataset: str = ""
+    dataset_fingerprint: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    parent: str = ""  # ref of the version this one derives from
+    library_versions: dict[str, str] = field(default_factory=dict)
+    run_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class Push:
+    repo: str
+    commit_id: str
+    url: str
+    merged: bool
+    pushed: float
+
+
+@dataclass
+class AdapterVersion:
+    id: int
+    name: str
+    number: int
+    kind: str
+    created: float
+    base_model: str
+    base_revision: str
+    method: str
+    profile: str
+    dataset: str
+    dataset_fingerprint: str
+    metrics: dict[str, Any]
+    parent_id: int | None
+    parent_ref: str
+    library_versions: dict[str, str]
+    size_bytes: int
+    run_id: str
+    path: Path
+    extra: dict[str, Any]
+    aliases: list[str] = field(default_factory=list)
+    files: list[FileEntry] = field(default_factory=list)
+    pushes: list[Push] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.number}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref, "name": self.name, "version": self.number, "kind": self.kind,
+            "created": self.created, "base_model": self.base_model, "base_revision": self.base_revision,
+            "method": self.method, "dataset": self.dataset, "dataset_fingerprint": self.dataset_fingerprint,
+            "metrics": self.metrics, "parent": self.parent_ref or None, "library_versions": self.library_versions,
+            "size_bytes": self.size_bytes, "run_id": self.run_id, "path": str(self.path), "aliases": self.aliases,
+            "files": [f.__dict__ for f in self.files],
+            "pushes": [p.__dict__ for p in self.pushes], "extra": self.extra, "profile": self.profile,
+        }
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    """`name`, `name@3` or `name@alias` -> (name, selector or None for newest)."""
+    name, _, selector = ref.partition("@")
+    if not NAME_PATTERN.match(name):
+        raise RegistryError(f"{ref!r} is not a registry ref; write NAME, NAME@N or NAME@ALIAS "
+                            "(names are letters, digits, '.', '_' and '-')")
+    if "@" in ref and not selector:
+        raise RegistryError(f"{ref!r}: nothing after '@'; write NAME@N or NAME@ALIAS")
+    return name, selector or None
+
+
+def check_name(name: str, what: str = "adapter name") -> str:
+    if not NAME_PATTERN.match(name):
+        raise RegistryError(f"{what} {name!r}: use letters, digits, '.', '_' or '-' (at most 64, starting "
+                            "with a letter or digit)")
+    return name
+
+
+def _make_read_only(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    for path in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        path.chmod(0o555)
+    root.chmod(0o555)
+
+
+def _make_writable(root: Path) -> None:
+    if not root.exists():
+        return
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def remove_tree(root: Path) -> None:
+    _make_writable(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+class Store:
+    """One registry under a data home; cheap to open, safe to use from several processes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.adapters_root = self.root / "adapters"
+        self.tmp_root = self.root / ".tmp"
+        self.db_path = self.root / "index.sqlite"
+        self._ready = False
+
+    # ------------------------------------------------------------ plumbing
+
+    def _connect(self) -> sqlite3.Connection:
+        self.root.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if not self._ready:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.executescript(SCHEMA)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._ready = True
+        return conn
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connect()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[sqlite3.Connection]:
+        with self.connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _resolve_location(self, location: str) -> Path:
+        path = Path(location)
+        return path if path.is_absolute() else self.root / path
+
+    # ------------------------------------------------------------ writes
+
+    def add(self, name: str, source: Path, meta: NewVersion, *, copy: bool = True,
+            fault: str = "") -> AdapterVersion:
+        """Register the directory `source` as the next version of `name`.
+
+        With copy=False the files stay where they are (a merged model can be
+        hundreds of GB) and only their hashes enter the index.
+        `fault` exists for tests that prove an interrupted add leaves nothing.
+        """
+        check_name(name)
+        if meta.kind not in KINDS:
+            raise RegistryError(f"kind must be one of {', '.join(KINDS)}; got {meta.kind!r}")
+        source = Path(source)
+        if not source.is_dir():
+            raise RegistryError(f"{source}: not a directory")
+        parent_id = self.get(meta.parent).id if meta.parent else None
+        self.tmp_root.mkdir(parents=True, exist_ok=True)
+        staging = self.tmp_root / f"add-{uuid.uuid4().hex}"
+        try:
+            if copy:
+                shutil.copytree(source, staging, symlinks=True)
+                files = hash_tree(staging)
+            else:
+                files = hash_tree(source)
+        except ValueError as err:
+            remove_tree(staging)
+            raise RegistryError(str(err)) from None
+        except BaseException:
+            remove_tree(staging)
+            raise
+        if fault == "after-copy":
+            raise RegistryError("fault injected after copy")
+        final: Path | None = None
+        try:
+            with self.write_transaction() as conn:
+                row = conn.execute("SELECT next_number FROM names WHERE name = ?", (name,)).fetchone()
+                number = row["next_number"] if row else 1
+                conn.execute(
+                    "INSERT INTO names(name, next_number) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET next_number = excluded.next_number",
+                    (name, number + 1),
+                )
+                if copy:
+                    final = self.adapters_root / name / str(number)
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    if final.exists():  # leftover of an add that died after its rename
+                        remove_tree(final)
+                    os.rename(staging, final)
+                    location = final.relative_to(self.root).as_posix()
+                else:
+                    location = str(source.resolve())
+                if fault == "before-commit":
+                    raise RegistryError("fault injected before commit")
+                cur = conn.execute(
+                    "INSERT INTO versions(name, number, kind, created, base_model, base_revision, method, profile,"
+                    " dataset, dataset_fingerprint, metrics, parent_id, library_versions, size_bytes, run_id,"
+                    " location, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (name, number, meta.kind, time.time(), meta.base_model, meta.base_revision, meta.method,
+                     meta.profile, meta.dataset, meta.dataset_fingerprint, json.dumps(meta.metrics), parent_id,
+                     json.dumps(meta.library_versions), sum(f[1] for f in files), meta.run_id, location,
+                     json.dumps(meta.extra)),
+                )
+                conn.executemany(
+                    "INSERT INTO files(version_id, path, size, sha256) VALUES (?,?,?,?)",
+                    [(cur.lastrowid, p, s, h) for p, s, h in files],
+                )
+        except BaseException:
+            if final is not None and final.exists():
+                remove_tree(final)
+            remove_tree(staging)
+            raise
+        if final is not None:
+            _make_read_only(final)
+        return self.get(f"{name}@{number}")
+
+    def update_metadata(self, ref: str, *, metrics: dict[str, Any] | None = None,
+                        extra: dict[str, Any] | None = None) -> AdapterVersion:
+        """Merge keys into a version's metrics/extra (the files never change once added)."""
+        version = self.get(ref)
+        with self.write_transaction() as conn:
+            row = conn.execute("SELECT metrics, extra FROM versions WHERE id = ?", (version.id,)).fetchone()
+            new_metrics = {**json.loads(row["metrics"]), **(metrics or {})}
+            new_extra = {**json.loads(row["extra"]), **(extra or {})}
+            conn.execute("UPDATE versions SET metrics = ?, extra = ? WHERE id = ?",
+                         (json.dumps(new_metrics), json.dumps(new_extra), version.id))
+        return self.get(version.ref)
+
+    # ------------------------------------------------------------ reads
+
+    def names(self) -> list[str]:
+        with self.connection() as conn:
+            return [r["name"] for r in conn.execute("SELECT DISTINCT name FROM versions ORDER BY name")]
+
+    def list_versions(self, name: str | None = None, *, with_files: bool = False) -> list[AdapterVersion]:
+        query = "SELECT v.*, p.name AS parent_name, p.number AS parent_number FROM versions v " \
+                "LEFT JOIN versions p ON p.id = v.parent_id"
+        args: tuple[Any, ...] = ()
+        if name is not None:
+            query += " WHERE v.name = ?"
+            args = (name,)
+        query += " ORDER BY v.name, v.number"
+        with self.connection() as conn:
+            rows = conn.execute(query, args).fetchall()
+            aliases: dict[int, list[str]] = {}
+            for r in conn.execute("SELECT alias, version_id FROM aliases ORDER BY alias"):
+                aliases.setdefault(r["version_id"], []).append(r["alias"])
+            versions = [self._from_row(r, aliases.get(r["id"], [])) for r in rows]
+            if with_files:
+                for v in versions:
+                    self._load_details(conn, v)
+        return versions
+
+    def get(self, ref: str) -> AdapterVersion:
+        """Resolve NAME, NAME@N or NAME@ALIAS; unknown ones get the close matches named."""
+        name, selector = parse_ref(ref)
+        with self.connection() as conn:
+            base = "SELECT v.*, p.name AS parent_name, p.number AS parent_number FROM versions v " \
+                   "LEFT JOIN versions p ON p.id = v.parent_id WHERE v.name = ?"
+            if selector is None:
+                row = conn.execute(base + " ORDER BY v.number DESC LIMIT 1", (name,)).fetchone()
+            elif selector.isdigit():
+                row = conn.execute(base + " AND v.number = ?", (name, int(selector))).fetchone()
+            else:
+                row = conn.execute(base + " AND v.id = (SELECT version_id FROM aliases WHERE name = ? AND alias = ?)",
+                                   (name, name, selector)).fetchone()
+            if row is None:
+                raise self._not_found(conn, ref, name, selector)
+            aliases = [r["alias"] for r in conn.execute(
+                "SELECT alias FROM aliases WHERE version_id = ? ORDER BY alias", (row["id"],))]
+            version = self._from_row(row, aliases)
+            self._load_details(conn, version)
+            return version
+
+    def children(self, ref: str) -> list[AdapterVersion]:
+        version = self.get(ref)
+        return [v for v in self.list_versions() if v.parent_id == version.id]
+
+    def lineage(self, ref: str) -> list[AdapterVersion]:
+        """The chain from the root ancestor down to this version (sft@1 -> dpo@1)."""
+        chain = [self.get(ref)]
+        seen = {chain[0].id}
+        while chain[0].parent_ref:
+            parent = self.get(chain[0].parent_ref)
+            if parent.id in seen:
+                break
+            seen.add(parent.id)
+            chain.insert(0, parent)
+        return chain
+
+    def _not_found(self, conn: sqlite3.Connection, ref: str, name: str, selector: str | None) -> NotFoundError:
+        names = [r["name"] for r in conn.execute("SELECT DISTINCT name FROM versions")]
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else (
+                "qlora-tui adapters lists what is registered" if names else "the registry is empty")
+            return NotFoundError(f"no adapter named {name!r}", hint=hint)
+        numbers = [str(r["number"]) for r in conn.execute(
+            "SELECT number FROM versions WHERE name = ? ORDER BY number", (name,))]
+        aliases = [r["alias"] for r in conn.execute("SELECT alias FROM aliases WHERE name = ?", (name,))]
+        have = ", ".join(f"{name}@{n}" for n in numbers)
+        if aliases:
+            have += "; aliases: " + ", ".join(aliases)
+        return NotFoundError(f"{ref!r}: no such version of {name!r}", hint=f"it has {have}")
+
+    def _from_row(self, row: sqlite3.Row, aliases: list[str]) -> AdapterVersion:
+        parent_ref = f"{row['parent_name']}@{row['parent_number']}" if row["parent_name"] else ""
+        return AdapterVersion(
+            id=row["id"], name=row["name"], number=row["number"], kind=row["kind"], created=row["created"],
+            base_model=row["base_model"], base_revision=row["base_revision"], method=row["method"],
+            profile=row["profile"], dataset=row["dataset"], dataset_fingerprint=row["dataset_fingerprint"],
+            metrics=json.loads(row["metrics"]), parent_id=row["parent_id"], parent_ref=parent_ref,
+            library_versions=json.loads(row["library_versions"]), size_bytes=row["size_bytes"],
+            run_id=row["run_id"], path=self._resolve_location(row["location"]), extra=json.loads(row["extra"]),
+            aliases=aliases,
+        )
+
+    def _load_details(self, conn: sqlite3.Connection, version: AdapterVersion) -> None:
+        version.files = [FileEntry(r["path"], r["size"], r["sha256"]) for r in conn.execute(
+            "SELECT path, size, sha256 FROM files WHERE version_id = ? ORDER BY path", (version.id,))]
+        version.pushes = [Push(r["repo"], r["commit_id"], r["url"], bool(r["merged"]), r["pushed"])
+                          for r in conn.execute("SELECT * FROM pushes WHERE version_id = ? ORDER BY pushed",
+                                                (version.id,))]
+
+
+def open_store(home: Path) -> Store:
+    return Store(Path(home) / "registry")

@@ -1,0 +1,73 @@
+"""`python -m runner RUN_DIR [--resume]`: the training process the app and the CLI start.
+
+It holds the run's lock for its whole life, writes every outcome as an event,
+and turns SIGTERM/SIGINT into a graceful stop (finish the step, checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import traceback
+from pathlib import Path
+from types import FrameType
+
+from registry.errors import RegistryError
+from runner.errors import QloraError
+from runner.events import EventWriter
+from runner.home import data_home
+from runner.rundir import RunDir, acquire_lock, write_lock_body
+
+
+class StopFlag:
+    def __init__(self) -> None:
+        self.raised = False
+
+    def __call__(self) -> bool:
+        return self.raised
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.raised and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C means now
+        self.raised = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runner")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--lock-fd", type=int, default=None, help="an already locked runner.lock descriptor")
+    parser.add_argument("--home", default=None, help="data home (default: derived from the run directory)")
+    args = parser.parse_args(argv)
+
+    run = RunDir(args.run_dir.resolve())
+    home = data_home(args.home) if args.home else run.path.parent.parent
+    lock_fd = args.lock_fd if args.lock_fd is not None else acquire_lock(run.lock_path)
+    write_lock_body(lock_fd)
+
+    flag = StopFlag()
+    signal.signal(signal.SIGTERM, flag.handle)
+    signal.signal(signal.SIGINT, flag.handle)
+
+    writer = EventWriter(run.events_path)
+    try:
+        from runner.train import run_training
+
+        run_training(run, home, writer, resume=args.resume, stop_signalled=flag)
+        return 0
+    except (QloraError, RegistryError) as err:
+        writer.write("error", kind=err.kind, message=err.message, hint=err.hint)
+        print(f"error: {err.message}" + (f"\nhint: {err.hint}" if err.hint else ""), file=sys.stderr)
+        return 1
+    except Exception as err:  # anything else is our bug or the environment's: keep the traceback in the log
+        traceback.print_exc()
+        writer.write("error", kind="internal", message=f"{type(err).__name__}: {err}",
+                     hint=f"the traceback is in {run.log_path}")
+        return 1
+    finally:
+        writer.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Starting a training process for a run directory, attached or detached.
+
+The launcher takes the run's lock itself and hands the locked descriptor to the
+child, so there is no moment in which a fresh run looks crashed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from runner.errors import RunError
+from runner.profile import Profile, dumps_profile
+from runner.rundir import RunDir, acquire_lock, create_run, lock_is_held
+
+PROFILE_HEADER = "Frozen copy of the profile this run was started with; resume reads it."
+
+
+def runner_command(run: RunDir, resume: bool, lock_fd: int | None) -> list[str]:
+    cmd = [sys.executable, "-m", "runner", str(run.path)]
+    if resume:
+        cmd.append("--resume")
+    if lock_fd is not None:
+        cmd += ["--lock-fd", str(lock_fd)]
+    return cmd
+
+
+def spawn(run: RunDir, *, resume: bool = False, detach: bool = True, env: dict[str, str] | None = None,
+          ) -> subprocess.Popen[bytes]:
+    """Start `python -m runner RUN_DIR`; detached runs get their own session so closing SSH doesn't end them."""
+    if lock_is_held(run.lock_path):
+        raise RunError(f"run {run.run_id} is already running")
+    fd = acquire_lock(run.lock_path)
+    try:
+        log = open(run.log_path, "ab")  # noqa: SIM115 - handed to the child
+        child_env = dict(os.environ if env is None else env)
+        child_env.setdefault("PYTHONUNBUFFERED", "1")
+        # The child imports this package; make sure it finds the same one as we do, installed or not.
+        pkg_root = str(Path(__file__).resolve().parent.parent)
+        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, child_env.get("PYTHONPATH", "")) if p)
+        proc = subprocess.Popen(
+            runner_command(run, resume, fd),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(fd,),
+            start_new_session=detach,
+            env=child_env,
+            cwd=str(run.path),
+        )
+        log.close()
+        return proc
+    finally:
+        os.close(fd)  # the child's copy keeps the lock
+
+
+def start_run(home: Path, profile: Profile, *, detach: bool = True) -> tuple[RunDir, subprocess.Popen[bytes]]:
+    run = create_run(home, dumps_profile(profile, PROFILE_HEADER), profile.name)
+    return run, spawn(run, detach=detach)
+
+
+def resume_run(run: RunDir, *, detach: bool = True) -> subprocess.Popen[bytes]:
+    if run.stop_path.exists():
+        run.stop_path.unlink()
+    return spawn(run, resume=True, detach=detach)

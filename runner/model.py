@@ -1,0 +1,189 @@
+"""Loading the base model: resolving its id, checking LoRA targets on an empty copy, quantizing with bitsandbytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.builtin import ensure_builtin_model, is_builtin
+from runner.errors import ModelError
+from runner.profile import Profile
+
+LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
+
+
+@dataclass
+class BaseModel:
+    model_id: str  # as the profile names it
+    source: str  # what from_pretrained gets: a local directory or a Hub id
+    revision: str | None
+    fingerprint: str  # changes when the weights or config change
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def resolve_base(profile: Profile, home: Path) -> BaseModel:
+    model_id = profile.model.id
+    revision = profile.model.revision or None
+    if is_builtin(model_id):
+        source = str(ensure_builtin_model(home, model_id))
+    elif Path(model_id).expanduser().exists():
+        source = str(Path(model_id).expanduser().resolve())
+    elif model_id.startswith(("/", "./", "../", "~")):
+        raise ModelError(f"model.id: {model_id}: no such directory")
+    else:
+        source = model_id
+    return BaseModel(model_id, source, revision, _fingerprint(source, revision))
+
+
+def _fingerprint(source: str, revision: str | None) -> str:
+    """Local models: config plus names and sizes of weight files; Hub models: id and revision."""
+    path = Path(source)
+    digest = hashlib.sha256()
+    if path.is_dir():
+        config = path / "config.json"
+        if config.exists():
+            digest.update(config.read_bytes())
+        for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+            digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    else:
+        digest.update(f"{source}@{revision or 'main'}".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_config(base: BaseModel, trust_remote_code: bool) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(base.source, revision=base.revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelError(
+            f"model.id: cannot load {base.model_id!r}: not a local model directory, and the Hub did not "
+            f"provide it ({first})",
+            hint="use a directory with config.json, a reachable Hub id, or builtin:tiny-llama",
+        ) from None
+
+
+def linear_module_names(config: Any, trust_remote_code: bool) -> list[str]:
+    """Names of the adaptable linear modules (last name component), found on an empty meta-device copy."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    names = set()
+    output_layer = model.get_output_embeddings()
+    for full_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module is not output_layer:
+            names.add(full_name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def check_targets(profile: Profile, available: list[str]) -> None:
+    targets = profile.lora.target_modules
+    if targets == ["all-linear"]:
+        return
+    missing = [t for t in targets if t not in available]
+    if missing:
+        raise ModelError(
+            f"lora.target_modules: {profile.model.id} has no module named "
+            f"{', '.join(repr(m) for m in missing)}; it has: {', '.join(available)}",
+        )
+
+
+def compute_dtype(profile: Profile) -> Any:
+    import torch
+
+    choice = profile.quant.compute_dtype
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
+
+
+def quantization_config(profile: Profile) -> Any:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    bits = profile.quant.bits
+    if bits == 4:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=profile.quant.type,
+            bnb_4bit_use_double_quant=profile.quant.double_quant,
+            bnb_4bit_compute_dtype=compute_dtype(profile),
+            bnb_4bit_quant_storage=torch.uint8,
+        )
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_base_for_training(profile: Profile, base: BaseModel) -> Any:
+    """The frozen base, quantized as the profile says, ready for k-bit training."""
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    quant = quantization_config(profile)
+    kwargs: dict[str, Any] = {"dtype": compute_dtype(profile), "revision": base.revision,
+                              "trust_remote_code": profile.model.trust_remote_code}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base.source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model.id: cannot load the weights of {base.model_id!r}: {str(err).splitlines()[0]}") from None
+    model.config.use_cache = False
+    gc = profile.train.gradient_checkpointing
+    if quant is not None:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model
+
+
+def lora_config(profile: Profile, task_type: str = "CAUSAL_LM") -> Any:
+    from peft import LoraConfig
+
+    targets: Any = profile.lora.target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(
+        r=profile.lora.r, lora_alpha=profile.lora.alpha, lora_dropout=profile.lora.dropout,
+        target_modules=targets, bias=profile.lora.bias, use_rslora=profile.lora.use_rslora,
+        use_dora=profile.lora.use_dora, task_type=task_type,
+    )
+
+
+def lora_shape(profile: Profile) -> dict[str, Any]:
+    """What must not change between a run's start and its resume."""
+    return {"r": profile.lora.r, "alpha": profile.lora.alpha, "target_modules": sorted(profile.lora.target_modules),
+            "use_dora": profile.lora.use_dora, "use_rslora": profile.lora.use_rslora}
+
+
+def adapter_config_shape(adapter_dir: Path) -> dict[str, Any] | None:
+    path = adapter_dir / "adapter_config.json"
+    if not path.exists():
+        return None
+    cfg = json.loads(path.read_text())
+    return {"r": cfg.get("r"), "alpha": float(cfg.get("lora_alpha", 0))}

@@ -1,0 +1,192 @@
+"""Run directories: the files through which the app and a training process talk.
+
+Status is derived, never stored: the runner holds an flock on runner.lock for
+its whole life, so "lock held" means running whatever the events say, and a
+run whose lock is free without a terminal event has crashed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.errors import RunError
+from runner.events import EventTail, RunState, fold_events
+from runner.home import runs_dir
+
+STATUSES = ("running", "done", "stopped", "failed", "crashed")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def profile_path(self) -> Path:
+        return self.path / "profile.toml"
+
+    @property
+    def events_path(self) -> Path:
+        return self.path / "events.jsonl"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "runner.log"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "runner.lock"
+
+    @property
+    def stop_path(self) -> Path:
+        return self.path / "stop"
+
+    @property
+    def checkpoints_path(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def adapter_path(self) -> Path:
+        return self.path / "adapter"
+
+    def is_running(self) -> bool:
+        return lock_is_held(self.lock_path)
+
+    def request_stop(self) -> None:
+        """Ask the runner to finish its step, checkpoint and exit (it polls this file every step)."""
+        self.stop_path.write_text(f"{time.time():.3f}\n")
+
+    def stop_requested(self) -> bool:
+        return self.stop_path.exists()
+
+    def log_tail(self, lines: int = 20) -> list[str]:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 16384))
+                text = f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return []
+        return [line.rstrip("\r") for line in text.splitlines()[-lines:]]
+
+
+def lock_is_held(lock_path: Path) -> bool:
+    """True when some process holds an exclusive flock on the file (probing takes a shared lock for an instant)."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def acquire_lock(lock_path: Path, timeout_s: float = 5.0) -> int:
+    """Take the run's exclusive lock (waiting out a probe); raise if another runner has it."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise RunError(f"{lock_path.parent.name}: another process is already running this run") from None
+            time.sleep(0.05)
+
+
+def write_lock_body(fd: int) -> None:
+    body = f"pid={os.getpid()} host={socket.gethostname()} started={time.time():.0f}\n".encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, body, 0)
+
+
+def new_run_id(name: str) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{secrets.token_hex(2)}"
+
+
+def create_run(home: Path, profile_text: str, name: str) -> RunDir:
+    """Make a run directory holding the frozen profile; the id sorts by start time."""
+    root = runs_dir(home)
+    root.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = root / new_run_id(name)
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            continue
+    tmp = path / ".profile.toml.tmp"
+    tmp.write_text(profile_text, encoding="utf-8")
+    tmp.replace(path / "profile.toml")
+    return RunDir(path)
+
+
+def list_runs(home: Path) -> list[RunDir]:
+    root = runs_dir(home)
+    if not root.is_dir():
+        return []
+    return [RunDir(p) for p in sorted(root.iterdir()) if p.is_dir() and (p / "profile.toml").exists()]
+
+
+def find_run(home: Path, run_id: str) -> RunDir:
+    """A run by id or unique id prefix/suffix, with the close ones named when there is no match."""
+    runs = list_runs(home)
+    exact = [r for r in runs if r.run_id == run_id]
+    if exact:
+        return exact[0]
+    partial = [r for r in runs if run_id and (r.run_id.startswith(run_id) or r.run_id.endswith(run_id))]
+    if len(partial) == 1:
+        return partial[0]
+    if len(partial) > 1:
+        names = ", ".join(r.run_id for r in partial[:5])
+        raise RunError(f"run id {run_id!r} is ambiguous: {names}")
+    import difflib
+
+    close = difflib.get_close_matches(run_id, [r.run_id for r in runs], n=3, cutoff=0.4)
+    hint = f"did you mean {', '.join(close)}?" if close else "qlora-tui runs lists the runs"
+    raise RunError(f"no run with id {run_id!r}", hint=hint)
+
+
+def derive_status(state: RunState, running: bool) -> str:
+    if running:
+        return "running"
+    if state.terminal == "done":
+        return "done"
+    if state.terminal == "stopped":
+        return "stopped"
+    if state.terminal == "error":
+        return "failed"
+    return "crashed"
+
+
+@dataclass
+class RunSummary:
+    run: RunDir
+    state: RunState
+    status: str
+
+
+def summarize(run: RunDir) -> RunSummary:
+    """Read a run's whole event log and lock once (the CLI's view; the app keeps tails open instead)."""
+    tail = EventTail(run.events_path)
+    state = RunState(run_id=run.run_id)
+    while batch := tail.read_new():
+        fold_events(batch, state)
+    return RunSummary(run, state, derive_status(state, run.is_running()))

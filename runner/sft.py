@@ -1,0 +1,97 @@
+"""Supervised fine-tuning with TRL's SFTTrainer on rows tokenized by the preflight."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from runner.callbacks import EventsCallback
+from runner.checkpoints import staging_dir
+from runner.events import EventWriter
+from runner.model import compute_dtype, load_base_for_training, lora_config
+from runner.profile import Profile
+from runner.rundir import RunDir
+
+
+def trainer_arguments(profile: Profile, output_dir: str, has_eval: bool) -> dict[str, Any]:
+    """TrainingArguments shared by every method, from the profile's [train] section."""
+    import torch
+
+    t = profile.train
+    dtype = compute_dtype(profile)
+    on_gpu = torch.cuda.is_available()
+    args: dict[str, Any] = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_steps if t.warmup_steps else t.warmup_ratio,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps else -1,
+        optim=t.optimizer,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        seed=t.seed,
+        data_seed=t.seed,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=None,  # the callback keeps its own count of *complete* checkpoints
+        logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss must reach our callback, not be averaged away
+        eval_strategy="steps" if has_eval and t.eval_steps else "no",
+        eval_steps=t.eval_steps or None,
+        report_to=[],
+        disable_tqdm=True,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        use_cpu=not on_gpu,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    return args
+
+
+def attach_lora(model: Any, profile: Profile, parent_path: Any, task_type: str = "CAUSAL_LM") -> Any:
+    """A fresh LoRA from the profile, or the parent adapter's weights made trainable again."""
+    from peft import PeftModel, get_peft_model
+
+    if parent_path is not None:
+        return PeftModel.from_pretrained(model, str(parent_path), is_trainable=True)
+    return get_peft_model(model, lora_config(profile, task_type))
+
+
+def build_sft_trainer(prepared: Any, run: RunDir, writer: EventWriter,
+                      stop_signalled: Callable[[], bool]) -> tuple[Any, EventsCallback]:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    profile = prepared.profile
+    model = load_base_for_training(profile, prepared.base)
+    model = attach_lora(model, profile, prepared.parent_path)
+    if prepared.parent_path is not None:
+        writer.write("log", level="info", message=f"continuing adapter {prepared.parent_ref}: its LoRA shape "
+                                                  "is used, [lora] is ignored")
+
+    def as_dataset(rows: list[Any]) -> Any:
+        return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
+
+    config = SFTConfig(
+        **trainer_arguments(profile, str(staging_dir(run.checkpoints_path)), bool(prepared.eval_rows)),
+        max_length=profile.train.max_seq_len,
+        dataset_kwargs={"skip_prepare_dataset": True},
+    )
+    callback = EventsCallback(writer, run, keep_checkpoints=profile.train.save_total_limit,
+                              stop_signalled=stop_signalled)
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=as_dataset(prepared.train_rows),
+        eval_dataset=as_dataset(prepared.eval_rows) if prepared.eval_rows else None,
+        processing_class=prepared.tokenizer,
+        callbacks=[callback],
+    )
+    return trainer, callback

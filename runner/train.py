@@ -1,0 +1,227 @@
+"""One training run, top to bottom: profile -> checks -> data -> model -> trainer -> adapter -> registry.
+
+Everything a user can get wrong is checked before the weights are loaded, and
+reported as a QloraError that __main__ turns into an `error` event.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner import checkpoints
+from runner.data import data_fingerprint, read_rows, to_sft_examples
+from runner.errors import NonFiniteLossError, RunError
+from runner.events import EventWriter, read_events
+from runner.model import (
+    BaseModel, check_targets, library_versions, linear_module_names, load_config, lora_shape, resolve_base,
+)
+from runner.preflight import TokenizedRow, prepare_tokenizer, tokenize_all
+from runner.profile import Profile, load_profile
+from runner.rundir import RunDir
+
+
+@dataclass
+class Prepared:
+    """What the checks produced: everything needed to build a trainer."""
+
+    profile: Profile
+    base: BaseModel
+    tokenizer: Any
+    train_rows: list[TokenizedRow]
+    eval_rows: list[TokenizedRow]
+    dataset_fingerprint: str
+    dataset_rows: int
+    parent_ref: str
+    parent_path: Path | None
+
+
+def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
+                 stop_signalled: Callable[[], bool]) -> None:
+    profile = load_profile(run.profile_path)
+    writer.write("log", level="info", message=f"preparing {profile.name}: checking the model and reading the data")
+    prepared = prepare(profile, home, writer)
+
+    resume_from = None
+    if resume:
+        check_unchanged_since_start(run, prepared)
+        resume_from, skipped = checkpoints.newest_valid(run.checkpoints_path)
+        for s in skipped:
+            writer.write("log", level="warning", message=f"skipped {s.name}: {s.reason}")
+        if resume_from is None:
+            writer.write("log", level="warning", message="no complete checkpoint to resume from: starting at step 0")
+    checkpoints.clear_staging(run.checkpoints_path)
+    resumed_step = int(resume_from.name.split("-")[1]) if resume_from else None
+
+    writer.write(
+        "start", run_id=run.run_id, profile_name=profile.name, profile_digest=profile.digest(),
+        method=profile.train.method, base_model=prepared.base.model_id, base_fingerprint=prepared.base.fingerprint,
+        dataset=profile.data.path, dataset_fingerprint=prepared.dataset_fingerprint,
+        dataset_rows=prepared.dataset_rows, train_rows=len(prepared.train_rows), eval_rows=len(prepared.eval_rows),
+        lora_shape=lora_shape(profile), parent=prepared.parent_ref, device=describe_device(),
+        library_versions=library_versions(), max_steps=planned_steps(profile, len(prepared.train_rows)),
+        resumed_from_step=resumed_step,
+    )
+
+    from runner.sft import build_sft_trainer
+
+    trainer, callback = build_sft_trainer(prepared, run, writer, stop_signalled)
+    started = time.monotonic()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    if callback.nonfinite is not None:
+        step, value = callback.nonfinite
+        raise NonFiniteLossError(
+            f"step {step}: the loss is {value}; training stopped and no checkpoint with non-finite weights was kept",
+            hint="lower train.lr or train.max_grad_norm, or look for broken rows in the data",
+        )
+    if callback.stop_requested:
+        writer.write("stopped", step=trainer.state.global_step,
+                     message=f"stopped at step {trainer.state.global_step}; resume continues from there")
+        return
+
+    metrics = final_metrics(trainer, run, time.monotonic() - started)
+    if prepared.eval_rows:
+        evaluation = trainer.evaluate()
+        writer.write("eval", step=trainer.state.global_step, **evaluation)
+        metrics["eval_loss"] = evaluation.get("eval_loss")
+    adapter = save_adapter(trainer, prepared.tokenizer, run)
+    ref = register(home, run, prepared, adapter, metrics)
+    writer.write("done", step=trainer.state.global_step, adapter_path=str(ref.path), registry_ref=ref.ref,
+                 summary=metrics)
+
+
+def prepare(profile: Profile, home: Path, writer: EventWriter) -> Prepared:
+    """All the checks that need no weights: model config, LoRA targets, tokenizer, data, tokenization."""
+    from transformers import AutoTokenizer
+
+    base = resolve_base(profile, home)
+    config = load_config(base, profile.model.trust_remote_code)
+    parent_ref, parent_path = resolve_parent(profile, home)
+    if parent_path is None:
+        check_targets(profile, linear_module_names(config, profile.model.trust_remote_code))
+    tokenizer_source = str(parent_path) if parent_path and (parent_path / "tokenizer_config.json").exists() \
+        else base.source
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, revision=None if parent_path else base.revision,
+                                              trust_remote_code=profile.model.trust_remote_code)
+    raw = read_rows(profile.data)
+    converted = to_sft_examples(raw, profile.data.format, profile.data.system_prompt)
+    notes = prepare_tokenizer(tokenizer, needs_chat_template=converted.format != "text")
+    rows, report = tokenize_all(tokenizer, converted, len(raw.rows), profile.train.max_seq_len, notes)
+    train_rows, eval_rows = split_eval(rows, profile.data.eval_fraction, profile.train.seed)
+    writer.write("preflight", **report.as_event(), train_rows=len(train_rows), eval_rows=len(eval_rows))
+    for note in notes:
+        writer.write("log", level="warning", message=note)
+    return Prepared(profile, base, tokenizer, train_rows, eval_rows, data_fingerprint(raw, profile.data),
+                    len(raw.rows), parent_ref, parent_path)
+
+
+def resolve_parent(profile: Profile, home: Path) -> tuple[str, Path | None]:
+    """The registered adapter this run continues, if the profile names one."""
+    if not profile.model.adapter:
+        return "", None
+    from registry.errors import RegistryError
+    from registry.store import open_store
+
+    try:
+        version = open_store(home).get(profile.model.adapter)
+    except RegistryError as err:
+        raise RunError(f"model.adapter: {err.message}", hint=err.hint) from None
+    if version.base_model != profile.model.id:
+        raise RunError(f"model.adapter: {version.ref} was trained on {version.base_model!r}, "
+                       f"but model.id is {profile.model.id!r}")
+    return version.ref, version.path
+
+
+def split_eval(rows: list[TokenizedRow], fraction: float, seed: int) -> tuple[list[TokenizedRow], list[TokenizedRow]]:
+    if fraction <= 0 or len(rows) < 2:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(len(rows) * fraction))
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+
+
+def planned_steps(profile: Profile, train_rows: int) -> int:
+    if profile.train.max_steps:
+        return profile.train.max_steps
+    batches = math.ceil(train_rows / profile.train.batch_size)
+    return max(1, math.ceil(batches / profile.train.grad_accum) * math.ceil(profile.train.epochs))
+
+
+def check_unchanged_since_start(run: RunDir, prepared: Prepared) -> None:
+    """Resume only what was started: same base model, same data, same LoRA shape."""
+    first = next((e for e in read_events(run.events_path) if e.get("type") == "start"), None)
+    if first is None:
+        return
+    now = {
+        "base model": (first.get("base_model"), prepared.base.model_id),
+        "base model files": (first.get("base_fingerprint"), prepared.base.fingerprint),
+        "data set fingerprint": (first.get("dataset_fingerprint"), prepared.dataset_fingerprint),
+        "LoRA shape": (first.get("lora_shape"), lora_shape(prepared.profile)),
+    }
+    for what, (then, current) in now.items():
+        if then is not None and then != current:
+            raise RunError(f"cannot resume {run.run_id}: the {what} changed since the run started "
+                           f"(was {then}, now {current})",
+                           hint="start a new run with qlora-tui run, or restore what changed")
+
+
+def describe_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return f"cuda: {props.name} ({props.total_memory / 1024**3:.0f} GiB)"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def final_metrics(trainer: Any, run: RunDir, seconds: float) -> dict[str, Any]:
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    metrics: dict[str, Any] = {"steps": trainer.state.global_step, "train_seconds": round(seconds, 2)}
+    if history:
+        metrics["first_loss"] = history[0]["loss"]
+        metrics["final_loss"] = history[-1]["loss"]
+        for key, value in history[-1].items():
+            if key not in ("loss", "step", "epoch", "learning_rate", "grad_norm") and isinstance(value, (int, float)):
+                metrics[key] = value
+    return metrics
+
+
+def save_adapter(trainer: Any, tokenizer: Any, run: RunDir) -> Path:
+    """The final PEFT directory (weights, config, tokenizer with its chat template), written then renamed."""
+    tmp = run.path / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if not checkpoints.adapter_weights_finite(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise NonFiniteLossError("the final adapter weights are not finite; nothing was registered")
+    if run.adapter_path.exists():
+        shutil.rmtree(run.adapter_path)
+    tmp.rename(run.adapter_path)
+    return run.adapter_path
+
+
+def register(home: Path, run: RunDir, prepared: Prepared, adapter: Path, metrics: dict[str, Any]) -> Any:
+    from registry.store import NewVersion, open_store
+
+    profile = prepared.profile
+    meta = NewVersion(
+        base_model=profile.model.id, base_revision=profile.model.revision or prepared.base.fingerprint,
+        kind="reward" if profile.train.method == "reward" else "adapter", method=profile.train.method,
+        profile=run.profile_path.read_text(), dataset=profile.data.path,
+        dataset_fingerprint=prepared.dataset_fingerprint, metrics=metrics, parent=prepared.parent_ref,
+        library_versions=library_versions(), run_id=run.run_id,
+        extra={"quant": {"bits": profile.quant.bits, "type": profile.quant.type,
+                         "double_quant": profile.quant.double_quant},
+               "lora": lora_shape(profile), "train_rows": len(prepared.train_rows)},
+    )
+    return open_store(home).add(profile.name, adapter, meta)

@@ -1,0 +1,63 @@
+"""Writes the demo data sets shipped in runner/assets/ (seeded, so the files are reproducible).
+
+Every row is generated here from small word lists, with answers computed, so the
+project ships data it made itself. Run: python tools/make_demo_data.py
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent.parent / "runner" / "assets"
+WORDS = ["river", "garden", "window", "pencil", "rocket", "planet", "forest", "candle", "bridge", "winter",
+         "summer", "island", "silver", "orange", "market", "dragon", "button", "basket", "mirror", "ladder"]
+COLOURS = ["red", "green", "blue", "yellow", "black", "white", "purple", "brown"]
+OPPOSITES = {"hot": "cold", "big": "small", "fast": "slow", "happy": "sad", "open": "closed", "early": "late",
+             "light": "dark", "high": "low", "full": "empty", "young": "old", "hard": "soft", "up": "down"}
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
+
+def sft_rows(rng: random.Random, per_task: int = 40) -> list[dict[str, str]]:
+    rows = []
+    for _ in range(per_task):
+        a, b = rng.randint(1, 50), rng.randint(1, 50)
+        rows.append({"instruction": "Add the two numbers.", "input": f"{a} and {b}", "output": f"{a} plus {b} is {a + b}."})
+        words = rng.sample(COLOURS, 3)
+        rows.append({"instruction": "Reverse the order of the words.", "input": " ".join(words),
+                     "output": " ".join(reversed(words))})
+        word = rng.choice(WORDS)
+        rows.append({"instruction": "Write the word in capital letters.", "input": word, "output": word.upper()})
+        word, opposite = rng.choice(sorted(OPPOSITES.items()))
+        rows.append({"instruction": "What is the opposite of the word?", "input": word,
+                     "output": f"The opposite of {word} is {opposite}."})
+        i = rng.randrange(7)
+        rows.append({"instruction": "Name the day that comes after the given day.", "input": DAYS[i],
+                     "output": f"{DAYS[(i + 1) % 7]} comes after {DAYS[i]}."})
+        word = rng.choice(WORDS)
+        rows.append({"instruction": "Count the letters in the word.", "input": word,
+                     "output": f"{word} has {len(word)} letters."})
+        nums = rng.sample(range(1, 30), 3)
+        rows.append({"instruction": "Sort the numbers from smallest to largest.", "input": ", ".join(map(str, nums)),
+                     "output": ", ".join(map(str, sorted(nums)))})
+        n = rng.randint(1, 99)
+        rows.append({"instruction": "Is the number even or odd?", "input": str(n),
+                     "output": f"{n} is {'even' if n % 2 == 0 else 'odd'}."})
+    rng.shuffle(rows)
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def main() -> None:
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    write_jsonl(ASSETS / "demo-instructions.jsonl", sft_rows(random.Random(1234)))
+
+
+if __name__ == "__main__":
+    main()

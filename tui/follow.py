@@ -1,0 +1,119 @@
+"""Printing a run's progress in the terminal while `qlora-tui run` waits for it.
+
+Ctrl-C reaches the training process too (same process group), which turns it
+into a graceful stop; we keep reading until it has checkpointed and exited.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Any, TextIO
+
+from runner.events import EventTail, RunState, fold_event
+from runner.rundir import RunDir
+from tui.format import duration, number
+
+POLL_S = 0.25
+
+
+def step_line(state: RunState) -> str:
+    parts = [f"step {state.step}/{state.max_steps or '?'}", f"loss {number(state.loss)}"]
+    if state.lr is not None:
+        parts.append(f"lr {state.lr:.2e}")
+    if state.tokens_per_s is not None:
+        parts.append(f"{state.tokens_per_s:,.0f} tok/s")
+    if state.gpu_mem_gb is not None:
+        parts.append(f"gpu {state.gpu_mem_gb:.1f}/{state.gpu_mem_peak_gb or 0:.1f} GiB")
+    parts.append(f"ETA {duration(state.eta_s)}")
+    return "  ".join(parts)
+
+
+class ProgressPrinter:
+    """Turns events into lines: one rewritten status line on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self, out: TextIO, interactive: bool) -> None:
+        self.out = out
+        self.interactive = interactive
+        self.last_print = 0.0
+        self.status_shown = False
+
+    def _line(self, text: str) -> None:
+        if self.status_shown and self.interactive:
+            self.out.write("\r\033[K")
+            self.status_shown = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def event(self, event: dict[str, Any], state: RunState) -> None:
+        kind = event.get("type")
+        if kind == "step":
+            now = time.monotonic()
+            if self.interactive:
+                self.out.write("\r\033[K" + step_line(state))
+                self.out.flush()
+                self.status_shown = True
+            elif now - self.last_print >= 5 or state.step in (1, state.max_steps):
+                self._line(step_line(state))
+                self.last_print = now
+        elif kind == "log":
+            level = event.get("level", "info")
+            self._line(f"{'warning: ' if level == 'warning' else ''}{event.get('message', '')}")
+        elif kind == "preflight":
+            dropped = event.get("rows_dropped") or {}
+            text = (f"data: {event.get('rows_read')} rows read, {event.get('rows_used')} used "
+                    f"({event.get('train_rows')} train, {event.get('eval_rows')} eval), "
+                    f"{event.get('rows_truncated')} truncated at {event.get('max_seq_len')} tokens, "
+                    f"{event.get('trainable_tokens'):,} trainable tokens")
+            if dropped:
+                text += "; dropped: " + ", ".join(f"{n} {why}" for why, n in dropped.items())
+            self._line(text)
+        elif kind == "start":
+            resumed = event.get("resumed_from_step")
+            self._line(f"training {event.get('profile_name')} ({event.get('method')}) on {event.get('base_model')}, "
+                       f"{event.get('device')}" + (f", resuming at step {resumed}" if resumed else ""))
+        elif kind == "checkpoint":
+            self._line(f"checkpoint at step {event.get('step')}: {event.get('path')}")
+        elif kind == "eval":
+            self._line(f"eval at step {event.get('step')}: loss {number(event.get('eval_loss'))}")
+        elif kind == "done":
+            self._line(f"done: registered {event.get('registry_ref')}\n  files: {event.get('adapter_path')}")
+        elif kind == "stopped":
+            self._line(f"stopped at step {event.get('step')}; continue with: qlora-tui resume {state.run_id}")
+        elif kind == "error":
+            self._line(f"error: {event.get('message')}" + (f"\nhint: {event.get('hint')}" if event.get("hint") else ""))
+
+
+def follow_run(run: RunDir, proc: subprocess.Popen[bytes], resumed: bool = False) -> int:
+    out = sys.stdout
+    print(f"run {run.run_id}" + (" (resumed)" if resumed else ""), flush=True)
+    tail = EventTail(run.events_path)
+    if resumed:
+        tail.read_new()  # the earlier history was printed when it happened
+    state = RunState(run_id=run.run_id)
+    printer = ProgressPrinter(out, out.isatty())
+    interrupted = False
+    while True:
+        try:
+            for event in tail.read_new():
+                fold_event(state, event)
+                printer.event(event, state)
+            if proc.poll() is not None:
+                for event in tail.read_new():
+                    fold_event(state, event)
+                    printer.event(event, state)
+                break
+            time.sleep(POLL_S)
+        except KeyboardInterrupt:
+            if interrupted:
+                proc.kill()
+                raise
+            interrupted = True
+            printer._line("stopping: finishing the step and saving a checkpoint (Ctrl-C again to kill)")
+    if state.terminal is None:
+        tail_lines = "\n".join(run.log_tail(15))
+        print(f"the training process exited with code {proc.returncode} without a final event; "
+              f"last lines of {run.log_path}:\n{tail_lines}", file=sys.stderr)
+        return 1
+    return {"done": 0, "stopped": 0}.get(state.terminal, 1)
