@@ -55,7 +55,8 @@ def builtin_model_dir(home: Path, model_id: str) -> Path:
 
     name = model_id[len(BUILTIN_PREFIX):]
     if name != TINY_NAME:
-        raise ModelError(f"model.id: unknown built-in model {model_id!r}; built-in models: {', '.join(builtin_names())}")
+        raise ModelError(f"model.id: unknown built-in model {model_id!r}; "
+                         f"built-in models: {', '.join(builtin_names())}")
     return models_dir(home) / f"{TINY_NAME}-v{TINY_VERSION}"
 
 

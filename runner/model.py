@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -28,10 +29,8 @@ def library_versions() -> dict[str, str]:
 
     out = {}
     for name in LIBRARIES:
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -150,7 +149,8 @@ def load_base_for_training(profile: Profile, base: BaseModel) -> Any:
     try:
         model = AutoModelForCausalLM.from_pretrained(base.source, **kwargs)
     except (OSError, ValueError) as err:
-        raise ModelError(f"model.id: cannot load the weights of {base.model_id!r}: {str(err).splitlines()[0]}") from None
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelError(f"model.id: cannot load the weights of {base.model_id!r}: {first}") from None
     model.config.use_cache = False
     gc = profile.train.gradient_checkpointing
     if quant is not None:

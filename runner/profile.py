@@ -71,7 +71,8 @@ class LoraSection:
 
 @dataclass
 class DataSection:
-    path: str = spec("", "str", "local .jsonl/.json/.csv/.parquet file, Hub data set id, or builtin:NAME", required=True)
+    path: str = spec("", "str", "local .jsonl/.json/.csv/.parquet file, Hub data set id, or builtin:NAME",
+                     required=True)
     format: str = spec("auto", "choice", "row format", choices=DATA_FORMATS)
     split: str = spec("train", "str", "split to train on (Hub data sets)")
     subset: str = spec("", "str", "configuration name of a Hub data set")
@@ -280,8 +281,8 @@ def profile_from_dict(doc: dict[str, Any], source: str = "<profile>", text: str 
             raise fail(ProfileError(f"{key}: must be a string, got {_fmt(value)}"), None, key)
         setattr(profile, key, value)
     if not NAME_PATTERN.match(profile.name):
-        raise fail(ProfileError(f'name: must be letters, digits, ".", "_" or "-" (at most 64), got {_fmt(profile.name)}'),
-                   None, "name")
+        message = f'name: must be letters, digits, ".", "_" or "-" (at most 64), got {_fmt(profile.name)}'
+        raise fail(ProfileError(message), None, "name")
 
     for section, cls in SECTIONS.items():
         table = doc.get(section, {})

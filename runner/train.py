@@ -20,7 +20,13 @@ from runner.data import data_fingerprint, read_rows, to_sft_examples
 from runner.errors import NonFiniteLossError, RunError
 from runner.events import EventWriter, read_events
 from runner.model import (
-    BaseModel, check_targets, library_versions, linear_module_names, load_config, lora_shape, resolve_base,
+    BaseModel,
+    check_targets,
+    library_versions,
+    linear_module_names,
+    load_config,
+    lora_shape,
+    resolve_base,
 )
 from runner.preflight import TokenizedRow, prepare_tokenizer, tokenize_all
 from runner.profile import Profile, load_profile

@@ -1,0 +1,99 @@
+"""Shared fixtures: a data home with the built-in model, and a short real training run.
+
+Everything runs on the CPU against the real libraries; the session-scoped
+fixtures build the tiny model and train a small adapter once, and tests that
+write copy them into a home of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runner.launch import start_run  # noqa: E402
+from runner.profile import Profile, load_profile  # noqa: E402
+from runner.rundir import RunDir  # noqa: E402
+
+DEMO_PROFILE = ROOT / "profiles" / "demo.toml"
+
+
+def quick_profile(name: str = "quick", max_steps: int = 30, **train: object) -> Profile:
+    """The demo profile cut short, for tests that need a real but brief run."""
+    profile = load_profile(DEMO_PROFILE)
+    profile.name = name
+    profile.train.max_steps = max_steps
+    profile.train.save_steps = train.pop("save_steps", 10)  # type: ignore[assignment]
+    for key, value in train.items():
+        setattr(profile.train, key, value)
+    return profile
+
+
+def wait_for_exit(run: RunDir, proc: subprocess.Popen[bytes], timeout: float = 300) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        log = run.log_path.read_text()
+        raise AssertionError(f"run {run.run_id} did not finish in {timeout}s; log:\n{log}") from None
+
+
+def run_to_end(home: Path, profile: Profile, env: dict[str, str] | None = None) -> RunDir:
+    run, proc = start_run(home, profile, detach=True) if env is None else _start_with_env(home, profile, env)
+    code = wait_for_exit(run, proc)
+    assert code == 0, f"runner exited {code}; log:\n{run.log_path.read_text()}"
+    return run
+
+
+def _start_with_env(home: Path, profile: Profile, env: dict[str, str]) -> tuple[RunDir, subprocess.Popen[bytes]]:
+    from runner.launch import PROFILE_HEADER, spawn
+    from runner.profile import dumps_profile
+    from runner.rundir import create_run
+
+    run = create_run(home, dumps_profile(profile, PROFILE_HEADER), profile.name)
+    return run, spawn(run, env={**os.environ, **env})
+
+
+@pytest.fixture(scope="session")
+def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data home holding only the built-in tiny model (built once per session)."""
+    from runner.builtin import ensure_builtin_model
+
+    home = tmp_path_factory.mktemp("model-home")
+    ensure_builtin_model(home, "builtin:tiny-llama")
+    return home
+
+
+@pytest.fixture
+def home(model_home: Path, tmp_path: Path) -> Path:
+    """A fresh, empty data home that already has the built-in model (copied, not rebuilt)."""
+    target = tmp_path / "home"
+    shutil.copytree(model_home / "models", target / "models")
+    return target
+
+
+@pytest.fixture(scope="session")
+def trained_home(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data home in which a short real run registered `quick@1`; copy it before writing to it."""
+    home = tmp_path_factory.mktemp("trained-home")
+    shutil.copytree(model_home / "models", home / "models")
+    started = time.monotonic()
+    run_to_end(home, quick_profile("quick", max_steps=60))
+    assert time.monotonic() - started < 300
+    return home
+
+
+@pytest.fixture
+def trained_copy(trained_home: Path, tmp_path: Path) -> Path:
+    """A private copy of trained_home that a test may change."""
+    target = tmp_path / "trained"
+    shutil.copytree(trained_home, target, symlinks=True)
+    return target

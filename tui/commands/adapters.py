@@ -1,0 +1,88 @@
+"""Commands about the adapter registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from tui.format import number, size, table, timestamp
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def cmd_adapters(args: argparse.Namespace, home: Path) -> int:
+    from registry.store import open_store
+
+    versions = open_store(home).list_versions(args.name)
+    if args.json:
+        print_json([v.to_json() | {"files": None, "profile": None} for v in versions])
+        return 0
+    if not versions:
+        print("no adapters registered yet: a finished run registers its adapter")
+        return 0
+    print(table(
+        ["REF", "KIND", "METHOD", "BASE MODEL", "LOSS", "SIZE", "CREATED", "PARENT", "ALIASES"],
+        [[v.ref, v.kind, v.method, v.base_model, number(v.metrics.get("final_loss")), size(v.size_bytes),
+          timestamp(v.created), v.parent_ref or "", ",".join(v.aliases)] for v in versions],
+    ))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, home: Path) -> int:
+    from registry.store import open_store
+
+    store = open_store(home)
+    version = store.get(args.ref)
+    if args.json:
+        print_json(version.to_json() | {"lineage": [v.ref for v in store.lineage(version.ref)]})
+        return 0
+    print(f"{version.ref}  ({version.kind})")
+    lines = [
+        ("base model", f"{version.base_model}" + (f"  [{version.base_revision}]" if version.base_revision else "")),
+        ("method", version.method or "-"),
+        ("created", timestamp(version.created)),
+        ("lineage", " -> ".join(v.ref for v in store.lineage(version.ref))),
+        ("data set", version.dataset or "-"),
+        ("data fingerprint", version.dataset_fingerprint or "-"),
+        ("run", version.run_id or "-"),
+        ("aliases", ", ".join(version.aliases) or "-"),
+        ("path", str(version.path)),
+        ("size", size(version.size_bytes)),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"  {key.ljust(width)}  {value}")
+    if version.metrics:
+        print("  metrics")
+        for key, value in sorted(version.metrics.items()):
+            shown = number(value) if isinstance(value, (int, float)) else json.dumps(value)
+            print(f"    {key}: {shown}")
+    for key, value in sorted(version.extra.items()):
+        print(f"  {key}: {json.dumps(value)}")
+    if version.library_versions:
+        print("  libraries  " + ", ".join(f"{k} {v}" for k, v in sorted(version.library_versions.items())))
+    print("  files")
+    for f in version.files:
+        print(f"    {f.path}  {size(f.size)}  sha256:{f.sha256}")
+    for p in version.pushes:
+        print(f"  pushed  {p.repo}  {p.commit_id}  {p.url}")
+    if version.profile and args.profile:
+        print("  profile\n" + "\n".join(f"    {line}" for line in version.profile.splitlines()))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("adapters", help="list registered adapters and their versions")
+    p.add_argument("name", nargs="?", help="only this adapter's versions")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_adapters)
+
+    p = sub.add_parser("show", help="show one version's metadata (NAME, NAME@N or NAME@ALIAS)")
+    p.add_argument("ref")
+    p.add_argument("--profile", action="store_true", help="also print the profile it was trained with")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)

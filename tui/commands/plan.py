@@ -1,0 +1,66 @@
+"""Commands for planning a run: estimate, profiles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from runner.errors import QloraError
+from tui.format import table
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def cmd_estimate(args: argparse.Namespace, home: Path) -> int:
+    from runner.estimate import estimate_profile, format_plan
+
+    from runner.profile import load_profile
+    from runner.shipped import find_profile
+
+    profile = load_profile(find_profile(args.profile, home))
+    plan = estimate_profile(profile, home, gpu_gb=args.gpu_gb, batch_size=args.batch_size,
+                            seq_len=args.seq_len)
+    if args.json:
+        print_json(plan.to_json())
+    else:
+        print(format_plan(plan))
+    return 0 if plan.fits is not False else 3
+
+
+def cmd_profiles(args: argparse.Namespace, home: Path) -> int:
+    from runner.profile import load_profile
+    from runner.shipped import list_profiles
+
+    rows = []
+    for origin, path in list_profiles(home):
+        try:
+            p = load_profile(path)
+            rows.append({"name": path.stem, "origin": origin, "path": str(path), "model": p.model.id,
+                         "method": p.train.method, "valid": True, "error": None})
+        except QloraError as err:
+            rows.append({"name": path.stem, "origin": origin, "path": str(path), "model": "", "method": "",
+                         "valid": False, "error": err.message})
+    if args.json:
+        print_json(rows)
+        return 0
+    print(table(["PROFILE", "ORIGIN", "MODEL", "METHOD", "PATH"],
+                [[r["name"], r["origin"], r["model"] or "(invalid)", r["method"], r["path"]] for r in rows]))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("estimate", help="memory plan of a profile before launch")
+    p.add_argument("profile")
+    p.add_argument("--gpu-gb", type=float, default=None, help="card memory in GB (default: the detected GPU)")
+    p.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
+    p.add_argument("--seq-len", type=int, default=None, help="override train.max_seq_len")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("profiles", help="list shipped and user profiles")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_profiles)

@@ -1,0 +1,147 @@
+"""Commands about training runs: run, runs, stop, resume."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from runner.errors import QloraError
+from tui.format import number, table, timestamp
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def cmd_run(args: argparse.Namespace, home: Path) -> int:
+    from runner.launch import start_run
+    from runner.profile import load_profile
+    from runner.shipped import find_profile
+
+    profile = load_profile(find_profile(args.profile, home))
+    if args.name:
+        from runner.profile import NAME_PATTERN
+
+        if not NAME_PATTERN.match(args.name):
+            raise QloraError(f"--name: use letters, digits, '.', '_' or '-'; got {args.name!r}")
+        profile.name = args.name
+    run, proc = start_run(home, profile, detach=args.detach)
+    if args.detach:
+        print(run.run_id)
+        print(f"started in the background (pid {proc.pid}); follow it with: qlora-tui  or  qlora-tui runs",
+              file=sys.stderr)
+        return 0
+    from tui.follow import follow_run
+
+    return follow_run(run, proc)
+
+
+def cmd_resume(args: argparse.Namespace, home: Path) -> int:
+    from runner.launch import resume_run
+    from runner.rundir import find_run, summarize
+
+    run = find_run(home, args.run_id)
+    summary = summarize(run)
+    if summary.status == "running":
+        raise QloraError(f"run {run.run_id} is still running")
+    if summary.status == "done":
+        raise QloraError(f"run {run.run_id} is done (registered {summary.state.registry_ref}); nothing to resume")
+    proc = resume_run(run, detach=args.detach)
+    if args.detach:
+        print(run.run_id)
+        print(f"resumed in the background (pid {proc.pid})", file=sys.stderr)
+        return 0
+    from tui.follow import follow_run
+
+    return follow_run(run, proc, resumed=True)
+
+
+def cmd_stop(args: argparse.Namespace, home: Path) -> int:
+    from runner.rundir import find_run, summarize
+
+    run = find_run(home, args.run_id)
+    if not run.is_running():
+        raise QloraError(f"run {run.run_id} is not running (status: {summarize(run).status})")
+    run.request_stop()
+    if not args.wait:
+        print(f"asked {run.run_id} to stop; it saves a checkpoint at the end of its current step")
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while run.is_running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    summary = summarize(run)
+    if summary.status == "running":
+        print(f"{run.run_id} is still finishing its step after {args.timeout:.0f} s", file=sys.stderr)
+        return 1
+    print(f"{run.run_id}: {summary.status} at step {summary.state.step}")
+    return 0
+
+
+def run_row(summary: Any) -> dict[str, Any]:
+    s = summary.state
+    name = s.profile_name or _profile_name(summary.run)
+    end = s.ended_t if summary.status != "running" else time.time()
+    return {
+        "id": summary.run.run_id, "profile": name, "method": s.method or "", "status": summary.status,
+        "step": s.step, "max_steps": s.max_steps, "loss": s.loss, "tokens_per_s": s.tokens_per_s,
+        "started": s.started_t, "duration_s": (end - s.started_t) if s.started_t and end else None,
+        "registry_ref": s.registry_ref or None, "error": s.error.get("message") if s.error else None,
+    }
+
+
+def _profile_name(run: Any) -> str:
+    import tomllib
+
+    try:
+        return str(tomllib.loads(run.profile_path.read_text()).get("name", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+def cmd_runs(args: argparse.Namespace, home: Path) -> int:
+    from runner.rundir import list_runs, summarize
+
+    rows = [run_row(summarize(r)) for r in list_runs(home)]
+    if args.status:
+        rows = [r for r in rows if r["status"] == args.status]
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no runs yet: start one with  qlora-tui run profiles/demo.toml")
+        return 0
+    print(table(
+        ["ID", "PROFILE", "METHOD", "STATUS", "STEP", "LOSS", "STARTED", "RESULT"],
+        [[r["id"], r["profile"], r["method"], r["status"], f"{r['step']}/{r['max_steps'] or '?'}",
+          number(r["loss"]), timestamp(r["started"]), r["registry_ref"] or (r["error"] or "")[:60]]
+         for r in rows],
+    ))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("run", help="start a training run from a profile")
+    p.add_argument("profile", help="profile file, or the name of a shipped/user profile (e.g. demo)")
+    p.add_argument("--detach", "-d", action="store_true", help="run in the background and print the run id")
+    p.add_argument("--name", help="register the adapter under this name instead of the profile's")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("runs", help="list runs with their status")
+    p.add_argument("--status", choices=("running", "done", "stopped", "failed", "crashed"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("stop", help="stop a run gracefully (it checkpoints first)")
+    p.add_argument("run_id")
+    p.add_argument("--wait", action="store_true", help="wait until it has stopped")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("resume", help="continue a stopped or crashed run from its newest complete checkpoint")
+    p.add_argument("run_id")
+    p.add_argument("--detach", "-d", action="store_true")
+    p.set_defaults(func=cmd_resume)
