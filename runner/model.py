@@ -162,6 +162,19 @@ def load_base_for_training(profile: Profile, base: BaseModel) -> Any:
     return model
 
 
+def keep_adapter_weights_fp32(model: Any) -> None:
+    """Trainable (LoRA) weights in fp32, as PEFT makes them.
+
+    TRL casts them to bf16 for quantized bases, but a resumed run reloads them
+    in fp32 from the checkpoint; one dtype for both keeps resume exact.
+    """
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
 def lora_config(profile: Profile, task_type: str = "CAUSAL_LM") -> Any:
     from peft import LoraConfig
 

@@ -8,7 +8,7 @@ from typing import Any
 from runner.callbacks import EventsCallback
 from runner.checkpoints import staging_dir
 from runner.events import EventWriter
-from runner.model import compute_dtype, load_base_for_training, lora_config
+from runner.model import compute_dtype, keep_adapter_weights_fp32, load_base_for_training, lora_config
 from runner.profile import Profile
 from runner.rundir import RunDir
 
@@ -67,9 +67,11 @@ def attach_lora(model: Any, profile: Profile, parent_path: Any, task_type: str =
 def build_sft_trainer(prepared: Any, run: RunDir, writer: EventWriter,
                       stop_signalled: Callable[[], bool]) -> tuple[Any, EventsCallback]:
     from datasets import Dataset
+    from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
     profile = prepared.profile
+    set_seed(profile.train.seed)  # the LoRA init draws random numbers before the Trainer seeds anything
     model = load_base_for_training(profile, prepared.base)
     model = attach_lora(model, profile, prepared.parent_path)
     if prepared.parent_path is not None:
@@ -94,4 +96,5 @@ def build_sft_trainer(prepared: Any, run: RunDir, writer: EventWriter,
         processing_class=prepared.tokenizer,
         callbacks=[callback],
     )
+    keep_adapter_weights_fp32(trainer.model)
     return trainer, callback

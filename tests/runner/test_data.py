@@ -1,0 +1,122 @@
+"""Reading data: every format, and errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runner.data import data_fingerprint, read_rows, to_sft_examples
+from runner.errors import DataError
+from runner.profile import DataSection
+
+
+def jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def convert(path: Path, fmt: str = "auto", **kw: object) -> object:
+    spec = DataSection(path=str(path), format=fmt, **kw)  # type: ignore[arg-type]
+    return to_sft_examples(read_rows(spec), spec.format, spec.system_prompt)
+
+
+def test_builtin_demo_set_is_alpaca() -> None:
+    raw = read_rows(DataSection(path="builtin:demo-instructions"))
+    data = to_sft_examples(raw, "auto")
+    assert data.format == "alpaca" and len(data.examples) == 320
+    first = data.examples[0]
+    assert first.prompt[-1]["role"] == "user" and first.completion[0]["role"] == "assistant"
+
+
+@pytest.mark.parametrize(("row", "fmt"), [
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}, "messages"),
+    ({"instruction": "Say hi", "input": "", "output": "hi"}, "alpaca"),
+    ({"instruction": "Say hi", "context": "ctx", "response": "hi", "category": "open_qa"}, "dolly"),
+    ({"prompt": "Say hi", "completion": "hi"}, "prompt_completion"),
+    ({"text": "plain text to learn"}, "text"),
+])
+def test_formats_are_detected(tmp_path: Path, row: dict[str, object], fmt: str) -> None:
+    data = convert(jsonl(tmp_path / "d.jsonl", [row, row]))
+    assert data.format == fmt and len(data.examples) == 2
+
+
+def test_dolly_context_joins_the_instruction(tmp_path: Path) -> None:
+    data = convert(jsonl(tmp_path / "d.jsonl", [{"instruction": "Q", "context": "C", "response": "A"}]),
+                   system_prompt="Be brief.")
+    example = data.examples[0]
+    assert example.prompt == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q\n\nC"}]
+
+
+def test_csv_json_and_parquet(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text('instruction,input,output\n"Add, please",1 and 2,3\n')
+    assert convert(tmp_path / "d.csv").examples[0].prompt[-1]["content"] == "Add, please\n\n1 and 2"
+    (tmp_path / "d.json").write_text(json.dumps({"data": [{"prompt": "p", "completion": "c"}]}))
+    assert convert(tmp_path / "d.json").format == "prompt_completion"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["one", "two"]}), tmp_path / "d.parquet")
+    assert len(convert(tmp_path / "d.parquet").examples) == 2
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "ok"}\n\n{"text": "broken"\n')
+    with pytest.raises(DataError, match=rf"^{path}:3: not valid JSON"):
+        convert(path)
+
+
+def test_rows_lacking_columns_name_line_and_columns(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "c"}])
+    with pytest.raises(DataError, match=rf"^{path}:2: alpaca row lacks 'output'; alpaca rows have instruction, output"):
+        convert(path)
+
+
+def test_declared_format_checks_every_row(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "d.jsonl", [{"text": "x"}])
+    with pytest.raises(DataError, match=r":1: messages row lacks 'messages'"):
+        convert(path, "messages")
+
+
+def test_unknown_columns_and_missing_or_empty_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"cannot tell the data format from the columns foo"):
+        convert(jsonl(tmp_path / "d.jsonl", [{"foo": 1}]))
+    with pytest.raises(DataError, match=r"no such file"):
+        convert(tmp_path / "missing.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match=r"the data set is empty"):
+        convert(tmp_path / "empty.jsonl")
+
+
+def test_bad_message_roles_and_types(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "human", "content": "hi"}]}])
+    with pytest.raises(DataError, match=r":1: messages\[0\].role must be one of system, user, assistant"):
+        convert(path)
+    path = jsonl(tmp_path / "e.jsonl", [{"instruction": "a", "output": 5}])
+    with pytest.raises(DataError, match=r":1: 'output' must be text, got int"):
+        convert(path)
+
+
+def test_empty_responses_are_dropped_and_counted(tmp_path: Path) -> None:
+    data = convert(jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "output": "b"},
+                                                 {"instruction": "a", "output": "  "}]))
+    assert len(data.examples) == 1 and data.dropped == {"empty response": 1}
+
+
+def test_sft_refuses_preference_rows(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "d.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(DataError, match=r"look like 'preference' data"):
+        convert(path)
+
+
+def test_fingerprint_follows_content_and_row_selection(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "d.jsonl", [{"text": "a"}, {"text": "b"}])
+    spec = DataSection(path=str(path))
+    first = data_fingerprint(read_rows(spec), spec)
+    assert data_fingerprint(read_rows(spec), spec) == first
+    limited = DataSection(path=str(path), max_rows=1)
+    assert data_fingerprint(read_rows(limited), limited) != first
+    jsonl(path, [{"text": "a"}, {"text": "c"}])
+    assert data_fingerprint(read_rows(spec), spec) != first
