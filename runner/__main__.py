@@ -7,6 +7,7 @@ and turns SIGTERM/SIGINT into a graceful stop (finish the step, checkpoint).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import traceback
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         writer.close()
+        os.close(lock_fd)  # only after the last event: a free lock with no terminal event means "crashed"
 
 
 if __name__ == "__main__":
