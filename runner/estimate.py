@@ -1,0 +1,414 @@
+"""The memory plan of a profile: what a run will hold on the GPU, component by component, before it is launched.
+
+Counts come from the model's config alone (no weights), so the plan is instant
+and works offline; the app redraws it as the user edits the New-run form.
+This module must stay importable without torch, transformers, peft, trl or
+bitsandbytes. docs/memory-estimator.md says where every number comes from.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.errors import ModelError, ProfileError
+from runner.known_models import Linear, ModelShape, find_model_config, model_shape
+from runner.profile import Profile
+
+GB = 1e9  # plans speak decimal gigabytes, the unit of "a 7B model is 14 GB in 16-bit"
+CUDA_OVERHEAD_GB = 0.75  # CUDA context, cuBLAS workspace and loaded kernels
+HEADROOM_SHARE = 0.10  # kept free for allocator fragmentation and short-lived buffers (dequantized tiles)
+NF4_BLOCK = 64  # bitsandbytes 4-bit blocksize: one absmax per 64 weights
+DOUBLE_QUANT_BLOCK = 256  # double quant: 8-bit absmax with one fp32 constant per 256 of them
+BNB_8BIT_MIN_SIZE = 4096  # bitsandbytes' 8-bit optimizers keep 32-bit state for smaller tensors
+ADAM_32BIT = ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit")
+ADAM_8BIT = ("adamw_8bit", "paged_adamw_8bit")
+# Rows per batch row: preference methods run the chosen and the rejected completion (KTO its KL pairs).
+ROWS_PER_EXAMPLE = {"sft": 1, "dpo": 2, "orpo": 2, "kto": 2, "reward": 2, "rlhf": 1}
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+def lora_modules(shape: ModelShape, targets: list[str], model_id: str) -> tuple[list[Linear], list[str]]:
+    """The linear layers LoRA adapts ("all-linear": every one; the output head is never among them)."""
+    if targets == ["all-linear"]:
+        return list(shape.linears), []
+    chosen = [linear for linear in shape.linears if linear.name in targets]
+    missing = [t for t in targets if t not in shape.module_names()]
+    if not missing:
+        return chosen, []
+    if not shape.assumed:
+        raise ModelError(f"lora.target_modules: {model_id} has no module named "
+                         f"{', '.join(repr(m) for m in missing)}; it has: {', '.join(shape.module_names())}")
+    guessed = [Linear(name, shape.hidden, shape.hidden, shape.layers) for name in missing]
+    return chosen + guessed, [f"{', '.join(missing)}: not known for this architecture; counted as "
+                              f"{shape.hidden}x{shape.hidden} per layer"]
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """`count` trainable tensors of rows x cols (vectors have one row)."""
+
+    rows: int
+    cols: int
+    count: int
+
+    @property
+    def params(self) -> int:
+        return self.rows * self.cols * self.count
+
+
+def trainable_tensors(shape: ModelShape, modules: list[Linear], profile: Profile) -> list[Trainable]:
+    """Every trainable tensor: LoRA A (r x in) and B (out x r), DoRA magnitudes, and biases lora.bias trains."""
+    r, lora = profile.lora.r, profile.lora
+    tensors: list[Trainable] = []
+    for m in modules:
+        tensors += [Trainable(r, m.in_features, m.count), Trainable(m.out_features, r, m.count)]
+        if lora.use_dora:
+            tensors.append(Trainable(1, m.out_features, m.count))
+    with_bias = shape.linears if lora.bias == "all" else modules if lora.bias == "lora_only" else ()
+    tensors += [Trainable(1, m.out_features, m.count) for m in with_bias if m.bias]
+    return tensors
+
+
+def optimizer_state_bytes(optimizer: str, tensors: list[Trainable]) -> float:
+    """Bytes of optimizer state the trainable tensors need under `optimizer` (profile.train.optimizer)."""
+    total = 0.0
+    for t in tensors:
+        numel = t.rows * t.cols
+        if optimizer in ADAM_32BIT:
+            per = 8.0 * numel  # fp32 first and second moments
+        elif optimizer in ADAM_8BIT:
+            per = 8.0 * numel if numel < BNB_8BIT_MIN_SIZE else 2.0 * numel + 8.0 * math.ceil(numel / 256)
+        elif optimizer == "adafactor":
+            per = 4.0 * (t.rows + t.cols) if t.rows > 1 else 4.0 * numel  # factored second moment
+        else:  # sgd without momentum keeps no state
+            per = 0.0
+        total += per * t.count
+    return total
+
+
+OPTIMIZER_NOTES = {
+    "adamw_torch": "32-bit AdamW: 8 bytes per trainable param",
+    "adamw_torch_fused": "32-bit AdamW (fused): 8 bytes per trainable param",
+    "paged_adamw_32bit": "paged 32-bit AdamW: 8 bytes per trainable param; paged: spills to CPU memory under pressure",
+    "adamw_8bit": "8-bit AdamW: 2 bytes per trainable param",
+    "paged_adamw_8bit": "paged 8-bit AdamW: 2 bytes per trainable param; paged: spills to CPU memory under pressure",
+    "adafactor": "Adafactor: factored second moment, row + column sums per matrix",
+    "sgd": "SGD without momentum: no state",
+}
+
+
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass
+class Component:
+    """One line of the plan: a named share of GPU memory."""
+
+    name: str
+    gb: float
+    note: str
+    counted: bool = True  # False for the activation line of the setting the profile does not use
+    in_use: bool = False  # marks which activation line the profile uses
+
+
+@dataclass
+class MemoryPlan:
+    """A profile's estimated peak GPU memory by component, and whether it fits the card."""
+
+    profile_name: str
+    model_id: str
+    config_source: str
+    model_type: str
+    total_params: int
+    quantized_params: int
+    trainable_params: int
+    quantization: str
+    method: str
+    batch_size: int
+    seq_len: int
+    gradient_checkpointing: bool
+    components: list[Component]
+    total_gb: float
+    total_gb_other_checkpointing: float
+    gpu_name: str | None
+    gpu_gb: float | None
+    headroom_gb: float | None
+    fits: bool | None
+    lora_targets: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def weights_gb(self) -> float:
+        """The frozen base as loaded (the figure the usual "7B in NF4 is ~4 GB" tables quote)."""
+        return sum(c.gb for c in self.components if c.name.startswith("base:"))
+
+    @property
+    def spare_gb(self) -> float | None:
+        if self.gpu_gb is None or self.headroom_gb is None:
+            return None
+        return self.gpu_gb - self.headroom_gb - self.total_gb
+
+    def component(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["weights_gb"] = round(self.weights_gb, 3)
+        out["spare_gb"] = None if self.spare_gb is None else round(self.spare_gb, 3)
+        return out
+
+
+def compute_bytes(profile: Profile) -> tuple[int, str]:
+    """Bytes per value of the compute dtype; "auto" plans for 16-bit since training happens on a GPU."""
+    choice = profile.quant.compute_dtype
+    if choice == "fp32":
+        return 4, "fp32"
+    return 2, {"bf16": "bf16", "fp16": "fp16"}.get(choice, "bf16/fp16 (auto)")
+
+
+def quantized_weight_bytes(linears: tuple[Linear, ...], bits: int | str, double_quant: bool) -> tuple[float, float]:
+    """(bytes of quantized weights, bytes of their quantization constants) for the blocks' linear layers."""
+    data = consts = 0.0
+    for m in linears:
+        n = m.in_features * m.out_features
+        if bits == 4:
+            blocks = math.ceil(n / NF4_BLOCK)
+            per_consts = (blocks + 4 * math.ceil(blocks / DOUBLE_QUANT_BLOCK)) if double_quant else 4 * blocks
+            data, consts = data + m.count * math.ceil(n / 2), consts + m.count * per_consts
+        else:  # 8-bit LLM.int8: one fp32 scale per output row
+            data, consts = data + m.count * n, consts + m.count * 4 * m.out_features
+    return data, consts
+
+
+def estimate_profile(profile: Profile, home: Path, gpu_gb: float | None = None, batch_size: int | None = None,
+                     seq_len: int | None = None) -> MemoryPlan:
+    """The memory plan of `profile`; `gpu_gb` (else the detected GPU) decides `fits`, None when neither is known.
+
+    `home` is the data home the run would use; the plan needs nothing from it, since even the built-in
+    model's shape is known without building it.
+    """
+    for flag, value in (("--batch-size", batch_size), ("--seq-len", seq_len), ("--gpu-gb", gpu_gb)):
+        if value is not None and (isinstance(value, bool) or value <= 0):
+            raise ProfileError(f"{flag}: must be a positive number, got {value}")
+    config = find_model_config(profile.model.id, profile.model.revision)
+    shape = model_shape(config.values)
+    batch = batch_size or profile.train.batch_size
+    seq = seq_len or profile.train.max_seq_len
+    modules, notes = lora_modules(shape, profile.lora.target_modules, profile.model.id)
+    tensors = trainable_tensors(shape, modules, profile)
+    trainable = sum(t.params for t in tensors)
+    nbytes, dtype_name = compute_bytes(profile)
+    rows = ROWS_PER_EXAMPLE.get(profile.train.method, 1)
+    gc = profile.train.gradient_checkpointing
+
+    components = _weight_components(shape, profile, nbytes, dtype_name)
+    components += [
+        Component("LoRA weights", 4 * trainable / GB, f"{_count(trainable)} trainable params in fp32"),
+        Component("gradients", 4 * trainable / GB, "fp32, trainable params only (the base is frozen)"),
+        Component("optimizer states", optimizer_state_bytes(profile.train.optimizer, tensors) / GB,
+                  OPTIMIZER_NOTES[profile.train.optimizer]),
+    ]
+    activations, eager_extra = _activation_components(shape, modules, profile, batch * rows, seq, nbytes)
+    components += activations
+    components.append(Component("CUDA context and kernels", CUDA_OVERHEAD_GB, "fixed"))
+    total = sum(c.gb for c in components if c.counted)
+    unused = next(c for c in activations if c.name.startswith("activations") and not c.counted)
+    used = next(c for c in activations if c.in_use)
+    notes += _plan_notes(profile, rows, eager_extra, dtype_name)
+
+    detected = None if gpu_gb is not None else detect_gpu()
+    card_gb = gpu_gb if gpu_gb is not None else (detected[1] if detected else None)
+    headroom = None if card_gb is None else HEADROOM_SHARE * card_gb
+    return MemoryPlan(
+        profile_name=profile.name, model_id=profile.model.id, config_source=config.source,
+        model_type=shape.model_type + (" (unknown: counted as Llama-shaped)" if shape.assumed else ""),
+        total_params=shape.total_params,
+        quantized_params=shape.linear_weights if profile.quant.bits != "none" else 0,
+        trainable_params=trainable, quantization=_quant_label(profile, dtype_name), method=profile.train.method,
+        batch_size=batch, seq_len=seq, gradient_checkpointing=gc, components=components, total_gb=total,
+        total_gb_other_checkpointing=total - used.gb + unused.gb, gpu_name=detected[0] if detected else None,
+        gpu_gb=card_gb, headroom_gb=headroom, fits=None if card_gb is None else total <= card_gb * (1 - HEADROOM_SHARE),
+        lora_targets=sorted({m.name for m in modules}), notes=notes,
+    )
+
+
+def _activation_components(shape: ModelShape, modules: list[Linear], profile: Profile, rows: int, seq: int,
+                           nbytes: int) -> tuple[list[Component], float]:
+    """Activation lines with and without checkpointing (only the profile's one counted), logits; eager extra GB."""
+    tokens = rows * seq
+    one_layer, eager_per_layer = _layer_activation_bytes(shape, modules, profile, tokens, seq, nbytes)
+    checkpointed = shape.layers * tokens * shape.hidden * nbytes + one_layer
+    gc = profile.train.gradient_checkpointing
+    out = [
+        Component("activations, checkpointed", checkpointed / GB,
+                  f"layer inputs ({nbytes}*hidden bytes per token per layer) + one layer recomputed in backward",
+                  counted=gc, in_use=gc),
+        Component("activations, not checkpointed", shape.layers * one_layer / GB,
+                  f"every layer's activations for {tokens:,} tokens (SDPA attention: no seq^2 term)",
+                  counted=not gc, in_use=not gc),
+    ]
+    if profile.train.method == "reward":
+        out.append(Component("logits and loss", 0.0, "a scalar score per row; no vocabulary logits"))
+    else:
+        out.append(Component("logits and loss", tokens * shape.vocab * (nbytes + 8) / GB,
+                             f"{rows} x {seq:,} tokens x {shape.vocab:,} vocab: logits + fp32 copy + log-softmax"))
+    eager_extra = (eager_per_layer if gc else shape.layers * eager_per_layer) / GB
+    return out, eager_extra
+
+
+def _weight_components(shape: ModelShape, profile: Profile, nbytes: int, dtype_name: str) -> list[Component]:
+    bits, unquantized = profile.quant.bits, shape.unquantized_params
+    if bits == "none":
+        return [Component("base: all weights", shape.total_params * nbytes / GB,
+                          f"{_count(shape.total_params)} params in {dtype_name}, unquantized")]
+    data, consts = quantized_weight_bytes(shape.linears, bits, profile.quant.double_quant)
+    if bits == 4:
+        kind = profile.quant.type.upper()
+        how = "double-quantized constants" if profile.quant.double_quant else "fp32 constants"
+        note = (f"{_count(shape.linear_weights)} weights in {kind}, 0.5 bytes each + {how} "
+                f"({8 * consts / shape.linear_weights:.3f} bit/param)")
+    else:
+        note = f"{_count(shape.linear_weights)} weights in int8, 1 byte each + fp32 row scales"
+    return [
+        Component(f"base: linear layers ({bits}-bit)", (data + consts) / GB, note),
+        Component("base: embeddings, head, norms", unquantized * nbytes / GB,
+                  f"{_count(unquantized)} params in {dtype_name}; bitsandbytes leaves them unquantized"),
+        Component("fp32 upcast of those", unquantized * (4 - nbytes) / GB,
+                  "prepare_model_for_kbit_training casts every non-quantized param to fp32"),
+    ]
+
+
+def _layer_activation_bytes(shape: ModelShape, modules: list[Linear], profile: Profile, tokens: int, seq: int,
+                            nbytes: int) -> tuple[float, float]:
+    """(bytes one block keeps for backward, extra bytes one block's eager attention would add).
+
+    Per token, in 16-bit: 11*h attention + 4*h norms, MLP 2*h + 8*i gated or 3*h + 4*i plain
+    (34*h for a GPT MLP of 4*h), after Korthikanti et al. 2022; LoRA adds its dropped-out input and r.
+    """
+    h, i, scale = shape.hidden, shape.intermediate, nbytes / 2
+    mlp = 2 * h + 8 * i if shape.gated_mlp else 3 * h + 4 * i
+    per_token = (15 * h + mlp) * scale
+    dropout = profile.lora.dropout > 0
+    lora = sum(m.count * ((m.in_features * (nbytes + 1) if dropout else 0) + profile.lora.r * nbytes)
+               for m in modules) / shape.layers
+    eager = 5 * shape.heads * seq * scale  # softmax output, its dropout mask and output, per token
+    return tokens * (per_token + lora), tokens * eager
+
+
+def _plan_notes(profile: Profile, rows: int, eager_extra_gb: float, dtype_name: str) -> list[str]:
+    notes = [f"activations assume every row fills max_seq_len; PyTorch SDPA attention (eager attention would "
+             f"add {eager_extra_gb:.2f} GB)"]
+    if rows > 1:
+        notes.append(f"train.method = {profile.train.method!r}: each batch row runs {rows} sequences")
+    if profile.train.method == "rlhf":
+        notes.append("rlhf: the KV cache of sampled completions is not counted")
+    if profile.quant.compute_dtype == "auto":
+        notes.append(f"compute dtype {dtype_name}: bf16 on cards that support it, else fp16")
+    return notes
+
+
+def _quant_label(profile: Profile, dtype_name: str) -> str:
+    q = profile.quant
+    if q.bits == "none":
+        return f"none ({dtype_name} weights)"
+    if q.bits == 8:
+        return f"8-bit int8, {dtype_name} compute"
+    return f"4-bit {q.type.upper()}{', double quant' if q.double_quant else ''}, {dtype_name} compute"
+
+
+def _gb(value: float) -> str:
+    return "<0.01" if 0 < value < 0.005 else f"{value:.2f}"
+
+
+def _count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+# ---------------------------------------------------------------- the GPU and the printout
+
+
+@functools.lru_cache(maxsize=1)
+def detect_gpu() -> tuple[str, float] | None:
+    """(name, total GB) of the GPU a run would use (first of CUDA_VISIBLE_DEVICES), or None without NVML or a GPU."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    index = 0
+    if visible is not None:
+        first = visible.split(",")[0].strip()
+        if not first.isdigit():
+            return None  # "", "-1" or a UUID: no GPU for us, or one we can't map cheaply
+        index = int(first)
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            name = pynvml.nvmlDeviceGetName(handle)
+            total = pynvml.nvmlDeviceGetMemoryInfo(handle).total
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        return None
+    return (name.decode() if isinstance(name, bytes) else str(name)), total / GB
+
+
+def fit_sentence(plan: MemoryPlan) -> str:
+    """One line a person reads: fits with how much to spare, does not fit and by how much, or unknown card."""
+    if plan.gpu_gb is None or plan.headroom_gb is None or plan.spare_gb is None:
+        return "card size unknown (no GPU detected): pass --gpu-gb N to check a card"
+    card = f"{plan.gpu_gb:g} GB card" if plan.gpu_name is None else f"{plan.gpu_gb:.1f} GB {plan.gpu_name}"
+    usable = plan.gpu_gb - plan.headroom_gb
+    article = "an" if card.startswith("8") or card.split(" ")[0].split(".")[0] in ("11", "18") else "a"
+    if plan.fits:
+        return (f"fits {article} {card} with {plan.spare_gb:.1f} GB to spare "
+                f"(after keeping {plan.headroom_gb:.1f} GB, {HEADROOM_SHARE:.0%} of the card, free for "
+                f"fragmentation and temporary buffers)")
+    return (f"does not fit {article} {card}: needs {plan.total_gb:.1f} GB, {usable:.1f} GB usable "
+            f"after {HEADROOM_SHARE:.0%} headroom")
+
+
+def format_plan(plan: MemoryPlan) -> str:
+    """The plan as the CLI prints it: a summary, an aligned component table, the total and the verdict."""
+    gc_word = "on" if plan.gradient_checkpointing else "off"
+    rows_word = "row" if plan.batch_size == 1 else "rows"
+    pct = 100 * plan.trainable_params / max(1, plan.total_params + plan.trainable_params)
+    lines = [
+        f"Memory plan for {plan.profile_name} (estimate; GB = 10^9 bytes)",
+        f"  model   {plan.model_id}: {_count(plan.total_params)} params, {plan.model_type}",
+        f"          config from {plan.config_source}",
+        f"  quant   {plan.quantization}",
+        f"  LoRA    {_count(plan.trainable_params)} trainable params ({pct:.2f}%) in "
+        f"{', '.join(plan.lora_targets)}",
+        f"  batch   {plan.batch_size} {rows_word} x {plan.seq_len:,} tokens ({plan.method}), "
+        f"gradient checkpointing {gc_word}",
+        "",
+    ]
+    rows = [(c.name + (" *" if c.in_use else ""), _gb(c.gb), c.note if c.counted else f"not in total: {c.note}")
+            for c in plan.components]
+    other = "off" if plan.gradient_checkpointing else "on"
+    rows.append(("total", f"{plan.total_gb:.2f}",
+                 f"{plan.total_gb_other_checkpointing:.2f} GB with gradient checkpointing {other}"))
+    width = max(len(r[0]) for r in [("COMPONENT", "", ""), *rows])
+    gb_width = max(len(r[1]) for r in rows)
+    lines.append(f"  {'COMPONENT'.ljust(width)}  {'GB'.rjust(gb_width)}  NOTE")
+    for i, (name, gb, note) in enumerate(rows):
+        if i == len(rows) - 1:
+            lines.append(f"  {'-' * width}  {'-' * gb_width}")
+        lines.append(f"  {name.ljust(width)}  {gb.rjust(gb_width)}  {note}".rstrip())
+    lines += ["", f"  * activations this profile uses (train.gradient_checkpointing = "
+                  f"{str(plan.gradient_checkpointing).lower()})"]
+    lines += [f"  note: {n}" for n in plan.notes]
+    lines += ["", fit_sentence(plan)]
+    return "\n".join(lines)
