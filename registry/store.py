@@ -11,23 +11,34 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
 import shutil
 import sqlite3
-import stat
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from registry.errors import NotFoundError, RegistryError
 from registry.hashing import hash_tree
+from registry.records import (
+    KINDS,
+    NAME_PATTERN,
+    AdapterVersion,
+    FileEntry,
+    NewVersion,
+    Push,
+    check_alias,
+    check_name,
+    parse_ref,
+)
+from registry.staging import make_read_only, remove_tree, work_area
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-KINDS = ("adapter", "reward", "merged")
+__all__ = [
+    "KINDS", "NAME_PATTERN", "AdapterVersion", "FileEntry", "NewVersion", "Push", "Store", "check_name",
+    "open_store", "parse_ref", "remove_tree",
+]
+
 SCHEMA_VERSION = 1
 
 SCHEMA = """
@@ -80,121 +91,6 @@ CREATE TABLE IF NOT EXISTS pushes (
 );
 CREATE INDEX IF NOT EXISTS versions_parent ON versions(parent_id);
 """
-
-
-@dataclass
-class NewVersion:
-    """What the caller knows about a version it is adding; the store fills in number, files and size."""
-
-    base_model: str
-    kind: str = "adapter"
-    base_revision: str = ""
-    method: str = ""
-    profile: str = ""
-    dataset: str = ""
-    dataset_fingerprint: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    parent: str = ""  # ref of the version this one derives from
-    library_versions: dict[str, str] = field(default_factory=dict)
-    run_id: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class FileEntry:
-    path: str
-    size: int
-    sha256: str
-
-
-@dataclass
-class Push:
-    repo: str
-    commit_id: str
-    url: str
-    merged: bool
-    pushed: float
-
-
-@dataclass
-class AdapterVersion:
-    id: int
-    name: str
-    number: int
-    kind: str
-    created: float
-    base_model: str
-    base_revision: str
-    method: str
-    profile: str
-    dataset: str
-    dataset_fingerprint: str
-    metrics: dict[str, Any]
-    parent_id: int | None
-    parent_ref: str
-    library_versions: dict[str, str]
-    size_bytes: int
-    run_id: str
-    path: Path
-    extra: dict[str, Any]
-    aliases: list[str] = field(default_factory=list)
-    files: list[FileEntry] = field(default_factory=list)
-    pushes: list[Push] = field(default_factory=list)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.number}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ref": self.ref, "name": self.name, "version": self.number, "kind": self.kind,
-            "created": self.created, "base_model": self.base_model, "base_revision": self.base_revision,
-            "method": self.method, "dataset": self.dataset, "dataset_fingerprint": self.dataset_fingerprint,
-            "metrics": self.metrics, "parent": self.parent_ref or None, "library_versions": self.library_versions,
-            "size_bytes": self.size_bytes, "run_id": self.run_id, "path": str(self.path), "aliases": self.aliases,
-            "files": [f.__dict__ for f in self.files],
-            "pushes": [p.__dict__ for p in self.pushes], "extra": self.extra, "profile": self.profile,
-        }
-
-
-def parse_ref(ref: str) -> tuple[str, str | None]:
-    """`name`, `name@3` or `name@alias` -> (name, selector or None for newest)."""
-    name, _, selector = ref.partition("@")
-    if not NAME_PATTERN.match(name):
-        raise RegistryError(f"{ref!r} is not a registry ref; write NAME, NAME@N or NAME@ALIAS "
-                            "(names are letters, digits, '.', '_' and '-')")
-    if "@" in ref and not selector:
-        raise RegistryError(f"{ref!r}: nothing after '@'; write NAME@N or NAME@ALIAS")
-    return name, selector or None
-
-
-def check_name(name: str, what: str = "adapter name") -> str:
-    if not NAME_PATTERN.match(name):
-        raise RegistryError(f"{what} {name!r}: use letters, digits, '.', '_' or '-' (at most 64, starting "
-                            "with a letter or digit)")
-    return name
-
-
-def _make_read_only(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-    for path in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
-        path.chmod(0o555)
-    root.chmod(0o555)
-
-
-def _make_writable(root: Path) -> None:
-    if not root.exists():
-        return
-    root.chmod(0o755)
-    for path in root.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-
-
-def remove_tree(root: Path) -> None:
-    _make_writable(root)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 class Store:
@@ -262,63 +158,58 @@ class Store:
         if not source.is_dir():
             raise RegistryError(f"{source}: not a directory")
         parent_id = self.get(meta.parent).id if meta.parent else None
-        self.tmp_root.mkdir(parents=True, exist_ok=True)
-        staging = self.tmp_root / f"add-{uuid.uuid4().hex}"
-        try:
-            if copy:
-                shutil.copytree(source, staging, symlinks=True)
-                files = hash_tree(staging)
-            else:
-                files = hash_tree(source)
-        except ValueError as err:
-            remove_tree(staging)
-            raise RegistryError(str(err)) from None
-        except BaseException:
-            remove_tree(staging)
-            raise
-        if fault == "after-copy":
-            raise RegistryError("fault injected after copy")
-        final: Path | None = None
-        try:
-            with self.write_transaction() as conn:
-                row = conn.execute("SELECT next_number FROM names WHERE name = ?", (name,)).fetchone()
-                number = row["next_number"] if row else 1
-                conn.execute(
-                    "INSERT INTO names(name, next_number) VALUES (?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET next_number = excluded.next_number",
-                    (name, number + 1),
-                )
+        with work_area(self.tmp_root, "add") as area:
+            staging = area.path
+            try:
                 if copy:
-                    final = self.adapters_root / name / str(number)
-                    final.parent.mkdir(parents=True, exist_ok=True)
-                    if final.exists():  # leftover of an add that died after its rename
-                        remove_tree(final)
-                    os.rename(staging, final)
-                    location = final.relative_to(self.root).as_posix()
+                    shutil.copytree(source, staging, symlinks=True)
+                    files = hash_tree(staging)
                 else:
-                    location = str(source.resolve())
-                if fault == "before-commit":
-                    raise RegistryError("fault injected before commit")
-                cur = conn.execute(
-                    "INSERT INTO versions(name, number, kind, created, base_model, base_revision, method, profile,"
-                    " dataset, dataset_fingerprint, metrics, parent_id, library_versions, size_bytes, run_id,"
-                    " location, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (name, number, meta.kind, time.time(), meta.base_model, meta.base_revision, meta.method,
-                     meta.profile, meta.dataset, meta.dataset_fingerprint, json.dumps(meta.metrics), parent_id,
-                     json.dumps(meta.library_versions), sum(f[1] for f in files), meta.run_id, location,
-                     json.dumps(meta.extra)),
-                )
-                conn.executemany(
-                    "INSERT INTO files(version_id, path, size, sha256) VALUES (?,?,?,?)",
-                    [(cur.lastrowid, p, s, h) for p, s, h in files],
-                )
-        except BaseException:
-            if final is not None and final.exists():
-                remove_tree(final)
-            remove_tree(staging)
-            raise
+                    files = hash_tree(source)
+            except ValueError as err:
+                raise RegistryError(str(err)) from None
+            if fault == "after-copy":
+                raise RegistryError("fault injected after copy")
+            final: Path | None = None
+            try:
+                with self.write_transaction() as conn:
+                    row = conn.execute("SELECT next_number FROM names WHERE name = ?", (name,)).fetchone()
+                    number = row["next_number"] if row else 1
+                    conn.execute(
+                        "INSERT INTO names(name, next_number) VALUES (?, ?) "
+                        "ON CONFLICT(name) DO UPDATE SET next_number = excluded.next_number",
+                        (name, number + 1),
+                    )
+                    if copy:
+                        final = self.adapters_root / name / str(number)
+                        final.parent.mkdir(parents=True, exist_ok=True)
+                        if final.exists():  # leftover of an add that died after its rename
+                            remove_tree(final)
+                        os.rename(staging, final)
+                        location = final.relative_to(self.root).as_posix()
+                    else:
+                        location = str(source.resolve())
+                    if fault == "before-commit":
+                        raise RegistryError("fault injected before commit")
+                    cur = conn.execute(
+                        "INSERT INTO versions(name, number, kind, created, base_model, base_revision, method,"
+                        " profile, dataset, dataset_fingerprint, metrics, parent_id, library_versions, size_bytes,"
+                        " run_id, location, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (name, number, meta.kind, time.time(), meta.base_model, meta.base_revision, meta.method,
+                         meta.profile, meta.dataset, meta.dataset_fingerprint, json.dumps(meta.metrics), parent_id,
+                         json.dumps(meta.library_versions), sum(f[1] for f in files), meta.run_id, location,
+                         json.dumps(meta.extra)),
+                    )
+                    conn.executemany(
+                        "INSERT INTO files(version_id, path, size, sha256) VALUES (?,?,?,?)",
+                        [(cur.lastrowid, p, s, h) for p, s, h in files],
+                    )
+            except BaseException:
+                if final is not None and final.exists():
+                    remove_tree(final)
+                raise
         if final is not None:
-            _make_read_only(final)
+            make_read_only(final)
         return self.get(f"{name}@{number}")
 
     def update_metadata(self, ref: str, *, metrics: dict[str, Any] | None = None,
@@ -332,6 +223,63 @@ class Store:
             conn.execute("UPDATE versions SET metrics = ?, extra = ? WHERE id = ?",
                          (json.dumps(new_metrics), json.dumps(new_extra), version.id))
         return self.get(version.ref)
+
+    def set_alias(self, ref: str, alias: str) -> AdapterVersion:
+        """Point `name@alias` at this version, moving the alias if another version of the name had it."""
+        check_alias(alias)
+        version = self.get(ref)
+        with self.write_transaction() as conn:
+            conn.execute("INSERT INTO aliases(name, alias, version_id) VALUES (?, ?, ?) "
+                         "ON CONFLICT(name, alias) DO UPDATE SET version_id = excluded.version_id",
+                         (version.name, alias, version.id))
+        return self.get(version.ref)
+
+    def remove_alias(self, name: str, alias: str) -> AdapterVersion:
+        """Drop `name@alias`; returns the version it pointed at."""
+        version = self.get(f"{check_name(name)}@{check_alias(alias)}")
+        with self.write_transaction() as conn:
+            conn.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", (name, alias))
+        return self.get(version.ref)
+
+    def record_push(self, ref: str, *, repo: str, commit_id: str, url: str, merged: bool) -> AdapterVersion:
+        """Remember that this version went to the Hub (the index changes, never the files)."""
+        version = self.get(ref)
+        with self.write_transaction() as conn:
+            conn.execute("INSERT INTO pushes(version_id, repo, commit_id, url, merged, pushed) VALUES (?,?,?,?,?,?)",
+                         (version.id, repo, commit_id, url, int(merged), time.time()))
+        return self.get(version.ref)
+
+    def delete(self, ref: str, *, force: bool = False) -> tuple[AdapterVersion, list[str]]:
+        """Remove a version from the index, then its stored files; returns it and the refs that derived from it.
+
+        Versions that derive from it keep working and keep the fact in
+        extra["parent_deleted"]; without `force` they make the delete refuse.
+        Files of versions stored outside the registry (merged models) are kept.
+        """
+        if parse_ref(ref)[1] is None:
+            raise RegistryError(f"delete {ref!r}: name the version to delete, as {ref}@N",
+                                hint=f"qlora-tui adapters {ref} lists its versions")
+        version = self.get(ref)
+        children = self.children(version.ref)
+        if children and not force:
+            raise RegistryError(
+                f"{version.ref}: {', '.join(c.ref for c in children)} derive from it; deleting it would cut "
+                "their lineage", hint=f"delete those first, or pass --force to delete {version.ref} anyway")
+        with self.write_transaction() as conn:
+            for child in children:
+                row = conn.execute("SELECT extra FROM versions WHERE id = ?", (child.id,)).fetchone()
+                extra = {**json.loads(row["extra"]), "parent_deleted": version.ref}
+                conn.execute("UPDATE versions SET parent_id = NULL, extra = ? WHERE id = ?",
+                             (json.dumps(extra), child.id))
+            conn.execute("DELETE FROM versions WHERE id = ?", (version.id,))
+        # Index first, files second: a crash in between leaves an unindexed directory, which gc removes.
+        if self.is_stored(version):
+            remove_tree(version.path)
+        return version, [c.ref for c in children]
+
+    def is_stored(self, version: AdapterVersion) -> bool:
+        """True when the registry owns the version's directory (not a merged model stored elsewhere)."""
+        return version.path.is_relative_to(self.adapters_root)
 
     # ------------------------------------------------------------ reads
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from registry.errors import RegistryError
 from runner.errors import QloraError
 from runner.home import data_home
-from tui.commands import adapters, plan, runs
+from tui.commands import adapters, plan, registry_ops, runs
 
-COMMAND_MODULES = (runs, adapters, plan)
+COMMAND_MODULES = (runs, adapters, plan, registry_ops)
 
 
 def cmd_app(args: argparse.Namespace, home: Path) -> int:

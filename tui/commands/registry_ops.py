@@ -1,0 +1,141 @@
+"""Commands that act on registered versions: tag, diff, verify, delete, gc, import, export, merge, compare, push.
+
+Each is a thin wrapper over a function in registry/; the heavy ones (merge,
+compare, push) import torch or huggingface_hub only when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from registry.errors import IntegrityError
+from tui.format import number, size
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _store(home: Path) -> Any:
+    from registry.store import open_store
+
+    return open_store(home)
+
+
+def cmd_tag(args: argparse.Namespace, home: Path) -> int:
+    version = _store(home).set_alias(args.ref, args.alias)
+    print(f"{version.name}@{args.alias} -> {version.ref}")
+    return 0
+
+
+def cmd_untag(args: argparse.Namespace, home: Path) -> int:
+    version = _store(home).remove_alias(args.name, args.alias)
+    print(f"removed {args.name}@{args.alias} (was {version.ref})")
+    return 0
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return number(value)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def cmd_diff(args: argparse.Namespace, home: Path) -> int:
+    from registry.diff import diff_versions
+
+    store = _store(home)
+    a, b = store.get(args.a), store.get(args.b)
+    differences = diff_versions(a, b)
+    if args.json:
+        print_json({"a": a.ref, "b": b.ref, "differences": [d.__dict__ for d in differences]})
+        return 0
+    if not differences:
+        print(f"{a.ref} and {b.ref}: no differences in metadata")
+        return 0
+    print(f"{a.ref} -> {b.ref}")
+    section = ""
+    for d in differences:
+        if d.section != section:
+            section = d.section
+            print(f"  {section}")
+        print(f"    {d.field}: {_shown(d.a)} -> {_shown(d.b)}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, home: Path) -> int:
+    from registry.integrity import verify
+
+    reports = verify(_store(home), args.ref)
+    if args.json:
+        print_json([{"ref": r.ref, "path": str(r.location), "checked": r.checked, "ok": r.ok,
+                     "problems": [p.__dict__ for p in r.problems]} for r in reports])
+    else:
+        for report in reports:
+            if report.ok:
+                print(f"{report.ref}: ok ({report.checked} files)")
+                continue
+            print(f"{report.ref}: {len(report.problems)} of its files differ from the index ({report.location})")
+            for p in report.problems:
+                print(f"  {p.problem}: {p.path}" + (f"  ({p.detail})" if p.detail else ""))
+    bad = [r.ref for r in reports if not r.ok]
+    if bad:
+        raise IntegrityError(f"{', '.join(bad)}: stored files differ from the index",
+                             hint="restore them from an export (qlora-tui import FILE.tar) or delete the version")
+    if not reports and not args.json:
+        print("the registry is empty")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, home: Path) -> int:
+    store = _store(home)
+    version, children = store.delete(args.ref, force=args.force)
+    print(f"deleted {version.ref}")
+    if children:
+        print(f"  derived versions now without a parent: {', '.join(children)}")
+    if not store.is_stored(version):
+        print(f"  its files were not in the registry and were kept: {version.path}")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace, home: Path) -> int:
+    from registry.integrity import gc
+
+    report = gc(_store(home))
+    for path in report.removed:
+        print(f"removed {path}")
+    print(f"gc: {len(report.removed)} leftovers removed, {size(report.freed_bytes)} freed")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("tag", help="point an alias (prod, best, ...) at a version: NAME@ALIAS then resolves to it")
+    p.add_argument("ref", help="NAME@N")
+    p.add_argument("alias")
+    p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("untag", help="remove an alias")
+    p.add_argument("name")
+    p.add_argument("alias")
+    p.set_defaults(func=cmd_untag)
+
+    p = sub.add_parser("diff", help="what differs between two versions: profile, data set, metrics, base model")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("verify", help="re-hash stored files and name every one that differs or is missing")
+    p.add_argument("ref", nargs="?", help="one version (default: all)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("delete", help="delete a version (refuses one that others derive from unless --force)")
+    p.add_argument("ref", help="NAME@N")
+    p.add_argument("--force", action="store_true", help="delete even if other versions derive from it")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("gc", help="remove leftovers of interrupted adds, imports, merges and deletes")
+    p.set_defaults(func=cmd_gc)
