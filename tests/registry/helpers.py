@@ -31,11 +31,13 @@ def snapshot(home: Path) -> tuple[str, str]:
     """A digest of the index rows and of every file under the registry, to assert that nothing changed."""
     registry = home / "registry"
     rows = ""
-    if (registry / "index.sqlite").exists():
-        conn = sqlite3.connect(registry / "index.sqlite")
-        for table in ("names", "versions", "files", "aliases", "pushes"):
+    for table in ("names", "versions", "files", "aliases", "pushes"):  # no index yet reads as empty tables
+        if (registry / "index.sqlite").exists():
+            conn = sqlite3.connect(registry / "index.sqlite")
             rows += repr(conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall())
-        conn.close()
+            conn.close()
+        else:
+            rows += repr([])
     files = hashlib.sha256()
     if registry.exists():
         for path in sorted(registry.rglob("*")):

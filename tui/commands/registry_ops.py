@@ -110,6 +110,43 @@ def cmd_gc(args: argparse.Namespace, home: Path) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace, home: Path) -> int:
+    from registry.errors import RegistryError
+
+    source = Path(args.source)
+    store = _store(home)
+    if source.is_file():
+        if args.base:
+            raise RegistryError("--base applies to an adapter directory; an export archive carries its base model")
+        from registry.transfer import import_archive
+
+        for item in import_archive(store, source, name=args.name):
+            if item.already_present:
+                print(f"{item.source_ref}: already here as {item.version.ref} (same files)")
+            else:
+                print(f"imported {item.source_ref} as {item.version.ref}")
+        return 0
+    if not source.exists():
+        raise RegistryError(f"{source}: no such file or directory",
+                            hint="import takes a PEFT adapter directory or a .tar made by qlora-tui export")
+    if not args.name:
+        raise RegistryError(f"{source}: importing an adapter directory needs --name NAME")
+    from registry.importer import import_adapter
+
+    version = import_adapter(store, source, args.name, base=args.base, method=args.method)
+    print(f"imported {source} as {version.ref} (base model {version.base_model}, "
+          f"{version.extra.get('modules', 0)} adapted modules)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, home: Path) -> int:
+    from registry.transfer import export_versions
+
+    versions = export_versions(_store(home), args.refs, Path(args.file), force=args.force)
+    print(f"exported {', '.join(v.ref for v in versions)} to {args.file}")
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("tag", help="point an alias (prod, best, ...) at a version: NAME@ALIAS then resolves to it")
     p.add_argument("ref", help="NAME@N")
@@ -139,3 +176,16 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("gc", help="remove leftovers of interrupted adds, imports, merges and deletes")
     p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("import", help="register a PEFT LoRA directory made elsewhere, or versions from an export .tar")
+    p.add_argument("source", help="adapter directory (adapter_config.json + adapter_model.safetensors) or FILE.tar")
+    p.add_argument("--name", help="adapter name to register under (needed for a directory)")
+    p.add_argument("--base", help="base model (Hub id, directory or builtin:NAME) when the config does not name it")
+    p.add_argument("--method", default="", help="training method to record (sft, dpo, ...)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="write versions with their metadata to a .tar (or .tar.gz) for another machine")
+    p.add_argument("refs", nargs="+", metavar="REF")
+    p.add_argument("file", metavar="FILE.tar")
+    p.add_argument("--force", action="store_true", help="overwrite FILE.tar if it exists")
+    p.set_defaults(func=cmd_export)
