@@ -28,6 +28,7 @@ FORMAT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "alpaca": (("instruction", "output"), ("input",)),
     "dolly": (("instruction", "response"), ("context", "category")),
     "prompt_completion": (("prompt", "completion"), ()),
+    "prompt_only": (("prompt",), ()),
     "text": (("text",), ()),
 }
 SFT_FORMATS = ("messages", "alpaca", "dolly", "prompt_completion", "text")

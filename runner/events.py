@@ -223,6 +223,11 @@ def fold_event(state: RunState, event: dict[str, Any]) -> RunState:
             number = as_float(value)
             if key.startswith("eval_") and number is not None:
                 state.metrics[key] = number
+    elif kind == "alignment":
+        for key, value in event.items():
+            number = as_float(value)
+            if key.startswith("align/") and number is not None:
+                state.metrics[key] = number
     elif kind == "checkpoint":
         state.checkpoints.append((int(event.get("step") or 0), str(event.get("path", ""))))
     elif kind == "log":

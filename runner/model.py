@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,13 +81,15 @@ def linear_module_names(config: Any, trust_remote_code: bool) -> list[str]:
     """Names of the adaptable linear modules (last name component), found on an empty meta-device copy."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     names = set()
     output_layer = model.get_output_embeddings()
     for full_name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and module is not output_layer:
+        # GPT-2 style models use Conv1D for their projections; PEFT adapts those too
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not output_layer:
             names.add(full_name.rsplit(".", 1)[-1])
     return sorted(names)
 
@@ -133,11 +135,15 @@ def quantization_config(profile: Profile) -> Any:
     return None
 
 
-def load_base_for_training(profile: Profile, base: BaseModel) -> Any:
-    """The frozen base, quantized as the profile says, ready for k-bit training."""
+def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "CAUSAL_LM",
+                           pad_token_id: int | None = None) -> Any:
+    """The frozen base, quantized as the profile says, ready for k-bit training.
+
+    task_type SEQ_CLS loads it with a one-logit score head: the reward model.
+    """
     import torch
     from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     quant = quantization_config(profile)
     kwargs: dict[str, Any] = {"dtype": compute_dtype(profile), "revision": base.revision,
@@ -146,8 +152,12 @@ def load_base_for_training(profile: Profile, base: BaseModel) -> Any:
         kwargs["quantization_config"] = quant
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
+    auto_class: Any = AutoModelForCausalLM
+    if task_type == "SEQ_CLS":
+        auto_class = AutoModelForSequenceClassification
+        kwargs.update(num_labels=1, pad_token_id=pad_token_id)
     try:
-        model = AutoModelForCausalLM.from_pretrained(base.source, **kwargs)
+        model = auto_class.from_pretrained(base.source, **kwargs)
     except (OSError, ValueError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelError(f"model.id: cannot load the weights of {base.model_id!r}: {first}") from None
@@ -162,17 +172,20 @@ def load_base_for_training(profile: Profile, base: BaseModel) -> Any:
     return model
 
 
-def keep_adapter_weights_fp32(model: Any) -> None:
-    """Trainable (LoRA) weights in fp32, as PEFT makes them.
+@contextlib.contextmanager
+def trainable_weights_kept(model: Any) -> Iterator[None]:
+    """Build a trainer inside this block and the trainable (LoRA) weights come out exactly as they went in.
 
-    TRL casts them to bf16 for quantized bases, but a resumed run reloads them
-    in fp32 from the checkpoint; one dtype for both keeps resume exact.
+    TRL casts them to bf16 for quantized bases; that rounds a parent adapter's
+    weights (a DPO run would not start from its SFT policy exactly) and a
+    resumed run, which reloads fp32 from the checkpoint, would differ. PEFT
+    keeps them in fp32, and so do we.
     """
-    import torch
-
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()
+    saved = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    yield
+    for name, param in model.named_parameters():
+        if name in saved:
+            param.data = saved[name].to(param.device)
 
 
 def lora_config(profile: Profile, task_type: str = "CAUSAL_LM") -> Any:
@@ -192,11 +205,3 @@ def lora_shape(profile: Profile) -> dict[str, Any]:
     """What must not change between a run's start and its resume."""
     return {"r": profile.lora.r, "alpha": profile.lora.alpha, "target_modules": sorted(profile.lora.target_modules),
             "use_dora": profile.lora.use_dora, "use_rslora": profile.lora.use_rslora}
-
-
-def adapter_config_shape(adapter_dir: Path) -> dict[str, Any] | None:
-    path = adapter_dir / "adapter_config.json"
-    if not path.exists():
-        return None
-    cfg = json.loads(path.read_text())
-    return {"r": cfg.get("r"), "alpha": float(cfg.get("lora_alpha", 0))}

@@ -144,3 +144,43 @@ def tokenize_all(tokenizer: Any, data: ConvertedData, rows_read: int, max_seq_le
                 f"{longest} tokens)") if truncated else "check the data file"
         raise DataError(f"no trainable rows: all {rows_read} rows were dropped ({reasons})", hint=hint)
     return rows, report
+
+
+def preflight_alignment(tokenizer: Any, data: Any, rows_read: int, max_seq_len: int, method: str,
+                        completion_budget: int, notes: list[str]) -> tuple[list[dict[str, Any]], PreflightReport]:
+    """The same account for alignment rows: TRL tokenizes them itself, so here we only measure.
+
+    For online RL the prompt must leave room for `completion_budget` generated tokens.
+    """
+    from runner.preference_data import pair_lengths
+
+    kept: list[dict[str, Any]] = []
+    dropped: Counter[str] = Counter(data.dropped)
+    truncated = trainable = total = longest = 0
+    for example in data.examples:
+        prompt_len, full_lens = pair_lengths(tokenizer, example)
+        longest = max([longest, prompt_len, *full_lens])
+        if method == "rlhf":
+            if prompt_len + completion_budget > max_seq_len:
+                dropped[f"prompt leaves no room for {completion_budget} new tokens within max_seq_len={max_seq_len}"] \
+                    += 1
+                continue
+            total += prompt_len
+        else:
+            if prompt_len >= max_seq_len:
+                dropped[f"prompt fills max_seq_len={max_seq_len}"] += 1
+                continue
+            truncated += any(length > max_seq_len for length in full_lens)
+            trainable += sum(min(length, max_seq_len) - prompt_len for length in full_lens)
+            total += sum(min(length, max_seq_len) for length in full_lens)
+        kept.append(example)
+    report = PreflightReport(
+        rows_read=rows_read, rows_used=len(kept), rows_dropped=dict(dropped), rows_truncated=truncated,
+        trainable_tokens=trainable, total_tokens=total, longest_row_tokens=longest, max_seq_len=max_seq_len,
+        format=data.format, notes=notes,
+    )
+    if not kept:
+        reasons = "; ".join(f"{n} {why}" for why, n in dropped.items()) or "no rows"
+        raise DataError(f"no trainable rows: all {rows_read} rows were dropped ({reasons})",
+                        hint=f"raise train.max_seq_len (the longest row has {longest} tokens)")
+    return kept, report

@@ -18,7 +18,7 @@ from runner.errors import ProfileError
 
 METHODS = ("sft", "dpo", "orpo", "kto", "reward", "rlhf")
 DATA_FORMATS = (
-    "auto", "messages", "alpaca", "dolly", "prompt_completion", "text", "preference", "kto",
+    "auto", "messages", "alpaca", "dolly", "prompt_completion", "text", "preference", "kto", "prompt_only",
 )
 OPTIMIZERS = (
     "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
@@ -106,14 +106,12 @@ class TrainSection:
 
 @dataclass
 class MethodSection:
-    beta: float = spec(0.1, "number", "strength of the pull towards the reference", min=0, min_exclusive=True,
-                       methods=("dpo", "orpo", "kto", "rlhf"))
+    beta: float = spec(0.1, "number", "pull towards the reference (ORPO: weight of the odds-ratio term; "
+                       "rlhf: KL coefficient)", min=0, min_exclusive=True, methods=("dpo", "orpo", "kto", "rlhf"))
     loss_type: str = spec("sigmoid", "choice", "DPO loss", choices=("sigmoid", "hinge", "ipo", "robust", "bco_pair"),
                           methods=("dpo",))
     precompute_ref_log_probs: bool = spec(False, "bool", "compute the reference log-probs once before training",
                                           methods=("dpo", "kto"))
-    max_prompt_len: int = spec(512, "int", "prompt tokens kept (left-truncated)", min=1,
-                               methods=("dpo", "orpo", "kto", "rlhf"))
     desirable_weight: float = spec(1.0, "number", "weight of desirable rows", min=0, min_exclusive=True,
                                    methods=("kto",))
     undesirable_weight: float = spec(1.0, "number", "weight of undesirable rows", min=0, min_exclusive=True,

@@ -11,7 +11,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,11 @@ from runner.model import (
     lora_shape,
     resolve_base,
 )
-from runner.preflight import TokenizedRow, prepare_tokenizer, tokenize_all
+from runner.preflight import preflight_alignment, prepare_tokenizer, tokenize_all
 from runner.profile import Profile, load_profile
 from runner.rundir import RunDir
+
+MEASURED_METHODS = ("dpo", "orpo", "kto", "reward", "rlhf")
 
 
 @dataclass
@@ -40,12 +42,14 @@ class Prepared:
     profile: Profile
     base: BaseModel
     tokenizer: Any
-    train_rows: list[TokenizedRow]
-    eval_rows: list[TokenizedRow]
+    train_data: list[Any]  # TokenizedRow for SFT, conversational dicts for the other methods
+    eval_data: list[Any]
     dataset_fingerprint: str
     dataset_rows: int
     parent_ref: str
     parent_path: Path | None
+    measure_pairs: list[dict[str, Any]] = field(default_factory=list)  # pairs for the before/after alignment check
+    measure_slice: str = ""
 
 
 def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
@@ -65,19 +69,24 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     checkpoints.clear_staging(run.checkpoints_path)
     resumed_step = int(resume_from.name.split("-")[1]) if resume_from else None
 
+    from runner.methods.preference import reference_description
+
+    method = profile.train.method
     writer.write(
         "start", run_id=run.run_id, profile_name=profile.name, profile_digest=profile.digest(),
-        method=profile.train.method, base_model=prepared.base.model_id, base_fingerprint=prepared.base.fingerprint,
+        method=method, base_model=prepared.base.model_id, base_fingerprint=prepared.base.fingerprint,
         dataset=profile.data.path, dataset_fingerprint=prepared.dataset_fingerprint,
-        dataset_rows=prepared.dataset_rows, train_rows=len(prepared.train_rows), eval_rows=len(prepared.eval_rows),
+        dataset_rows=prepared.dataset_rows, train_rows=len(prepared.train_data), eval_rows=len(prepared.eval_data),
         lora_shape=lora_shape(profile), parent=prepared.parent_ref, device=describe_device(),
-        library_versions=library_versions(), max_steps=planned_steps(profile, len(prepared.train_rows)),
+        library_versions=library_versions(), max_steps=planned_steps(profile, len(prepared.train_data)),
         resumed_from_step=resumed_step,
+        reference=reference_description(prepared) if method in ("dpo", "orpo", "kto", "rlhf") else "",
     )
 
-    from runner.sft import build_sft_trainer
+    from runner.methods import build_trainer
 
-    trainer, callback = build_sft_trainer(prepared, run, writer, stop_signalled)
+    trainer, callback = build_trainer(prepared, run, writer, stop_signalled)
+    baseline = alignment_baseline(run, prepared, trainer, writer, resumed=resume_from is not None)
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
@@ -92,11 +101,12 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
                      message=f"stopped at step {trainer.state.global_step}; resume continues from there")
         return
 
-    metrics = final_metrics(trainer, run, time.monotonic() - started)
-    if prepared.eval_rows:
-        evaluation = trainer.evaluate()
-        writer.write("eval", step=trainer.state.global_step, **evaluation)
+    metrics = final_metrics(trainer, time.monotonic() - started)
+    if prepared.eval_data and method != "rlhf":
+        evaluation = trainer.evaluate()  # the callback writes it as an `eval` event
         metrics["eval_loss"] = evaluation.get("eval_loss")
+    if baseline is not None:
+        metrics.update(alignment_after(prepared, trainer, baseline, writer))
     adapter = save_adapter(trainer, prepared.tokenizer, run)
     ref = register(home, run, prepared, adapter, metrics)
     writer.write("done", step=trainer.state.global_step, adapter_path=str(ref.path), registry_ref=ref.ref,
@@ -117,15 +127,75 @@ def prepare(profile: Profile, home: Path, writer: EventWriter) -> Prepared:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, revision=None if parent_path else base.revision,
                                               trust_remote_code=profile.model.trust_remote_code)
     raw = read_rows(profile.data)
-    converted = to_sft_examples(raw, profile.data.format, profile.data.system_prompt)
-    notes = prepare_tokenizer(tokenizer, needs_chat_template=converted.format != "text")
-    rows, report = tokenize_all(tokenizer, converted, len(raw.rows), profile.train.max_seq_len, notes)
-    train_rows, eval_rows = split_eval(rows, profile.data.eval_fraction, profile.train.seed)
+    method = profile.train.method
+    seed, fraction = profile.train.seed, profile.data.eval_fraction
+    if method == "sft":
+        converted = to_sft_examples(raw, profile.data.format, profile.data.system_prompt)
+        notes = prepare_tokenizer(tokenizer, needs_chat_template=converted.format != "text")
+        rows, report = tokenize_all(tokenizer, converted, len(raw.rows), profile.train.max_seq_len, notes)
+        train_rows, eval_rows = split_eval(rows, fraction, seed)
+        pairs, pairs_slice = [], ""
+    else:
+        from runner.preference_data import to_alignment_examples
+
+        converted = to_alignment_examples(raw, method, profile.data.format, profile.data.system_prompt)
+        notes = prepare_tokenizer(tokenizer, needs_chat_template=True)
+        rows, report = preflight_alignment(tokenizer, converted, len(raw.rows), profile.train.max_seq_len, method,
+                                           profile.method.max_completion_len, notes)
+        train_rows, eval_rows = split_eval(rows, fraction, seed)
+        pairs, pairs_slice = measurement_pairs(raw, profile, train_rows, eval_rows)
     writer.write("preflight", **report.as_event(), train_rows=len(train_rows), eval_rows=len(eval_rows))
     for note in notes:
         writer.write("log", level="warning", message=note)
     return Prepared(profile, base, tokenizer, train_rows, eval_rows, data_fingerprint(raw, profile.data),
-                    len(raw.rows), parent_ref, parent_path)
+                    len(raw.rows), parent_ref, parent_path, pairs, pairs_slice)
+
+
+def measurement_pairs(raw: Any, profile: Profile, train_rows: list[Any],
+                      eval_rows: list[Any]) -> tuple[list[dict[str, Any]], str]:
+    """The pairs alignment is measured on: held-out ones when there are, else (say so) training pairs."""
+    method = profile.train.method
+    if method not in MEASURED_METHODS:
+        return [], ""
+    if method == "kto":  # KTO trains on unpaired rows; measure on pairs only when the data had them
+        from runner.preference_data import to_alignment_examples
+
+        if profile.data.format not in ("auto", "preference") or "chosen" not in raw.rows[0].values:
+            return [], ""
+        pairs = to_alignment_examples(raw, "dpo", "preference", profile.data.system_prompt).examples
+        held, rest = split_eval(pairs, profile.data.eval_fraction, profile.train.seed)
+        return (rest, "held-out pairs") if rest else (held, "training pairs")
+    return (eval_rows, "held-out pairs") if eval_rows else (train_rows, "training pairs")
+
+
+def alignment_baseline(run: RunDir, prepared: Prepared, trainer: Any, writer: EventWriter,
+                       resumed: bool) -> dict[str, Any] | None:
+    """The starting policy's (or untrained reward head's) preference numbers, measured once per run."""
+    if not prepared.measure_pairs:
+        return None
+    if resumed:
+        for event in read_events(run.events_path):
+            if event.get("type") == "alignment_baseline":
+                return dict(event["baseline"])
+    from runner.alignment_eval import measure
+
+    profile = prepared.profile
+    baseline = measure(trainer, prepared.tokenizer, prepared.measure_pairs, profile.train.method,
+                       profile.train.max_seq_len, profile.method.max_completion_len)
+    writer.write("alignment_baseline", slice=prepared.measure_slice, baseline=baseline)
+    return baseline
+
+
+def alignment_after(prepared: Prepared, trainer: Any, baseline: dict[str, Any],
+                    writer: EventWriter) -> dict[str, float]:
+    from runner.alignment_eval import compare, measure
+
+    profile = prepared.profile
+    after = measure(trainer, prepared.tokenizer, prepared.measure_pairs, profile.train.method,
+                    profile.train.max_seq_len, profile.method.max_completion_len)
+    metrics = compare(baseline, after, profile.train.method, profile.method.beta)
+    writer.write("alignment", slice=prepared.measure_slice, **metrics)
+    return metrics
 
 
 def resolve_parent(profile: Profile, home: Path) -> tuple[str, Path | None]:
@@ -142,10 +212,13 @@ def resolve_parent(profile: Profile, home: Path) -> tuple[str, Path | None]:
     if version.base_model != profile.model.id:
         raise RunError(f"model.adapter: {version.ref} was trained on {version.base_model!r}, "
                        f"but model.id is {profile.model.id!r}")
+    if version.kind != "adapter":
+        raise RunError(f"model.adapter: {version.ref} is a {version.kind!r} version; only adapters can be "
+                       "trained further")
     return version.ref, version.path
 
 
-def split_eval(rows: list[TokenizedRow], fraction: float, seed: int) -> tuple[list[TokenizedRow], list[TokenizedRow]]:
+def split_eval(rows: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
     if fraction <= 0 or len(rows) < 2:
         return rows, []
     order = list(range(len(rows)))
@@ -189,7 +262,7 @@ def describe_device() -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def final_metrics(trainer: Any, run: RunDir, seconds: float) -> dict[str, Any]:
+def final_metrics(trainer: Any, seconds: float) -> dict[str, Any]:
     history = [h for h in trainer.state.log_history if "loss" in h]
     metrics: dict[str, Any] = {"steps": trainer.state.global_step, "train_seconds": round(seconds, 2)}
     if history:
@@ -198,14 +271,19 @@ def final_metrics(trainer: Any, run: RunDir, seconds: float) -> dict[str, Any]:
         for key, value in history[-1].items():
             if key not in ("loss", "step", "epoch", "learning_rate", "grad_norm") and isinstance(value, (int, float)):
                 metrics[key] = value
+        if "reward" in history[0]:
+            metrics["first_reward"] = history[0]["reward"]
     return metrics
 
 
 def save_adapter(trainer: Any, tokenizer: Any, run: RunDir) -> Path:
-    """The final PEFT directory (weights, config, tokenizer with its chat template), written then renamed."""
+    """The final PEFT directory (weights, config, tokenizer with its chat template), written then renamed.
+
+    Only the trained adapter is saved: preference trainers keep a frozen "ref" copy beside it.
+    """
     tmp = run.path / ".adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
+    trainer.model.save_pretrained(tmp, selected_adapters=["default"])
     tokenizer.save_pretrained(tmp)
     if not checkpoints.adapter_weights_finite(tmp):
         shutil.rmtree(tmp, ignore_errors=True)
@@ -214,6 +292,20 @@ def save_adapter(trainer: Any, tokenizer: Any, run: RunDir) -> Path:
         shutil.rmtree(run.adapter_path)
     tmp.rename(run.adapter_path)
     return run.adapter_path
+
+
+def adapter_lora_shape(adapter: Path) -> dict[str, Any] | None:
+    """The LoRA shape as saved (a run that continues a parent adapter keeps the parent's shape)."""
+    import json
+
+    path = adapter / "adapter_config.json"
+    if not path.exists():
+        return None
+    cfg = json.loads(path.read_text())
+    targets = cfg.get("target_modules") or []
+    return {"r": cfg.get("r"), "alpha": float(cfg.get("lora_alpha", 0)),
+            "target_modules": sorted(targets) if isinstance(targets, list) else [targets],
+            "use_dora": bool(cfg.get("use_dora")), "use_rslora": bool(cfg.get("use_rslora"))}
 
 
 def register(home: Path, run: RunDir, prepared: Prepared, adapter: Path, metrics: dict[str, Any]) -> Any:
@@ -228,6 +320,7 @@ def register(home: Path, run: RunDir, prepared: Prepared, adapter: Path, metrics
         library_versions=library_versions(), run_id=run.run_id,
         extra={"quant": {"bits": profile.quant.bits, "type": profile.quant.type,
                          "double_quant": profile.quant.double_quant},
-               "lora": lora_shape(profile), "train_rows": len(prepared.train_rows)},
+               "lora": adapter_lora_shape(adapter) or lora_shape(profile), "train_rows": len(prepared.train_data),
+               **({"alignment_slice": prepared.measure_slice} if prepared.measure_slice else {})},
     )
     return open_store(home).add(profile.name, adapter, meta)

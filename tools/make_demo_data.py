@@ -48,6 +48,39 @@ def sft_rows(rng: random.Random, per_task: int = 40) -> list[dict[str, str]]:
     return rows
 
 
+def preference_rows(rng: random.Random, per_task: int = 30) -> list[dict[str, str]]:
+    """A right answer (chosen) against a plausible wrong one (rejected), same wording."""
+    rows = []
+    for _ in range(per_task):
+        a, b = rng.randint(1, 50), rng.randint(1, 50)
+        wrong = a + b + rng.choice([-3, -2, -1, 1, 2, 3])
+        rows.append({"prompt": f"Add the two numbers.\n\n{a} and {b}", "chosen": f"{a} plus {b} is {a + b}.",
+                     "rejected": f"{a} plus {b} is {wrong}."})
+        word, opposite = rng.choice(sorted(OPPOSITES.items()))
+        other = rng.choice([w for w in OPPOSITES.values() if w != opposite])
+        rows.append({"prompt": f"What is the opposite of the word?\n\n{word}",
+                     "chosen": f"The opposite of {word} is {opposite}.", "rejected": f"The opposite of {word} is {other}."})
+        i = rng.randrange(7)
+        rows.append({"prompt": f"Name the day that comes after the given day.\n\n{DAYS[i]}",
+                     "chosen": f"{DAYS[(i + 1) % 7]} comes after {DAYS[i]}.",
+                     "rejected": f"{DAYS[(i + rng.choice([2, 3, 4])) % 7]} comes after {DAYS[i]}."})
+        n = rng.randint(1, 99)
+        right, wrong_parity = ("even", "odd") if n % 2 == 0 else ("odd", "even")
+        rows.append({"prompt": f"Is the number even or odd?\n\n{n}", "chosen": f"{n} is {right}.",
+                     "rejected": f"{n} is {wrong_parity}."})
+    rng.shuffle(rows)
+    return rows
+
+
+def kto_rows(rng: random.Random) -> list[dict[str, object]]:
+    """Unpaired rows: each preference pair gives either its good answer (label true) or its bad one."""
+    rows: list[dict[str, object]] = []
+    for pair in preference_rows(rng, per_task=30):
+        good = rng.random() < 0.5
+        rows.append({"prompt": pair["prompt"], "completion": pair["chosen" if good else "rejected"], "label": good})
+    return rows
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
@@ -57,6 +90,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def main() -> None:
     ASSETS.mkdir(parents=True, exist_ok=True)
     write_jsonl(ASSETS / "demo-instructions.jsonl", sft_rows(random.Random(1234)))
+    write_jsonl(ASSETS / "demo-preferences.jsonl", preference_rows(random.Random(5678)))
+    write_jsonl(ASSETS / "demo-kto.jsonl", kto_rows(random.Random(91011)))
 
 
 if __name__ == "__main__":

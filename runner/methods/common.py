@@ -1,4 +1,4 @@
-"""Supervised fine-tuning with TRL's SFTTrainer on rows tokenized by the preflight."""
+"""What every method's trainer shares: TrainingArguments from [train], the LoRA, the events callback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from runner.callbacks import EventsCallback
 from runner.checkpoints import staging_dir
 from runner.events import EventWriter
-from runner.model import compute_dtype, keep_adapter_weights_fp32, load_base_for_training, lora_config
+from runner.model import compute_dtype, load_base_for_training, lora_config
 from runner.profile import Profile
 from runner.rundir import RunDir
 
@@ -64,37 +64,31 @@ def attach_lora(model: Any, profile: Profile, parent_path: Any, task_type: str =
     return get_peft_model(model, lora_config(profile, task_type))
 
 
-def build_sft_trainer(prepared: Any, run: RunDir, writer: EventWriter,
-                      stop_signalled: Callable[[], bool]) -> tuple[Any, EventsCallback]:
-    from datasets import Dataset
+def load_policy(prepared: Any, writer: EventWriter, task_type: str = "CAUSAL_LM") -> Any:
+    """Seeded base + LoRA (fresh, or the parent adapter's weights, trainable)."""
     from transformers import set_seed
-    from trl import SFTConfig, SFTTrainer
 
     profile = prepared.profile
     set_seed(profile.train.seed)  # the LoRA init draws random numbers before the Trainer seeds anything
-    model = load_base_for_training(profile, prepared.base)
-    model = attach_lora(model, profile, prepared.parent_path)
+    model = load_base_for_training(profile, prepared.base, task_type=task_type,
+                                   pad_token_id=prepared.tokenizer.pad_token_id)
     if prepared.parent_path is not None:
-        writer.write("log", level="info", message=f"continuing adapter {prepared.parent_ref}: its LoRA shape "
-                                                  "is used, [lora] is ignored")
+        writer.write("log", level="info", message=f"continuing adapter {prepared.parent_ref}: its weights and "
+                                                  "LoRA shape are used, [lora] is ignored")
+    return attach_lora(model, profile, prepared.parent_path, task_type)
 
-    def as_dataset(rows: list[Any]) -> Any:
-        return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
 
-    config = SFTConfig(
-        **trainer_arguments(profile, str(staging_dir(run.checkpoints_path)), bool(prepared.eval_rows)),
-        max_length=profile.train.max_seq_len,
-        dataset_kwargs={"skip_prepare_dataset": True},
-    )
-    callback = EventsCallback(writer, run, keep_checkpoints=profile.train.save_total_limit,
-                              stop_signalled=stop_signalled)
-    trainer = SFTTrainer(
-        model=model,
-        args=config,
-        train_dataset=as_dataset(prepared.train_rows),
-        eval_dataset=as_dataset(prepared.eval_rows) if prepared.eval_rows else None,
-        processing_class=prepared.tokenizer,
-        callbacks=[callback],
-    )
-    keep_adapter_weights_fp32(trainer.model)
-    return trainer, callback
+def events_callback(prepared: Any, run: RunDir, writer: EventWriter,
+                    stop_signalled: Callable[[], bool]) -> EventsCallback:
+    return EventsCallback(writer, run, keep_checkpoints=prepared.profile.train.save_total_limit,
+                          stop_signalled=stop_signalled)
+
+
+def output_dir(run: RunDir) -> str:
+    return str(staging_dir(run.checkpoints_path))
+
+
+def conversational_dataset(rows: list[dict[str, Any]]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_list(rows) if rows else None

@@ -1,0 +1,34 @@
+"""Reward models: a one-logit score head on the base, trained with its LoRA on chosen/rejected pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from runner.callbacks import EventsCallback
+from runner.events import EventWriter
+from runner.methods.common import (
+    conversational_dataset,
+    events_callback,
+    load_policy,
+    output_dir,
+    trainer_arguments,
+)
+from runner.model import trainable_weights_kept
+from runner.rundir import RunDir
+
+
+def build_reward_trainer(prepared: Any, run: RunDir, writer: EventWriter,
+                         stop_signalled: Callable[[], bool]) -> tuple[Any, EventsCallback]:
+    from trl import RewardConfig, RewardTrainer
+
+    profile = prepared.profile
+    model = load_policy(prepared, writer, task_type="SEQ_CLS")
+    config = RewardConfig(**trainer_arguments(profile, output_dir(run), bool(prepared.eval_data)),
+                          max_length=profile.train.max_seq_len)
+    callback = events_callback(prepared, run, writer, stop_signalled)
+    with trainable_weights_kept(model):
+        trainer = RewardTrainer(model=model, args=config, train_dataset=conversational_dataset(prepared.train_data),
+                                eval_dataset=conversational_dataset(prepared.eval_data),
+                                processing_class=prepared.tokenizer, callbacks=[callback])
+    return trainer, callback

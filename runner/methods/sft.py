@@ -1,0 +1,41 @@
+"""Supervised fine-tuning with TRL's SFTTrainer on rows the preflight tokenized."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from runner.callbacks import EventsCallback
+from runner.events import EventWriter
+from runner.methods.common import events_callback, load_policy, output_dir, trainer_arguments
+from runner.model import trainable_weights_kept
+from runner.rundir import RunDir
+
+
+def build_sft_trainer(prepared: Any, run: RunDir, writer: EventWriter,
+                      stop_signalled: Callable[[], bool]) -> tuple[Any, EventsCallback]:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    profile = prepared.profile
+    model = load_policy(prepared, writer)
+
+    def as_dataset(rows: list[Any]) -> Any:
+        return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
+
+    config = SFTConfig(
+        **trainer_arguments(profile, output_dir(run), bool(prepared.eval_data)),
+        max_length=profile.train.max_seq_len,
+        dataset_kwargs={"skip_prepare_dataset": True},
+    )
+    callback = events_callback(prepared, run, writer, stop_signalled)
+    with trainable_weights_kept(model):
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=as_dataset(prepared.train_data),
+            eval_dataset=as_dataset(prepared.eval_data) if prepared.eval_data else None,
+            processing_class=prepared.tokenizer,
+            callbacks=[callback],
+        )
+    return trainer, callback

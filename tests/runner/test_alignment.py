@@ -1,0 +1,180 @@
+"""Alignment methods on the tiny model with real TRL: each moves its metric the right way, with lineage.
+
+The session fixture starts from the SFT adapter `quick@1` of trained_home and
+adds: a DPO run on top of it, a reward model, and an RL run against that
+reward model, so the RLHF chain SFT -> reward -> RL is exercised end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from registry.store import open_store
+from runner.launch import PROFILE_HEADER
+from runner.profile import Profile, dumps_profile, load_profile
+from runner.rundir import create_run, list_runs, summarize
+from tests.conftest import ROOT, run_to_end
+from tests.runner.helpers import events_of
+
+
+def preference_profile(name: str, method: str, steps: int, **method_options: object) -> Profile:
+    profile = load_profile(ROOT / "profiles" / "demo-dpo.toml")
+    profile.name, profile.train.method, profile.train.max_steps = name, method, steps
+    profile.train.save_steps = steps
+    profile.data.eval_fraction = 0.0  # measure on the training pairs: a few steps cannot generalise on 24 pairs
+    for key, value in method_options.items():
+        setattr(profile.method, key, value)
+    profile.method_keys = tuple(method_options)
+    return profile
+
+
+@pytest.fixture(scope="session")
+def aligned_home(trained_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("aligned") / "home"
+    shutil.copytree(trained_home, home, symlinks=True)
+    dpo = preference_profile("dpo-on-sft", "dpo", 40)
+    dpo.model.adapter = "quick@1"
+    run_to_end(home, dpo)
+    reward = load_profile(ROOT / "profiles" / "demo-rlhf-reward.toml")
+    reward.name, reward.train.max_steps = "rm", 60
+    run_to_end(home, reward)
+    rl = load_profile(ROOT / "profiles" / "demo-rlhf.toml")
+    rl.name, rl.model.adapter, rl.method.reward_model = "rl", "quick@1", "rm@1"
+    run_to_end(home, rl)
+    return home
+
+
+def run_named(home: Path, name: str) -> object:
+    return next(r for r in list_runs(home) if summarize(r).state.profile_name == name)
+
+
+def test_dpo_from_sft_records_lineage_reference_and_alignment(aligned_home: Path) -> None:
+    store = open_store(aligned_home)
+    version = store.get("dpo-on-sft")
+    assert version.method == "dpo" and version.parent_ref == "quick@1"
+    assert [v.ref for v in store.lineage(version.ref)] == ["quick@1", "dpo-on-sft@1"]
+    m = version.metrics
+    assert m["align/accuracy_after"] > m["align/accuracy_before"]
+    assert m["align/margin_after"] > m["align/margin_before"]
+    assert m["align/reward_accuracy"] > 0.5 and m["align/pairs"] == 120
+    assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"} <= set(m)
+    run = run_named(aligned_home, "dpo-on-sft")
+    (start,) = events_of(run, "start")
+    assert start["reference"].startswith("quick@1 (the starting SFT policy")
+    steps = events_of(run, "step")
+    assert all("rewards/accuracies" in e for e in steps)
+
+
+def test_preference_run_starts_from_the_sft_weights_not_a_fresh_lora(aligned_home: Path) -> None:
+    """The baseline measured at step 0 equals base + quick@1, computed here independently."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from runner.alignment_eval import answer_logps
+    from runner.builtin import builtin_model_dir
+    from runner.data import read_rows
+    from runner.preference_data import to_alignment_examples
+    from runner.profile import DataSection
+
+    run = run_named(aligned_home, "dpo-on-sft")
+    (baseline,) = events_of(run, "alignment_baseline")
+    pairs = to_alignment_examples(read_rows(DataSection(path="builtin:demo-preferences")), "dpo", "preference").examples
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(builtin_model_dir(aligned_home, "builtin:tiny-llama"),
+                                                quantization_config=quant, dtype=torch.float32)
+    sft_path = open_store(aligned_home).get("quick@1").path
+    model = PeftModel.from_pretrained(base, str(sft_path)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(sft_path)
+    first = pairs[:4]
+    chosen = answer_logps(model, tokenizer, [p["prompt"] for p in first], [p["chosen"] for p in first], 128)
+    rejected = answer_logps(model, tokenizer, [p["prompt"] for p in first], [p["rejected"] for p in first], 128)
+    expected = [c - r for c, r in zip(chosen, rejected)]
+    assert baseline["baseline"]["deltas"][:4] == pytest.approx(expected, abs=1e-3)
+    with model.disable_adapter():
+        bare_c = answer_logps(model, tokenizer, [p["prompt"] for p in first], [p["chosen"] for p in first], 128)
+    assert bare_c != pytest.approx(chosen, abs=1e-2)  # the SFT adapter matters, so the check above means something
+
+
+def test_dpo_from_scratch_improves_preference_on_its_pairs(home: Path) -> None:
+    run = run_to_end(home, preference_profile("dpo", "dpo", 40))
+    m = open_store(home).get("dpo").metrics
+    assert m["align/accuracy_after"] > m["align/accuracy_before"] and m["align/reward_accuracy"] > 0.5
+    assert events_of(run, "start")[0]["reference"].startswith("the base model")
+
+
+def test_orpo_improves_preference_without_a_reference(home: Path) -> None:
+    run = run_to_end(home, preference_profile("orpo", "orpo", 120, beta=2.0))
+    m = open_store(home).get("orpo").metrics
+    assert m["align/accuracy_after"] > m["align/accuracy_before"]
+    assert m["align/margin_after"] > m["align/margin_before"]
+    assert "align/reward_accuracy" not in m  # reference-free: no implicit reward
+    assert events_of(run, "start")[0]["reference"] == "none (ORPO is reference-free)"
+    assert "log_odds_ratio" in events_of(run, "step")[-1]
+
+
+def test_kto_on_unpaired_rows_and_on_pairs(home: Path) -> None:
+    unpaired = preference_profile("kto-rows", "kto", 10, beta=0.1)
+    unpaired.data.path, unpaired.data.format = "builtin:demo-kto", "kto"
+    run = run_to_end(home, unpaired)
+    assert "align/accuracy_after" not in open_store(home).get("kto-rows").metrics  # no pairs to measure on
+    assert events_of(run, "preflight")[0]["format"] == "kto"
+    paired = preference_profile("kto", "kto", 60, beta=0.1)
+    paired.data.format = "auto"
+    run_to_end(home, paired)
+    m = open_store(home).get("kto").metrics
+    assert m["align/accuracy_after"] > m["align/accuracy_before"] and m["align/reward_accuracy"] > 0.5
+
+
+def test_reward_model_learns_to_rank_chosen_first(aligned_home: Path) -> None:
+    version = open_store(aligned_home).get("rm")
+    assert version.kind == "reward" and version.method == "reward"
+    m = version.metrics
+    assert m["align/accuracy_after"] > m["align/accuracy_before"]
+    assert m["align/margin_after"] > m["align/margin_before"]
+    config = json.loads((version.path / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_CLS" and "score" in (config.get("modules_to_save") or [])
+
+
+def test_rl_against_the_reward_model_raises_reward_with_kl_control(aligned_home: Path) -> None:
+    store = open_store(aligned_home)
+    version = store.get("rl")
+    assert version.method == "rlhf" and [v.ref for v in store.lineage("rl")] == ["quick@1", "rl@1"]
+    m = version.metrics
+    assert m["align/reward_after"] > m["align/reward_before"]
+    steps = events_of(run_named(aligned_home, "rl"), "step")
+    assert all("reward" in e and "kl" in e for e in steps)
+    assert any(e["kl"] > 0 for e in steps)
+
+
+def test_rlhf_refuses_a_version_that_is_not_a_reward_model(aligned_home: Path, tmp_path: Path) -> None:
+    from runner.__main__ import main as runner_main
+
+    home = tmp_path / "home"
+    shutil.copytree(aligned_home, home, symlinks=True)
+    profile = load_profile(ROOT / "profiles" / "demo-rlhf.toml")
+    profile.model.adapter, profile.method.reward_model = "quick@1", "dpo-on-sft@1"
+    run = create_run(home, dumps_profile(profile, PROFILE_HEADER), profile.name)
+    assert runner_main([str(run.path)]) == 1
+    (error,) = events_of(run, "error")
+    assert error["message"] == "method.reward_model: dpo-on-sft@1 is a 'adapter' version, not a reward model"
+
+
+def test_bad_preference_file_fails_with_file_and_line_before_training(home: Path, tmp_path: Path) -> None:
+    from runner.__main__ import main as runner_main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n')
+    profile = preference_profile("bad", "dpo", 5)
+    profile.data.path = str(data)
+    run = create_run(home, dumps_profile(profile, PROFILE_HEADER), profile.name)
+    assert runner_main([str(run.path)]) == 1
+    (error,) = events_of(run, "error")
+    assert error["message"] == (f"{data}:2: preference row lacks 'rejected'; preference rows have chosen, "
+                                "rejected (optional: prompt)")
+    assert not events_of(run, "start") and open_store(home).list_versions() == []
