@@ -90,7 +90,8 @@ def gc(store: Store) -> GcReport:
     sizes: dict[Path, int] = {}
     if store.tmp_root.is_dir():
         sizes = {p: _size(p) for p in store.tmp_root.iterdir()}
-    for path in sweep_dead_areas(store.tmp_root):
+    registered = {v.path.resolve() for v in store.list_versions() if not store.is_stored(v)}
+    for path in sweep_dead_areas(store.tmp_root, keep=lambda p: p.resolve() in registered):
         report.removed.append(path)
         report.freed_bytes += sizes.get(path, 0)
     if not store.adapters_root.is_dir():

@@ -16,7 +16,7 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +67,14 @@ class WorkArea:
     def track(self, path: Path) -> None:
         """Name a directory outside the registry that gc must remove if this process dies."""
         self.outside.append(Path(path).resolve())
+        self._write_marker()
+
+    def untrack(self, path: Path) -> None:
+        """Keep a tracked directory after all (it became a finished, registered output)."""
+        self.outside = [p for p in self.outside if p != Path(path).resolve()]
+        self._write_marker()
+
+    def _write_marker(self) -> None:
         tmp = self.marker_path.with_suffix(".json-new")
         tmp.write_text(json.dumps({"outside": [str(p) for p in self.outside]}))
         os.replace(tmp, self.marker_path)
@@ -113,8 +121,9 @@ def _area_is_dead(lock_path: Path) -> bool:
     return True
 
 
-def sweep_dead_areas(tmp_root: Path) -> list[Path]:
-    """Remove the work areas of processes that died, and their outside directories; returns what was removed."""
+def sweep_dead_areas(tmp_root: Path, keep: Callable[[Path], bool] = lambda path: False) -> list[Path]:
+    """Remove the work areas of processes that died, and their outside directories unless `keep` says a
+    directory is in use (registered); returns what was removed."""
     removed: list[Path] = []
     if not tmp_root.is_dir():
         return removed
@@ -130,7 +139,7 @@ def sweep_dead_areas(tmp_root: Path) -> list[Path]:
             with contextlib.suppress(ValueError, OSError):
                 targets += [Path(p) for p in json.loads(marker.read_text()).get("outside", [])]
         for target in targets:
-            if target.exists() or target.is_symlink():
+            if (target.exists() or target.is_symlink()) and not keep(target):
                 remove_tree(target)
                 removed.append(target)
         marker.unlink(missing_ok=True)

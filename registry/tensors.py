@@ -22,12 +22,14 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """One tensor's place: its name, dtype (safetensors spelling), shape and the file holding it."""
+    """One tensor's place: its name, dtype (safetensors spelling), shape, and its byte range in `file`."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     file: Path
+    start: int = 0
+    end: int = 0
 
 
 def read_header(path: Path) -> dict[str, TensorInfo]:
@@ -49,7 +51,8 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
             start, end = info["data_offsets"]
             if end > size - 8 - length or start > end:
                 raise ValueError(f"tensor {name} lies past the end of the file (truncated?)")
-            out[name] = TensorInfo(name, info["dtype"], tuple(info["shape"]), path)
+            out[name] = TensorInfo(name, info["dtype"], tuple(info["shape"]), path, 8 + length + start,
+                                   8 + length + end)
         return out
     except FileNotFoundError:
         raise InvalidAdapterError(f"{path}: no such file") from None
@@ -76,3 +79,11 @@ def inventory(model_dir: Path) -> dict[str, TensorInfo]:
     for path in weight_files(model_dir):
         out.update(read_header(path))
     return out
+
+
+def file_metadata(path: Path) -> dict[str, str]:
+    """The free-form `__metadata__` strings of a safetensors file (e.g. {"format": "pt"})."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        meta = json.loads(f.read(length)).get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()}

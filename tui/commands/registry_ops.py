@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,46 @@ def cmd_export(args: argparse.Namespace, home: Path) -> int:
     return 0
 
 
+def _progress(message: str, fraction: float) -> None:
+    print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
+
+
+def cmd_merge(args: argparse.Namespace, home: Path) -> int:
+    from registry.merge import merge_version
+
+    result = merge_version(_store(home), args.ref, Path(args.out), dtype=args.dtype, base_weights=args.base_weights,
+                           force=args.force, name=args.name, check=not args.no_check,
+                           on_progress=None if args.quiet else _progress)
+    if args.json:
+        print_json(result.to_json())
+        return 0
+    print(f"merged {result.adapter.ref} into {result.version.base_model} ({result.dtype}, base weights "
+          f"{result.base_weights}, {result.method}) in {result.seconds:.1f} s")
+    if result.note:
+        print(f"  note: {result.note}")
+    if result.fidelity:
+        f = result.fidelity
+        print(f"  fidelity vs. {f.reference}: top-1 agreement {f.top1_agreement:.1%}, max KL {number(f.max_kl)}, "
+              f"mean KL {number(f.mean_kl)} over {f.positions} positions")
+    print(f"registered {result.version.ref}\n  files: {result.out_dir}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, home: Path) -> int:
+    from registry.compare import compare_generate
+
+    answers = compare_generate(_store(home), args.refs, args.prompt, max_new_tokens=args.max_new_tokens,
+                               temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                               on_progress=None if args.json else _progress)
+    if args.json:
+        print_json([a.to_json() for a in answers])
+        return 0
+    for answer in answers:
+        print(f"== {answer.label}  ({answer.seconds:.2f} s, {answer.new_tokens} tokens)")
+        print(answer.text.strip() or "(empty answer)")
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("tag", help="point an alias (prod, best, ...) at a version: NAME@ALIAS then resolves to it")
     p.add_argument("ref", help="NAME@N")
@@ -189,3 +230,26 @@ def add_commands(sub: Any) -> None:
     p.add_argument("file", metavar="FILE.tar")
     p.add_argument("--force", action="store_true", help="overwrite FILE.tar if it exists")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("merge", help="merge an adapter into its unquantized base, check fidelity, register the result")
+    p.add_argument("ref", help="NAME, NAME@N or NAME@ALIAS")
+    p.add_argument("--out", required=True, help="directory for the merged model (new or empty unless --force)")
+    p.add_argument("--dtype", default="bf16", help="bf16, fp16 or fp32 (default bf16)")
+    p.add_argument("--base-weights", default="auto",
+                   help="original or nf4-roundtrip (default: nf4-roundtrip for adapters trained in 4-bit)")
+    p.add_argument("--name", help="registry name of the merged model (default: NAME-merged)")
+    p.add_argument("--force", action="store_true", help="replace the contents of a non-empty --out")
+    p.add_argument("--no-check", action="store_true", help="skip the fidelity check")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("compare", help="the base and each adapter answer one prompt, in one batched generate call")
+    p.add_argument("refs", nargs="+", metavar="REF")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
