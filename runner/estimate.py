@@ -209,6 +209,11 @@ def estimate_profile(profile: Profile, home: Path, gpu_gb: float | None = None, 
     gc = profile.train.gradient_checkpointing
 
     components = _weight_components(shape, profile, nbytes, dtype_name)
+    if profile.train.method == "rlhf":
+        # RL scores samples with a reward model: a second copy of the base, quantized the same way.
+        base_gb = sum(c.gb for c in components)
+        components.append(Component("reward model (second base)", base_gb,
+                                    "method.reward_model: the base again with its LoRA and score head, frozen"))
     components += [
         Component("LoRA weights", 4 * trainable / GB, f"{_count(trainable)} trainable params in fp32"),
         Component("gradients", 4 * trainable / GB, "fp32, trainable params only (the base is frozen)"),

@@ -125,3 +125,33 @@ def test_the_comment_quotes_the_estimator(name: str) -> None:
     quoted = re.search(r"puts it at\s+([0-9.]+) GB", text.replace("#", " "))
     assert quoted, f"{name}: the comment should say what `qlora-tui estimate` puts it at"
     assert float(quoted.group(1)) == pytest.approx(plan(name, 24).total_gb, abs=0.1)
+
+
+ALIGNMENT_RECIPES = ("llama_2_7b_qlora_dpo", "llama_2_7b_qlora_orpo", "llama_2_7b_rlhf_qlora_sft",
+                     "llama_2_7b_rlhf_qlora_reward", "llama_2_7b_rlhf_qlora_rlhf")
+
+
+@pytest.mark.parametrize("name", ALIGNMENT_RECIPES)
+def test_alignment_recipe_names_follow_family_size_method(name: str) -> None:
+    assert NAME.match(name)
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_llama_2_7b_preference_recipes(method: str) -> None:
+    p = recipe(f"llama_2_7b_qlora_{method}")
+    assert p.model.id == "meta-llama/Llama-2-7b-hf" and p.train.method == method
+    assert (p.quant.bits, p.quant.type, p.quant.double_quant) == (4, "nf4", True)
+    assert (p.lora.r, p.lora.alpha, p.lora.target_modules) == (64, 16, ["q_proj", "v_proj"])
+    assert (p.train.batch_size, p.train.grad_accum, p.train.lr, p.train.epochs) == (4, 4, 1e-4, 3.0)
+    assert p.train.max_seq_len == 2048 and p.data.format == "preference"
+    assert plan(f"llama_2_7b_qlora_{method}", 24).fits
+
+
+def test_rlhf_pipeline_stages_name_each_other() -> None:
+    sft, reward, rl = (recipe(f"llama_2_7b_rlhf_qlora_{s}") for s in ("sft", "reward", "rlhf"))
+    assert (sft.train.method, reward.train.method, rl.train.method) == ("sft", "reward", "rlhf")
+    assert rl.model.adapter == sft.name and rl.method.reward_model == reward.name
+    assert rl.method.beta > 0  # the KL penalty to the SFT policy is on
+    reward_plan, rl_plan = plan("llama_2_7b_rlhf_qlora_reward", 24), plan("llama_2_7b_rlhf_qlora_rlhf", 24)
+    assert reward_plan.fits and rl_plan.fits
+    assert any(c.name == "reward model (second base)" for c in rl_plan.components)
