@@ -90,7 +90,18 @@ def read_rows(spec: DataSection) -> RawData:
         raw.rows = raw.rows[: spec.max_rows]
     if not raw.rows:
         raise DataError(f"{raw.source}: the data set is empty (no rows)")
+    if spec.text_field != "text":
+        _rename_text_field(raw, spec.text_field)
     return raw
+
+
+def _rename_text_field(raw: RawData, name: str) -> None:
+    """Plain-text sets keep their text under other names ("quote", "content"); data.text_field says which."""
+    for row in raw.rows:
+        if name not in row.values:
+            raise DataError(f"{row.where}: row lacks {name!r} (data.text_field); it has "
+                            f"{', '.join(sorted(row.values)) or 'no columns'}")
+        row.values = {**{k: v for k, v in row.values.items() if k != name}, "text": row.values[name]}
 
 
 def _file_digest(path: Path) -> str:

@@ -79,6 +79,7 @@ class DataSection:
     max_rows: int = spec(0, "int", "use at most this many rows (0: all)", min=0)
     eval_fraction: float = spec(0.0, "number", "share of rows held out for evaluation", min=0, max=0.5)
     system_prompt: str = spec("", "str", "system message put before every conversation")
+    text_field: str = spec("text", "str", 'column holding the text of "text" rows (e.g. "quote")')
 
 
 @dataclass

@@ -120,3 +120,11 @@ def test_fingerprint_follows_content_and_row_selection(tmp_path: Path) -> None:
     assert data_fingerprint(read_rows(limited), limited) != first
     jsonl(path, [{"text": "a"}, {"text": "c"}])
     assert data_fingerprint(read_rows(spec), spec) != first
+
+
+def test_text_field_names_the_column_of_plain_text(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "quotes.jsonl", [{"quote": "Be yourself.", "author": "Wilde"}])
+    data = convert(path, "text", text_field="quote")
+    assert data.format == "text" and data.examples[0].text == "Be yourself."
+    with pytest.raises(DataError, match=r"quotes.jsonl:1: row lacks 'body' \(data.text_field\); it has author, quote"):
+        convert(path, "text", text_field="body")

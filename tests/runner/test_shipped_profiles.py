@@ -80,7 +80,7 @@ def test_gpt_neox_20b_recipe() -> None:
     t = p.train
     assert (t.optimizer, t.gradient_checkpointing, t.batch_size, t.grad_accum) == ("paged_adamw_8bit", True, 1, 8)
     assert (t.lr, t.warmup_steps, t.max_steps) == (2e-4, 2, 20)
-    assert (p.data.path, p.data.format) == ("Abirate/english_quotes", "text")
+    assert (p.data.path, p.data.format, p.data.text_field) == ("Abirate/english_quotes", "text", "quote")
     assert '"quote" column' in "\n".join(comment_block(ROOT / "profiles" / "gpt_neox_20b_qlora_sft.toml"))
 
 
