@@ -1,0 +1,180 @@
+"""Compare-generate: the base model and several adapters answer one prompt in one batched generate call.
+
+PEFT's mixed-adapter batches route each row through its own adapter
+(`adapter_names=["__base__", "a0", ...]`), so the base is loaded once, in the
+quantization the adapters were trained with, and every row sees the same
+prompt and decoding settings. A per-row streamer reports text as it arrives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from registry.basemodel import home_of, resolve_base_dir
+from registry.errors import RegistryError
+from registry.quant import bnb_config, torch_dtype, training_quant
+from registry.records import AdapterVersion
+from registry.store import Store
+
+BASE_LABEL = "base"
+TextCallback = Callable[[int, str, str], None]  # (row, label, text so far)
+
+
+@dataclass
+class Answer:
+    """One row's answer: "base" or the version's ref, its text, when it finished, and how many tokens it made."""
+
+    label: str
+    ref: str
+    text: str
+    seconds: float
+    new_tokens: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RowStreamer:
+    """A transformers streamer for batches: decodes each row on its own and stops a row at its end token."""
+
+    def __init__(self, tokenizer: Any, labels: list[str], stop_ids: set[int], on_text: TextCallback | None) -> None:
+        self.tokenizer = tokenizer
+        self.labels = labels
+        self.stop_ids = stop_ids
+        self.on_text = on_text
+        self.tokens: list[list[int]] = [[] for _ in labels]
+        self.texts = ["" for _ in labels]
+        self.finished: list[float | None] = [None for _ in labels]
+        self.started = time.monotonic()
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() first hands over the prompt itself
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(len(self.labels), -1)[:, -1].tolist()):
+            if self.finished[row] is not None:
+                continue
+            if token in self.stop_ids:
+                self.finished[row] = time.monotonic() - self.started
+                continue
+            self.tokens[row].append(token)
+            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+            if text != self.texts[row]:
+                self.texts[row] = text
+                if self.on_text:
+                    self.on_text(row, self.labels[row], text)
+
+    def end(self) -> None:
+        now = time.monotonic() - self.started
+        self.finished = [now if f is None else f for f in self.finished]
+
+
+def check_same_base(versions: list[AdapterVersion]) -> str:
+    """All adapters must share one base model, since the batch runs through one loaded base."""
+    bases = {v.base_model for v in versions}
+    if len(bases) > 1:
+        listing = "; ".join(f"{v.ref} on {v.base_model}" for v in versions)
+        raise RegistryError(f"compare needs adapters of one base model, got: {listing}",
+                            hint="compare the adapters of each base model separately")
+    return versions[0].base_model
+
+
+def prompt_text(tokenizer: Any, prompt: str) -> str:
+    """The prompt through the chat template when the tokenizer has one, as a chat-tuned adapter expects it."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt
+
+
+def resolve_versions(store: Store, refs: list[str]) -> list[AdapterVersion]:
+    """The distinct adapter versions named by refs, in order; merged and reward versions are refused."""
+    if not refs:
+        raise RegistryError("compare needs at least one adapter ref")
+    versions: list[AdapterVersion] = []
+    for ref in refs:
+        version = store.get(ref)
+        if version.kind != "adapter":
+            raise RegistryError(f"{version.ref} is a {version.kind} version; compare takes causal-LM adapters")
+        if version.id not in {v.id for v in versions}:
+            versions.append(version)
+    return versions
+
+
+def compare_generate(store: Store, refs: list[str], prompt: str, *, max_new_tokens: int = 64,
+                     temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                     on_text: TextCallback | None = None,
+                     on_progress: Callable[[str, float], None] | None = None) -> list[Answer]:
+    """Answer `prompt` with the base (row 0, label "base") and each adapter, in one batched generate call.
+
+    Greedy when temperature is 0; otherwise sampled with `seed`.
+    `on_text(row, label, text_so_far)` is called as tokens arrive.
+    """
+    if not prompt.strip():
+        raise RegistryError("--prompt is empty")
+    if max_new_tokens < 1:
+        raise RegistryError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise RegistryError(f"--temperature must be >= 0 and --top-p in (0, 1]; got {temperature} and {top_p}")
+    report = on_progress or (lambda message, fraction: None)
+    versions = resolve_versions(store, refs)
+    base_model = check_same_base(versions)
+    home = home_of(store)
+    quant = training_quant(versions[0], home)
+    base_dir = resolve_base_dir(home, base_model)
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    first = versions[0].path
+    tokenizer = AutoTokenizer.from_pretrained(first if (first / "tokenizer_config.json").is_file() else base_dir)
+    report(f"loading {base_model} ({quant.describe()})", 0.05)
+    on_gpu = torch.cuda.is_available()
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(quant.compute_dtype) if quant.four_bit else (
+        torch.bfloat16 if on_gpu else torch.float32)}
+    if bnb_config(quant) is not None:
+        kwargs["quantization_config"] = bnb_config(quant)
+    if on_gpu:
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+    names = [f"a{i}" for i in range(len(versions))]
+    for i, version in enumerate(versions):
+        report(f"loading adapter {version.ref}", 0.3 + 0.4 * i / len(versions))
+        if i == 0:
+            model = PeftModel.from_pretrained(model, str(version.path), adapter_name=names[0])
+        else:
+            model.load_adapter(str(version.path), adapter_name=names[i])
+    model.eval()
+    labels = [BASE_LABEL] + [v.ref for v in versions]
+    encoded = tokenizer(prompt_text(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)
+    input_ids = encoded["input_ids"].repeat(len(labels), 1).to(model.device)
+    attention = torch.ones_like(input_ids)
+    stop_ids = {i for i in _as_list(model.generation_config.eos_token_id) + [tokenizer.eos_token_id] if i is not None}
+    streamer = RowStreamer(tokenizer, labels, stop_ids, on_text)
+    sampling: dict[str, Any] = {"do_sample": temperature > 0}
+    if temperature > 0:
+        sampling.update(temperature=temperature, top_p=top_p)
+    else:
+        sampling.update(temperature=None, top_p=None, top_k=None)
+    report("generating", 0.75)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model.generate(input_ids=input_ids, attention_mask=attention, adapter_names=["__base__", *names],
+                       max_new_tokens=max_new_tokens, streamer=streamer,
+                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else
+                       next(iter(stop_ids), 0), **sampling)
+    report("done", 1.0)
+    refs_out = [""] + [v.ref for v in versions]
+    return [Answer(label, ref, streamer.texts[row], round(streamer.finished[row] or 0.0, 3), len(streamer.tokens[row]))
+            for row, (label, ref) in enumerate(zip(labels, refs_out))]
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -1,0 +1,112 @@
+"""`python -m registry.worker merge|compare ...`: the heavy registry work in a child process, reported as JSON lines.
+
+The app starts this so torch never enters its own process. Each stdout line is
+one JSON object: {"type": "progress", "message", "fraction"}, {"type": "text",
+"row", "label", "text"} (compare, as tokens arrive), then one {"type":
+"result", ...} (exit 0) or {"type": "error", "message", "hint"} (exit 1).
+Whatever the libraries print goes to stderr, so stdout carries only these lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from registry.errors import RegistryError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m registry.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--home", help="data home (default: $QLORA_TUI_HOME or the user data directory)")
+    sub = parser.add_subparsers(dest="job", required=True)
+    p = sub.add_parser("merge", help="merge an adapter version into its base and register the result")
+    p.add_argument("ref")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--base-weights", default="auto")
+    p.add_argument("--name")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--no-check", action="store_true", help="skip the fidelity check")
+    p = sub.add_parser("compare", help="base + adapters answer one prompt in one batched generate call")
+    p.add_argument("refs", nargs="+")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def data_home(explicit: str | None) -> Path:
+    """Same rule as the CLI: --home, else $QLORA_TUI_HOME, else the platform's user data directory."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    if os.environ.get("QLORA_TUI_HOME"):
+        return Path(os.environ["QLORA_TUI_HOME"]).expanduser().resolve()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("qlora-tui", appauthor=False))
+
+
+class Emitter:
+    """Writes one JSON object per line to the real stdout, flushed at once so the app sees it as it happens."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def __call__(self, event_type: str, /, **fields: Any) -> None:
+        self.stream.write(json.dumps({"type": event_type, **fields}, default=str) + "\n")
+        self.stream.flush()
+
+    def progress(self, message: str, fraction: float) -> None:
+        self("progress", message=message, fraction=round(min(max(fraction, 0.0), 1.0), 4))
+
+
+def run_job(args: argparse.Namespace, emit: Emitter) -> dict[str, Any]:
+    from registry.store import open_store
+
+    store = open_store(data_home(args.home))
+    if args.job == "merge":
+        from registry.merge import merge_version
+
+        result = merge_version(store, args.ref, Path(args.out), dtype=args.dtype, base_weights=args.base_weights,
+                               force=args.force, on_progress=emit.progress, name=args.name,
+                               check=not args.no_check)
+        return result.to_json()
+    from registry.compare import compare_generate
+
+    answers = compare_generate(
+        store, args.refs, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_p=args.top_p, seed=args.seed, on_progress=emit.progress,
+        on_text=lambda row, label, text: emit("text", row=row, label=label, text=text))
+    return {"answers": [a.to_json() for a in answers]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Keep the real stdout for our lines; point fd 1 at stderr so library prints cannot interleave with them.
+    emit = Emitter(os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1))
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    try:
+        emit("result", job=args.job, **run_job(args, emit))
+        return 0
+    except RegistryError as err:
+        emit("error", message=err.message, hint=err.hint, kind=err.kind)
+    except KeyboardInterrupt:
+        emit("error", message=f"{args.job} interrupted; nothing was registered", hint="", kind="interrupted")
+    except Exception as err:  # the app must get a line, not a silent exit, whatever failed
+        emit("error", message=f"{args.job} failed: {type(err).__name__}: {err}",
+             hint="the worker's stderr has the traceback", kind="internal")
+        import traceback
+
+        traceback.print_exc()
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

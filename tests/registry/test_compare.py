@@ -1,0 +1,91 @@
+"""`qlora-tui compare`: the base and each adapter answer one prompt in one batched generate call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from registry.compare import compare_generate
+from registry.store import open_store
+from tests.registry.conftest import tiny_dir
+from tests.registry.helpers import cli, snapshot
+
+PROMPT = "Add the two numbers.\n\n12 and 5"
+
+
+def test_compare_answers_for_the_base_and_each_adapter(ops_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = cli(capsys, ops_home, "compare", "quick@1", "quick@2", "--prompt", PROMPT, "--max-new-tokens", "16",
+                 "--json")
+    assert result.code == 0, result.err
+    answers = json.loads(result.out)
+    assert [a["label"] for a in answers] == ["base", "quick@1", "quick@2"]
+    assert [a["ref"] for a in answers] == ["", "quick@1", "quick@2"]
+    base, trained = answers[0], answers[1]
+    assert trained["text"].strip() and trained["text"] != base["text"]
+    assert all(a["seconds"] > 0 and 0 <= a["new_tokens"] <= 16 for a in answers)
+    text = cli(capsys, ops_home, "compare", "quick@1", "--prompt", PROMPT, "--max-new-tokens", "16")
+    assert text.out.splitlines()[0].startswith("== base  (") and "== quick@1  (" in text.out
+    assert trained["text"].strip() in text.out
+
+
+def test_batched_rows_equal_separate_generate_calls(ops_home: Path) -> None:
+    """The mixed-adapter batch changes nothing about each row: same greedy text as one call per adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from registry.compare import prompt_text
+    from registry.quant import bnb_config, training_quant
+
+    store = open_store(ops_home)
+    seen: dict[int, list[str]] = {}
+    answers = compare_generate(store, ["quick@1", "quick@2"], PROMPT, max_new_tokens=12,
+                               on_text=lambda row, label, text: seen.setdefault(row, []).append(text))
+    for row, answer in enumerate(answers):
+        if answer.text:  # text arrived row by row as it grew, ending with the answer
+            assert seen[row][-1] == answer.text and len(seen[row]) > 1
+    version = store.get("quick@1")
+    quant = training_quant(version, ops_home)
+    tokenizer = AutoTokenizer.from_pretrained(version.path)
+    ids = tokenizer(prompt_text(tokenizer, PROMPT), return_tensors="pt", add_special_tokens=False)
+    for answer in answers:
+        model = AutoModelForCausalLM.from_pretrained(tiny_dir(ops_home), dtype=torch.float32,
+                                                     quantization_config=bnb_config(quant))
+        if answer.ref:
+            model = PeftModel.from_pretrained(model, str(store.get(answer.ref).path))
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        alone = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert alone == answer.text, answer.label
+
+
+def test_sampling_is_repeatable_with_a_seed(ops_home: Path) -> None:
+    store = open_store(ops_home)
+    runs = [compare_generate(store, ["quick@1"], PROMPT, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=s)
+            for s in (3, 3)]
+    assert [a.text for a in runs[0]] == [a.text for a in runs[1]]
+
+
+def test_bad_compare_requests(ops_copy: Path, gpt2: tuple[Path, Path], tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    from registry.importer import import_adapter
+    from registry.merge import merge_version
+
+    store = open_store(ops_copy)
+    import_adapter(store, gpt2[1], "g")
+    merge_version(store, "quick@2", tmp_path / "m", dtype="fp32", check=False)
+    cases = [
+        (("quick@1", "g@1"), f"compare needs adapters of one base model, got: quick@1 on builtin:tiny-llama; g@1 on "
+                             f"{gpt2[0].resolve()}"),
+        (("quick-merged@1",), "quick-merged@1 is a merged version; compare takes causal-LM adapters"),
+        (("quick@9",), "'quick@9': no such version of 'quick'"),
+    ]
+    for refs, message in cases:
+        before = snapshot(ops_copy)
+        result = cli(capsys, ops_copy, "compare", *refs, "--prompt", PROMPT)
+        assert result.code == 2 and message in result.err, result.err
+        assert snapshot(ops_copy) == before
+    assert "--prompt is empty" in cli(capsys, ops_copy, "compare", "quick@1", "--prompt", "  ").err
+    assert "--max-new-tokens must be at least 1, got 0" in cli(capsys, ops_copy, "compare", "quick@1", "--prompt",
+                                                                "hi", "--max-new-tokens", "0").err
