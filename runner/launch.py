@@ -13,7 +13,7 @@ from pathlib import Path
 
 from runner.errors import RunError
 from runner.profile import Profile, dumps_profile
-from runner.rundir import RunDir, acquire_lock, create_run, lock_is_held
+from runner.rundir import RunDir, acquire_lock, create_locked_run, lock_is_held
 
 PROFILE_HEADER = "Frozen copy of the profile this run was started with; resume reads it."
 
@@ -28,11 +28,14 @@ def runner_command(run: RunDir, resume: bool, lock_fd: int | None) -> list[str]:
 
 
 def spawn(run: RunDir, *, resume: bool = False, detach: bool = True, env: dict[str, str] | None = None,
-          ) -> subprocess.Popen[bytes]:
-    """Start `python -m runner RUN_DIR`; detached runs get their own session so closing SSH doesn't end them."""
-    if lock_is_held(run.lock_path):
+          lock_fd: int | None = None) -> subprocess.Popen[bytes]:
+    """Start `python -m runner RUN_DIR`; detached runs get their own session so closing SSH doesn't end them.
+
+    `lock_fd` is the run's lock when the caller already holds it; it is handed over and closed here.
+    """
+    if lock_fd is None and lock_is_held(run.lock_path):
         raise RunError(f"run {run.run_id} is already running")
-    fd = acquire_lock(run.lock_path)
+    fd = lock_fd if lock_fd is not None else acquire_lock(run.lock_path)
     try:
         log = open(run.log_path, "ab")  # noqa: SIM115 - handed to the child
         child_env = dict(os.environ if env is None else env)
@@ -57,8 +60,8 @@ def spawn(run: RunDir, *, resume: bool = False, detach: bool = True, env: dict[s
 
 
 def start_run(home: Path, profile: Profile, *, detach: bool = True) -> tuple[RunDir, subprocess.Popen[bytes]]:
-    run = create_run(home, dumps_profile(profile, PROFILE_HEADER), profile.name)
-    return run, spawn(run, detach=detach)
+    run, fd = create_locked_run(home, dumps_profile(profile, PROFILE_HEADER), profile.name)
+    return run, spawn(run, detach=detach, lock_fd=fd)
 
 
 def resume_run(run: RunDir, *, detach: bool = True) -> subprocess.Popen[bytes]:

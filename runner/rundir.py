@@ -123,6 +123,21 @@ def new_run_id(name: str) -> str:
 
 def create_run(home: Path, profile_text: str, name: str) -> RunDir:
     """Make a run directory holding the frozen profile; the id sorts by start time."""
+    return _create(home, profile_text, name, lock=False)[0]
+
+
+def create_locked_run(home: Path, profile_text: str, name: str) -> tuple[RunDir, int]:
+    """A new run whose lock is held by the returned descriptor (to hand to the runner).
+
+    A run is listed once profile.toml exists, and the lock is taken before that,
+    so a run that is starting never shows as crashed.
+    """
+    run, fd = _create(home, profile_text, name, lock=True)
+    assert fd is not None
+    return run, fd
+
+
+def _create(home: Path, profile_text: str, name: str, lock: bool) -> tuple[RunDir, int | None]:
     root = runs_dir(home)
     root.mkdir(parents=True, exist_ok=True)
     while True:
@@ -132,10 +147,11 @@ def create_run(home: Path, profile_text: str, name: str) -> RunDir:
             break
         except FileExistsError:
             continue
+    fd = acquire_lock(path / "runner.lock") if lock else None
     tmp = path / ".profile.toml.tmp"
     tmp.write_text(profile_text, encoding="utf-8")
     tmp.replace(path / "profile.toml")
-    return RunDir(path)
+    return RunDir(path), fd
 
 
 def list_runs(home: Path) -> list[RunDir]:
