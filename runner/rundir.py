@@ -14,6 +14,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runner.errors import RunError
 from runner.events import EventTail, RunState, fold_events
@@ -199,10 +200,45 @@ class RunSummary:
     status: str
 
 
-def summarize(run: RunDir) -> RunSummary:
-    """Read a run's whole event log and lock once (the CLI's view; the app keeps tails open instead)."""
-    tail = EventTail(run.events_path)
+HEAD_BYTES = 16 * 1024
+TAIL_BYTES = 64 * 1024
+
+
+def summarize(run: RunDir, *, full: bool = True) -> RunSummary:
+    """A run's state and status from its event log and lock.
+
+    full=False reads only the head (the first start) and the tail (latest
+    step, any resume and the terminal event): what a listing shows, at a cost
+    that does not grow with the run's length. Histories are then partial.
+    """
     state = RunState(run_id=run.run_id)
-    while batch := tail.read_new():
-        fold_events(batch, state)
+    try:
+        size = run.events_path.stat().st_size
+    except FileNotFoundError:
+        size = 0
+    if full or size <= HEAD_BYTES + TAIL_BYTES:
+        tail = EventTail(run.events_path)
+        while batch := tail.read_new():
+            fold_events(batch, state)
+    else:
+        with open(run.events_path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+            f.seek(size - TAIL_BYTES)
+            end = f.read()
+        fold_events(_complete_events(head.rsplit(b"\n", 1)[0]), state)
+        fold_events(_complete_events(end.split(b"\n", 1)[1]), state)
     return RunSummary(run, state, derive_status(state, run.is_running()))
+
+
+def _complete_events(chunk: bytes) -> list[dict[str, Any]]:
+    import json
+
+    events = []
+    for line in chunk.split(b"\n"):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and "type" in event:
+            events.append(event)
+    return events

@@ -56,3 +56,24 @@ def test_find_run_by_prefix_and_suggestions(tmp_path: Path) -> None:
     assert find_run(tmp_path, a.run_id[-12:]).path == a.path
     with pytest.raises(RunError, match="no run with id 'nope'"):
         find_run(tmp_path, "nope")
+
+
+def test_quick_summary_of_a_long_log_matches_the_full_fold(tmp_path: Path) -> None:
+    run = create_run(tmp_path, 'name = "x"\n', "x")
+    writer = EventWriter(run.events_path)
+    writer.write("start", run_id=run.run_id, profile_name="long", method="sft", max_steps=5000)
+    for step in range(1, 3001):
+        writer.write("step", step=step, max_steps=5000, loss=5.0 - step / 1000)
+    writer.write("stopped", step=3000)
+    writer.write("start", run_id=run.run_id, profile_name="long", method="sft", max_steps=5000,
+                 resumed_from_step=3000)
+    for step in range(3001, 5001):
+        writer.write("step", step=step, max_steps=5000, loss=2.0 - step / 10000)
+    writer.write("done", step=5000, registry_ref="long@1")
+    writer.close()
+    quick, full = summarize(run, full=False), summarize(run)
+    assert run.events_path.stat().st_size > 200_000
+    assert (quick.status, quick.state.step, quick.state.loss, quick.state.registry_ref) == \
+        (full.status, full.state.step, full.state.loss, full.state.registry_ref) == ("done", 5000, 1.5, "long@1")
+    assert quick.state.profile_name == "long" and quick.state.started_t == full.state.started_t
+    assert len(quick.state.loss_history) < len(full.state.loss_history) == 5000

@@ -105,7 +105,7 @@ def _profile_name(run: Any) -> str:
 def cmd_runs(args: argparse.Namespace, home: Path) -> int:
     from runner.rundir import list_runs, summarize
 
-    rows = [run_row(summarize(r)) for r in list_runs(home)]
+    rows = [run_row(summarize(r, full=False)) for r in list_runs(home)]
     if args.status:
         rows = [r for r in rows if r["status"] == args.status]
     if args.json:
