@@ -188,6 +188,18 @@ def cmd_compare(args: argparse.Namespace, home: Path) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace, home: Path) -> int:
+    from registry.push import push_version
+
+    record = push_version(_store(home), args.ref, args.repo, private=args.private, merged=args.merged)
+    if args.json:
+        print_json(record.to_json())
+        return 0
+    print(f"pushed {record.ref} to {record.repo} ({len(record.files)} files)\n  commit {record.commit_id}\n"
+          f"  {record.url}")
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("tag", help="point an alias (prod, best, ...) at a version: NAME@ALIAS then resolves to it")
     p.add_argument("ref", help="NAME@N")
@@ -253,3 +265,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("push", help="upload a version (or its merged model) to the Hugging Face Hub with a model card")
+    p.add_argument("ref", help="NAME, NAME@N or NAME@ALIAS")
+    p.add_argument("--repo", required=True, help="OWNER/NAME; created if it does not exist")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--merged", action="store_true", help="push the version's newest merged model instead")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_push)
