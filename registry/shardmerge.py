@@ -33,28 +33,31 @@ def _torch_dtype_of(dtype: str) -> Any:
 
 
 def read_tensor(info: TensorInfo) -> Any:
-    """One tensor, read from its byte range (no memory map, so no shard-sized mapping stays resident)."""
+    """One tensor, read from its byte range straight into its own buffer (no memory map, so no shard-sized
+    mapping stays resident, and no intermediate bytes object)."""
     import torch
 
-    with open(info.file, "rb") as f:
-        f.seek(info.start)
-        data = bytearray(f.read(info.end - info.start))
-    if not data:
-        return torch.empty(info.shape, dtype=_torch_dtype_of(info.dtype))
-    return torch.frombuffer(data, dtype=_torch_dtype_of(info.dtype)).reshape(info.shape)
+    raw = torch.empty(info.end - info.start, dtype=torch.uint8)
+    if raw.numel():
+        with open(info.file, "rb") as f:
+            f.seek(info.start)
+            if f.readinto(raw.numpy()) != raw.numel():
+                raise OSError(f"{info.file}: ended inside tensor {info.name} (truncated?)")
+    return raw.view(_torch_dtype_of(info.dtype)).reshape(info.shape)
 
 
 def merged_weight(weight: Any, target: LoraTarget, a: Any, b: Any, dtype: Any,
                   roundtrip: TrainingQuant | None) -> Any:
-    """W' = cast(W) + scale * B @ A (transposed for fan_in_fan_out layers), as PEFT's LoraLayer.merge computes it."""
+    """W' = cast(W) + scale * B @ A (transposed for fan_in_fan_out layers), as PEFT's LoraLayer.merge computes it:
+    the delta in float32, added in place to the weight already in the target dtype."""
     if roundtrip is not None:
         weight = quantize_roundtrip(weight, roundtrip)
     weight = weight.to(dtype)
     delta = b.float() @ a.float()
     if target.fan_in_fan_out:
         delta = delta.T
-    delta = delta * target.scale
-    return (weight.float() + delta).to(dtype)  # what `weight.data += delta` does for a low-precision weight
+    weight += delta.mul_(target.scale)  # computed in float32, rounded once to the weight's dtype
+    return weight
 
 
 def _output_dtype(info: TensorInfo, dtype_name: str) -> str:
