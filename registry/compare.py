@@ -1,13 +1,16 @@
 """Compare-generate: the base model and several adapters answer one prompt in one batched generate call.
 
-PEFT's mixed-adapter batches route each row through its own adapter
-(`adapter_names=["__base__", "a0", ...]`), so the base is loaded once, in the
-quantization the adapters were trained with, and every row sees the same
-prompt and decoding settings. A per-row streamer reports text as it arrives.
+PEFT loads the base once, in the quantization the adapters were trained
+with, and every adapter onto it; each batch row then goes through its own
+adapter (row 0 through none), by stacked LoRA matmuls (registry/lorabatch.py)
+or, for adapters those do not cover, PEFT's mixed-adapter batch
+(`adapter_names=["__base__", "a0", ...]`). Every row sees the same prompt and
+decoding settings; a per-row streamer reports text as it arrives.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -15,6 +18,8 @@ from typing import Any
 
 from registry.basemodel import home_of, resolve_base_dir
 from registry.errors import RegistryError
+from registry.lora import read_adapter_config
+from registry.lorabatch import BASE_ROW, configs_allow_stacking, stacked_rows
 from registry.quant import bnb_config, torch_dtype, training_quant
 from registry.records import AdapterVersion
 from registry.store import Store
@@ -128,12 +133,56 @@ def compare_generate(store: Store, refs: list[str], prompt: str, *, max_new_toke
     base_dir = resolve_base_dir(home, base_model)
 
     import torch
+
+    model, tokenizer = _load(base_dir, versions, quant, report)
+    labels = [BASE_LABEL] + [v.ref for v in versions]
+    rows = [BASE_ROW] + [f"a{i}" for i in range(len(versions))]
+    input_ids = tokenizer(prompt_text(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    stop_ids = {i for i in _as_list(model.generation_config.eos_token_id) + [tokenizer.eos_token_id] if i is not None}
+    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0,
+                                "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                else next(iter(stop_ids), 0)}
+    if temperature > 0:
+        settings.update(temperature=temperature, top_p=top_p)
+    else:
+        settings.update(temperature=None, top_p=None, top_k=None)
+    configs = [read_adapter_config(v.path) for v in versions]
+    streamers: list[RowStreamer] = []
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        if any(c.get("use_dora") for c in configs):  # PEFT refuses DoRA in mixed batches
+            report("generating row by row: DoRA adapters cannot share a batch", 0.75)
+            for row, (name, label) in enumerate(zip(rows, labels)):
+                streamers.append(RowStreamer(tokenizer, [label], stop_ids, _shifted(on_text, row)))
+                if name != BASE_ROW:
+                    model.set_adapter(name)
+                with model.disable_adapter() if name == BASE_ROW else contextlib.nullcontext():
+                    model.generate(input_ids=input_ids.to(model.device), streamer=streamers[-1], **settings)
+        else:
+            report("generating", 0.75)
+            streamers.append(RowStreamer(tokenizer, labels, stop_ids, on_text))
+            batch = input_ids.repeat(len(rows), 1).to(model.device)
+            stackable = configs_allow_stacking(configs)
+            with stacked_rows(model, rows) if stackable else contextlib.nullcontext(False) as stacked:
+                routing = {} if stacked else {"adapter_names": rows}  # else PEFT's mixed batch routes each row
+                model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), streamer=streamers[-1],
+                               **routing, **settings)
+    report("done", 1.0)
+    per_row = [(s, i) for s in streamers for i in range(len(s.labels))]
+    return [Answer(label, ref, s.texts[i], round(s.finished[i] or 0.0, 3), len(s.tokens[i]))
+            for (s, i), label, ref in zip(per_row, labels, [""] + [v.ref for v in versions])]
+
+
+def _load(base_dir: Any, versions: list[AdapterVersion], quant: Any, report: Callable[[str, float], None]
+          ) -> tuple[Any, Any]:
+    """The base, loaded once as training loaded it, with every adapter on it as a0, a1, ...; and the tokenizer."""
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     first = versions[0].path
     tokenizer = AutoTokenizer.from_pretrained(first if (first / "tokenizer_config.json").is_file() else base_dir)
-    report(f"loading {base_model} ({quant.describe()})", 0.05)
+    report(f"loading {versions[0].base_model} ({quant.describe()})", 0.05)
     on_gpu = torch.cuda.is_available()
     kwargs: dict[str, Any] = {"dtype": torch_dtype(quant.compute_dtype) if quant.four_bit else (
         torch.bfloat16 if on_gpu else torch.float32)}
@@ -142,36 +191,21 @@ def compare_generate(store: Store, refs: list[str], prompt: str, *, max_new_toke
     if on_gpu:
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
-    names = [f"a{i}" for i in range(len(versions))]
     for i, version in enumerate(versions):
         report(f"loading adapter {version.ref}", 0.3 + 0.4 * i / len(versions))
         if i == 0:
-            model = PeftModel.from_pretrained(model, str(version.path), adapter_name=names[0])
+            model = PeftModel.from_pretrained(model, str(version.path), adapter_name="a0")
         else:
-            model.load_adapter(str(version.path), adapter_name=names[i])
+            model.load_adapter(str(version.path), adapter_name=f"a{i}")
     model.eval()
-    labels = [BASE_LABEL] + [v.ref for v in versions]
-    encoded = tokenizer(prompt_text(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)
-    input_ids = encoded["input_ids"].repeat(len(labels), 1).to(model.device)
-    attention = torch.ones_like(input_ids)
-    stop_ids = {i for i in _as_list(model.generation_config.eos_token_id) + [tokenizer.eos_token_id] if i is not None}
-    streamer = RowStreamer(tokenizer, labels, stop_ids, on_text)
-    sampling: dict[str, Any] = {"do_sample": temperature > 0}
-    if temperature > 0:
-        sampling.update(temperature=temperature, top_p=top_p)
-    else:
-        sampling.update(temperature=None, top_p=None, top_k=None)
-    report("generating", 0.75)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        model.generate(input_ids=input_ids, attention_mask=attention, adapter_names=["__base__", *names],
-                       max_new_tokens=max_new_tokens, streamer=streamer,
-                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else
-                       next(iter(stop_ids), 0), **sampling)
-    report("done", 1.0)
-    refs_out = [""] + [v.ref for v in versions]
-    return [Answer(label, ref, streamer.texts[row], round(streamer.finished[row] or 0.0, 3), len(streamer.tokens[row]))
-            for row, (label, ref) in enumerate(zip(labels, refs_out))]
+    return model, tokenizer
+
+
+def _shifted(on_text: TextCallback | None, row: int) -> TextCallback | None:
+    """A one-row streamer's callback, reporting as row `row` of the whole comparison."""
+    if on_text is None:
+        return None
+    return lambda _row, label, text: on_text(row, label, text)
 
 
 def _as_list(value: Any) -> list[Any]:

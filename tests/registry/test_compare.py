@@ -89,3 +89,54 @@ def test_bad_compare_requests(ops_copy: Path, gpt2: tuple[Path, Path], tmp_path:
     assert "--prompt is empty" in cli(capsys, ops_copy, "compare", "quick@1", "--prompt", "  ").err
     assert "--max-new-tokens must be at least 1, got 0" in cli(capsys, ops_copy, "compare", "quick@1", "--prompt",
                                                                 "hi", "--max-new-tokens", "0").err
+
+
+def test_stacked_rows_equal_peft_mixed_batches(model_home: Path, peft_adapters: dict[str, Path]) -> None:
+    """Different ranks, scales (rsLoRA) and target modules per row: the same logits as PEFT's mixed batch."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from registry.lorabatch import stacked_rows
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir(model_home), dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(peft_adapters["lora"]), adapter_name="a0")
+    model.load_adapter(str(peft_adapters["rslora"]), adapter_name="a1")
+    model.eval()
+    rows = ["__base__", "a0", "a1", "a0"]
+    ids = torch.randint(0, 700, (1, 9)).repeat(4, 1)
+    with torch.no_grad():
+        expected = model(input_ids=ids, adapter_names=rows).logits
+        with stacked_rows(model, rows) as stacked:
+            assert stacked
+            got = model(input_ids=ids).logits
+        after = model(input_ids=ids).logits  # back to PEFT's own forward: the active adapter (a0) on every row
+        with model.disable_adapter():
+            base = model(input_ids=ids[:1]).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[0:1], base, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after[2], expected[1], rtol=1e-5, atol=1e-5)
+
+
+def test_dora_adapters_are_compared_through_peft_mixed_batches(home: Path, peft_adapters: dict[str, Path]) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from registry.compare import prompt_text
+    from registry.importer import import_adapter
+    from registry.lora import read_adapter_config
+    from registry.lorabatch import configs_allow_stacking
+
+    store = open_store(home)
+    import_adapter(store, peft_adapters["dora"], "dora")
+    import_adapter(store, peft_adapters["lora"], "plain")
+    assert not configs_allow_stacking([read_adapter_config(store.get("dora").path)])
+    answers = compare_generate(store, ["dora", "plain"], PROMPT, max_new_tokens=10)
+    assert [a.label for a in answers] == ["base", "dora@1", "plain@1"]
+    tokenizer = AutoTokenizer.from_pretrained(store.get("dora").path)
+    ids = tokenizer(prompt_text(tokenizer, PROMPT), return_tensors="pt", add_special_tokens=False)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir(home), dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(store.get("dora").path))
+    out = model.generate(**ids, max_new_tokens=10, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True) == answers[1].text
