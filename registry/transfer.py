@@ -53,7 +53,9 @@ def export_versions(store: Store, refs: list[str], target: Path, *, force: bool 
                                      "machine")
         versions.append(version)
     manifest = {"format": FORMAT, "versions": [
-        {**v.to_json(), "path": None, "dir": f"{v.name}/{v.number}", "aliases": []} for v in versions]}
+        {**v.to_json(), "path": None, "dir": f"{v.name}/{v.number}", "aliases": [],
+         "parent_files": [f.__dict__ for f in store.get(v.parent_ref).files] if v.parent_ref else []}
+        for v in versions]}
     partial = target.with_name(f".{target.name}.partial")
     try:
         with tarfile.open(partial, _mode(target)) as tar:
@@ -152,31 +154,49 @@ def import_archive(store: Store, archive: Path, *, name: str | None = None) -> l
         unlisted = [n for n, m in members.items() if m.isfile() and n not in listed]
         if unlisted:
             raise RegistryError(f"{archive}: {unlisted[0]} is not listed in {MANIFEST}; refused")
-        new_refs: dict[str, str] = {}
-        out = []
-        for entry in entries:
-            imported = _import_one(store, archive, tar, members, entry, name or entry["name"], new_refs)
-            new_refs[entry["ref"]] = imported.version.ref
-            out.append(imported)
-        return out
+        with work_area(store.tmp_root, "import") as area:
+            # Every file is extracted and checked before any version is added, so a damaged archive adds nothing.
+            staged = []
+            for index, entry in enumerate(entries):
+                folder = area.path / str(index)
+                for f in entry["files"]:
+                    member = members.get(f"{entry['dir']}/{f['path']}")
+                    if member is None or not member.isfile():
+                        raise RegistryError(f"{archive}: {entry['dir']}/{f['path']} is listed in {MANIFEST} but "
+                                            "missing")
+                    _extract(archive, tar, member, folder / f["path"], f)
+                folder.mkdir(parents=True, exist_ok=True)
+                staged.append((entry, folder))
+            new_refs: dict[str, str] = {}
+            out = []
+            for entry, folder in staged:
+                imported = _add_one(store, archive, entry, folder, name or entry["name"], new_refs)
+                new_refs[entry["ref"]] = imported.version.ref
+                out.append(imported)
+            return out
 
 
-def _same_files(version: AdapterVersion, entry: dict[str, Any]) -> bool:
-    return sorted((f.path, f.sha256) for f in version.files) == sorted((f["path"], f["sha256"]) for f in entry["files"])
+def _same_files(version: AdapterVersion, files: list[dict[str, Any]]) -> bool:
+    return sorted((f.path, f.sha256) for f in version.files) == sorted((f["path"], f["sha256"]) for f in files)
 
 
-def _import_one(store: Store, archive: Path, tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo],
-                entry: dict[str, Any], name: str, new_refs: dict[str, str]) -> ImportedVersion:
+def _find_same(store: Store, files: list[dict[str, Any]], name: str | None = None) -> AdapterVersion | None:
+    versions = store.list_versions(name, with_files=True)
+    return next((v for v in versions if _same_files(v, files)), None)
+
+
+def _add_one(store: Store, archive: Path, entry: dict[str, Any], folder: Path, name: str,
+             new_refs: dict[str, str]) -> ImportedVersion:
     check_name(name)
-    for existing in store.list_versions(name, with_files=True):
-        if _same_files(existing, entry):
-            return ImportedVersion(entry["ref"], existing, True)
+    existing = _find_same(store, entry["files"], name)
+    if existing is not None:
+        return ImportedVersion(entry["ref"], existing, True)
+    # A parent is linked only when it is certainly the same version: it came in this archive, or a version here
+    # has exactly its files. The same NAME@N here may well be another adapter.
     parent = new_refs.get(entry.get("parent") or "", "")
-    if not parent and entry.get("parent"):
-        try:
-            parent = store.get(entry["parent"]).ref
-        except RegistryError:
-            parent = ""
+    if not parent and entry.get("parent_files"):
+        found = _find_same(store, entry["parent_files"])
+        parent = found.ref if found else ""
     extra = {**entry.get("extra", {}), "imported": {"ref": entry["ref"], "created": entry.get("created"),
                                                     "archive": archive.name, "pushes": entry.get("pushes", [])}}
     if entry.get("parent") and not parent:
@@ -187,12 +207,4 @@ def _import_one(store: Store, archive: Path, tar: tarfile.TarFile, members: dict
         dataset_fingerprint=entry.get("dataset_fingerprint", ""), metrics=entry.get("metrics", {}), parent=parent,
         library_versions=entry.get("library_versions", {}), run_id=entry.get("run_id", ""), extra=extra,
     )
-    with work_area(store.tmp_root, "import") as area:
-        area.path.mkdir()
-        for f in entry["files"]:
-            member = members.get(f"{entry['dir']}/{f['path']}")
-            if member is None or not member.isfile():
-                raise RegistryError(f"{archive}: {entry['dir']}/{f['path']} is listed in {MANIFEST} but missing")
-            _extract(archive, tar, member, area.path / f["path"], f)
-        version = store.add(name, area.path, meta)
-    return ImportedVersion(entry["ref"], version, False)
+    return ImportedVersion(entry["ref"], store.add(name, folder, meta), False)

@@ -150,3 +150,15 @@ def test_gc_removes_leftovers_but_not_work_in_progress(filled: Path, capsys: pyt
     assert not orphan.exists() and not outside.exists() and list(store.tmp_root.iterdir()) == []
     assert [v.ref for v in store.list_versions()] == ["demo@1", "demo@2", "other@1"]
     assert gc(store).removed == []
+
+
+def test_deleting_a_merged_version_keeps_its_files(filled: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    outside = tmp_path / "merged-model"
+    outside.mkdir()
+    (outside / "model.safetensors").write_bytes(b"weights")
+    open_store(filled).add("demo-merged", outside, NewVersion(base_model="m", kind="merged", parent="demo@2"),
+                           copy=False)
+    result = cli(capsys, filled, "delete", "demo-merged@1")
+    assert result.out == f"deleted demo-merged@1\n  its files were not in the registry and were kept: {outside}\n"
+    assert (outside / "model.safetensors").exists() and open_store(filled).list_versions("demo-merged") == []

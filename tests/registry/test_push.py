@@ -107,6 +107,13 @@ def test_bad_pushes_change_nothing_and_never_show_the_token(trained_copy: Path, 
         refused(("quick@1", f"--repo={repo}"), f"--repo {repo!r}: not a Hub repo id; write OWNER/NAME")
     refused(("quick@1", "--repo", "me/x", "--merged"), "quick@1 has no merged model to push")
     refused(("quik@1", "--repo", "me/x"), "no adapter named 'quik'")
+    weights = open_store(trained_copy).get("quick@1").path / "adapter_config.json"
+    original = weights.read_bytes()
+    weights.parent.chmod(0o755)
+    weights.chmod(0o644)
+    weights.write_bytes(original.replace(b'"r": 8', b'"r": 9'))
+    refused(("quick@1", "--repo", "me/x"), "quick@1: adapter_config.json (changed); not pushing files that differ")
+    weights.write_bytes(original)
     hub.state.fail["commit"] = 500
     refused(("quick@1", "--repo", "me/x"), "push of quick@1 to me/x failed: HTTP 500: commit failed on the server")
     hub.state.fail = {"create": 403}

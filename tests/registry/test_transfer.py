@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -65,6 +66,48 @@ def test_lineage_travels_when_parent_and_child_go_together(tmp_path: Path, capsy
     open_store(other).add("sft", folder, NewVersion(base_model="m"))  # takes sft@1 there
     assert cli(capsys, other, "import", str(archive)).out == "imported sft@1 as sft@2\nimported dpo@1 as dpo@1\n"
     assert open_store(other).get("dpo@1").parent_ref == "sft@2"
+
+
+def test_a_child_alone_links_only_to_a_parent_with_the_same_files(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from registry.store import NewVersion
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"sft": 1}')
+    home = tmp_path / "a"
+    open_store(home).add("sft", folder, NewVersion(base_model="m"))
+    sft_copy = tmp_path / "sft-copy"
+    shutil.copytree(folder, sft_copy)
+    (folder / "adapter_config.json").write_text('{"dpo": 1}')
+    open_store(home).add("dpo", folder, NewVersion(base_model="m", parent="sft@1"))
+    archive = tmp_path / "dpo.tar"
+    assert cli(capsys, home, "export", "dpo@1", str(archive)).code == 0
+
+    unrelated = tmp_path / "unrelated"
+    (folder / "adapter_config.json").write_text('{"other": 1}')
+    open_store(unrelated).add("sft", folder, NewVersion(base_model="m"))  # sft@1 there is another adapter
+    assert cli(capsys, unrelated, "import", str(archive)).code == 0
+    dpo = open_store(unrelated).get("dpo@1")
+    assert dpo.parent_ref == "" and dpo.extra["parent_elsewhere"] == "sft@1"
+
+    same = tmp_path / "same"
+    open_store(same).add("other", folder, NewVersion(base_model="m"))
+    open_store(same).add("sft-again", sft_copy, NewVersion(base_model="m"))  # the same files under another name
+    assert cli(capsys, same, "import", str(archive)).code == 0
+    assert open_store(same).get("dpo@1").parent_ref == "sft-again@1"
+
+
+def test_a_damaged_second_version_adds_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = {"ref": "a@1", "name": "a", "dir": "a/1", "base_model": "m", "files": [GOOD_FILE]}
+    bad = {"ref": "b@1", "name": "b", "dir": "b/1", "base_model": "m", "files": [GOOD_FILE]}
+    archive = _tar(tmp_path, [(_member("a/1/adapter_config.json"), b"{}"), (_member("b/1/adapter_config.json"),
+                                                                             b"{!")],
+                   {"format": 1, "versions": [good, bad]})
+    home = tmp_path / "home"
+    result = cli(capsys, home, "import", str(archive))
+    assert result.code == 2 and "b/1/adapter_config.json does not match the sha256" in result.err
+    assert open_store(home).list_versions() == [] and list((home / "registry" / ".tmp").iterdir()) == []
 
 
 def _tar(tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes]], manifest: dict | None = None) -> Path:
