@@ -120,6 +120,7 @@ class Store:
 
     @contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection for reads (WAL lets them run beside a writer), closed at the end of the block."""
         conn = self._connect()
         try:
             yield conn
@@ -128,6 +129,7 @@ class Store:
 
     @contextmanager
     def write_transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception: one writer at a time, all or nothing."""
         with self.connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -284,10 +286,12 @@ class Store:
     # ------------------------------------------------------------ reads
 
     def names(self) -> list[str]:
+        """Every adapter name with at least one version, sorted."""
         with self.connection() as conn:
             return [r["name"] for r in conn.execute("SELECT DISTINCT name FROM versions ORDER BY name")]
 
     def list_versions(self, name: str | None = None, *, with_files: bool = False) -> list[AdapterVersion]:
+        """All versions (or one name's), by name and number; file lists and pushes only with `with_files`."""
         query = "SELECT v.*, p.name AS parent_name, p.number AS parent_number FROM versions v " \
                 "LEFT JOIN versions p ON p.id = v.parent_id"
         args: tuple[Any, ...] = ()
@@ -328,6 +332,7 @@ class Store:
             return version
 
     def children(self, ref: str) -> list[AdapterVersion]:
+        """The versions whose parent is this one (a DPO run on top of it, its merged models), without file lists."""
         version = self.get(ref)
         return [v for v in self.list_versions() if v.parent_id == version.id]
 
@@ -379,4 +384,5 @@ class Store:
 
 
 def open_store(home: Path) -> Store:
+    """The store of a data home: <home>/registry."""
     return Store(Path(home) / "registry")
