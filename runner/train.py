@@ -83,9 +83,12 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
         reference=reference_description(prepared) if method in ("dpo", "orpo", "kto", "rlhf") else "",
     )
 
+    from transformers.trainer_callback import PrinterCallback
+
     from runner.methods import build_trainer
 
     trainer, callback = build_trainer(prepared, run, writer, stop_signalled)
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; the events already hold them
     baseline = alignment_baseline(run, prepared, trainer, writer, resumed=resume_from is not None)
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

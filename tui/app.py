@@ -1,25 +1,100 @@
-"""The Textual app (screens come with the app issue)."""
+"""The Textual app: four screens (runs, new run, registry, compare) over one data home.
+
+Built by make_app(home) so tests run it over a temporary data home. The app
+never imports torch: training, merges and generation run in child processes
+that it watches through files and pipes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
-from textual.app import App, ComposeResult
-from textual.widgets import Footer, Header, Static
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from runner.errors import QloraError
+from runner.launch import resume_run
+from runner.rundir import RunDir
+from tui.gpu import Gpus
+from tui.screens.compare import CompareScreen
+from tui.screens.help import HelpScreen
+from tui.screens.monitor import MonitorScreen
+from tui.screens.new_run import NewRunScreen
+from tui.screens.registry import RegistryScreen
+from tui.screens.runs import RunsScreen
+
+THEMES = ("textual-dark", "textual-light")
 
 
 class QloraApp(App[None]):
     TITLE = "qlora-tui"
-    BINDINGS = [("q", "quit", "Quit")]
+    CSS_PATH = "app.tcss"
+    MODES = {"runs": RunsScreen, "new": NewRunScreen, "registry": RegistryScreen, "compare": CompareScreen}
+    DEFAULT_MODE = "runs"
+    BINDINGS = [
+        Binding("1", "switch_mode('runs')", "Runs"),
+        Binding("2", "switch_mode('new')", "New run"),
+        Binding("3", "switch_mode('registry')", "Registry"),
+        Binding("4", "switch_mode('compare')", "Compare"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("t", "toggle_theme", "Theme"),
+        Binding("q", "quit", "Quit"),
+    ]
 
     def __init__(self, home: Path) -> None:
         super().__init__()
         self.home = home
+        self.gpus = Gpus()
+        self.theme = THEMES[0]
+        self.sub_title = str(home)
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static(f"data home: {self.home}")
-        yield Footer()
+    # ------------------------------------------------------------ actions shared by screens
+
+    def open_monitor(self, run: RunDir) -> None:
+        if self.current_mode != "runs":
+            self.switch_mode("runs")
+        self.push_screen(MonitorScreen(run, self.gpus))
+
+    def stop_run(self, run: RunDir) -> None:
+        if not run.is_running():
+            self.notify(f"{run.run_id} is not running", severity="warning")
+            return
+        run.request_stop()
+        self.notify(f"asked {run.run_id} to stop: it checkpoints at the end of its current step")
+
+    def resume_run(self, run: RunDir) -> None:
+        if run.is_running():
+            raise QloraError(f"{run.run_id} is already running")
+        resume_run(run)
+        self.notify(f"resumed {run.run_id} in the background")
+
+    def compare_refs(self, refs: list[str]) -> None:
+        self.switch_mode("compare")
+        screen = self.screen
+        if isinstance(screen, CompareScreen):
+            screen.choose(refs)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_toggle_theme(self) -> None:
+        self.theme = THEMES[(THEMES.index(self.theme) + 1) % len(THEMES)] if self.theme in THEMES else THEMES[0]
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Runs", "All runs with their status (1)", lambda: self.switch_mode("runs"))
+        yield SystemCommand("New run", "Set up and launch a run from a profile (2)", lambda: self.switch_mode("new"))
+        yield SystemCommand("Registry", "Adapters and their versions (3)", lambda: self.switch_mode("registry"))
+        yield SystemCommand("Compare", "Base and adapters answer one prompt side by side (4)",
+                            lambda: self.switch_mode("compare"))
+        yield SystemCommand("Help", "Keys of every screen (?)", self.action_help)
+        yield SystemCommand("Toggle dark/light theme", "Switch between the dark and the light theme (t)",
+                            self.action_toggle_theme)
+        for action in getattr(screen, "PALETTE", ()):
+            title, help_text, method = action
+            yield SystemCommand(title, help_text, getattr(screen, method))
 
 
 def make_app(home: Path) -> QloraApp:

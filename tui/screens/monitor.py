@@ -1,0 +1,142 @@
+"""A run's monitor: loss curve, metric cards, GPU panel, the tail of runner.log, Stop and Resume.
+
+The whole history is folded once in a worker thread; after that a timer reads
+only what was appended and repaints everything in one go.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Log, Static
+
+from runner.errors import QloraError
+from runner.rundir import RunDir
+from tui.gpu import Gpus
+from tui.watch import RunFollower
+from tui.widgets.cards import MetricCards
+from tui.widgets.chart import LineChart, Series
+from tui.widgets.gpu_panel import GpuPanel
+
+POLL_S = 0.5
+GPU_POLL_S = 2.0
+METRIC_SERIES = ("rewards/accuracies", "rewards/margins", "accuracy", "reward", "kl")
+
+
+def status_line(follower: RunFollower) -> Text:
+    s, status = follower.state, follower.status
+    text = Text()
+    text.append(f"{follower.run.run_id}  ", style="bold")
+    text.append(status, style={"running": "bold green", "done": "cyan", "stopped": "yellow"}.get(status, "bold red"))
+    if s.profile_name:
+        text.append(f"  {s.profile_name} ({s.method}) on {s.base_model}  {s.device}")
+    if s.reference:
+        text.append(f"\nreference: {s.reference}", style="dim")
+    if status == "done":
+        text.append(f"\nregistered {s.registry_ref}: {s.adapter_path}", style="cyan")
+    elif status == "failed" and s.error:
+        text.append(f"\nerror ({s.error.get('kind')}): {s.error.get('message')}", style="red")
+        if s.error.get("hint"):
+            text.append(f"\nhint: {s.error['hint']}", style="dim")
+    elif status == "crashed":
+        text.append("\nthe training process ended without a final event (killed, out of memory, machine restart); "
+                    "its last log lines are below. Press r to resume from the newest complete checkpoint.",
+                    style="red")
+    elif status == "stopped":
+        text.append("\nstopped with a checkpoint; press r to resume", style="yellow")
+    return text
+
+
+class MonitorScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("s", "stop", "Stop"),
+        Binding("r", "resume", "Resume"),
+    ]
+
+    class HistoryLoaded(Message):
+        def __init__(self, follower: RunFollower) -> None:
+            super().__init__()
+            self.follower = follower
+
+    def __init__(self, run: RunDir, gpus: Gpus) -> None:
+        super().__init__()
+        self.run = run
+        self.gpus = gpus
+        self.follower: RunFollower | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(Text(f"{self.run.run_id}  loading history..."), id="run-status")
+        yield MetricCards(id="cards")
+        with Horizontal(id="charts"):
+            yield LineChart("loss", id="loss-chart")
+            with Vertical(id="side-charts"):
+                yield LineChart("lr", id="lr-chart")
+                yield LineChart("metrics", id="metric-chart")
+        yield GpuPanel(id="gpu-panel")
+        yield Log(id="run-log", max_lines=500, highlight=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.load_history()
+        self.refresh_gpu()
+        self.set_interval(GPU_POLL_S, self.refresh_gpu)
+
+    @work(thread=True, exclusive=True, group="history")
+    def load_history(self) -> None:
+        follower = RunFollower(self.run)
+        follower.poll_events()
+        self.post_message(self.HistoryLoaded(follower))
+
+    def on_monitor_screen_history_loaded(self, message: HistoryLoaded) -> None:
+        self.follower = message.follower
+        self.repaint()
+        self.append_log()
+        self.set_interval(POLL_S, self.poll)
+
+    def poll(self) -> None:
+        if self.follower is None:
+            return
+        if self.follower.poll_events():
+            self.repaint()
+        self.append_log()
+
+    def append_log(self) -> None:
+        assert self.follower is not None
+        lines = self.follower.new_log_lines()
+        if lines:
+            self.query_one(Log).write_lines(lines)
+
+    def repaint(self) -> None:
+        assert self.follower is not None
+        state = self.follower.state
+        self.query_one("#run-status", Static).update(status_line(self.follower))
+        self.query_one(MetricCards).show(state)
+        loss = [Series("loss", state.loss_history, "cyan")]
+        if state.eval_history:
+            loss.append(Series("eval", state.eval_history, "magenta"))
+        self.query_one("#loss-chart", LineChart).set_series(loss)
+        self.query_one("#lr-chart", LineChart).set_series([Series("lr", state.lr_history, "yellow")])
+        extra = [Series(k, state.metric_history[k], style) for k, style in
+                 zip(METRIC_SERIES, ("green", "blue", "green", "green", "red")) if k in state.metric_history]
+        chart = self.query_one("#metric-chart", LineChart)
+        chart.display = bool(extra)
+        chart.set_series(extra)
+
+    def refresh_gpu(self) -> None:
+        self.query_one(GpuPanel).show(self.gpus.read(), self.gpus.available)
+
+    def action_stop(self) -> None:
+        self.app.stop_run(self.run)  # type: ignore[attr-defined]
+
+    def action_resume(self) -> None:
+        try:
+            self.app.resume_run(self.run)  # type: ignore[attr-defined]
+        except QloraError as err:
+            self.notify(err.message, severity="error")

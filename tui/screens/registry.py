@@ -1,0 +1,307 @@
+"""The Registry screen: adapters grouped by name, a version's details, and Merge / Compare / Push / Delete.
+
+Merge runs in a child process (it needs torch); push, delete and verify are
+light and run in worker threads. Workers only post messages; the handlers
+here change what is shown.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Header, ProgressBar, Static, Tree
+
+from registry.errors import RegistryError
+from registry.records import AdapterVersion
+from registry.store import open_store
+from tui.format import number, size, timestamp
+from tui.jobs import run_worker
+from tui.screens.dialogs import AskMerge, AskPush, Confirm, MergeOptions, PushOptions
+
+
+def details_text(version: AdapterVersion, lineage: list[str]) -> Text:
+    text = Text()
+    text.append(f"{version.ref}", style="bold")
+    text.append(f"  ({version.kind})\n", style="dim")
+    rows = [
+        ("base model", version.base_model + (f"  [{version.base_revision}]" if version.base_revision else "")),
+        ("method", version.method or "-"),
+        ("created", timestamp(version.created)),
+        ("lineage", " -> ".join(lineage)),
+        ("data set", version.dataset or "-"),
+        ("data fingerprint", version.dataset_fingerprint or "-"),
+        ("run", version.run_id or "-"),
+        ("aliases", ", ".join(version.aliases) or "-"),
+        ("size", size(version.size_bytes)),
+        ("path", str(version.path)),
+    ]
+    for key, value in rows:
+        text.append(f"{key}: ", style="dim")
+        text.append(f"{value}\n")
+    if version.metrics:
+        text.append("\nmetrics\n", style="bold")
+        for key, value in sorted(version.metrics.items()):
+            shown = number(value) if isinstance(value, (int, float)) else json.dumps(value)
+            text.append(f"  {key}: {shown}\n")
+    for key, value in sorted(version.extra.items()):
+        text.append(f"\n{key}: ", style="bold")
+        text.append(json.dumps(value) if not isinstance(value, str) else value)
+    text.append("\n\nfiles\n", style="bold")
+    for f in version.files:
+        text.append(f"  {f.path}  {size(f.size)}  {f.sha256[:12]}\n")
+    if version.pushes:
+        text.append("\nHub pushes\n", style="bold")
+        for p in version.pushes:
+            text.append(f"  {p.repo}  {p.commit_id[:12]}  {p.url}  {timestamp(p.pushed)}\n")
+    if version.profile:
+        text.append("\nprofile\n", style="bold")
+        text.append(version.profile, style="dim")
+    return text
+
+
+class RegistryScreen(Screen[None]):
+    BINDINGS = [
+        Binding("m", "merge", "Merge"),
+        Binding("c", "compare", "Compare"),
+        Binding("p", "push", "Push"),
+        Binding("d", "delete", "Delete"),
+        Binding("v", "verify", "Verify"),
+    ]
+    PALETTE = [("Merge version", "Merge the selected version into its base (m)", "action_merge"),
+               ("Compare version", "Compare the selected version with its base (c)", "action_compare"),
+               ("Push version", "Push the selected version to the Hub (p)", "action_push"),
+               ("Delete version", "Delete the selected version (d)", "action_delete"),
+               ("Verify version", "Re-hash the selected version's files (v)", "action_verify")]
+
+    class Loaded(Message):
+        def __init__(self, versions: list[AdapterVersion]) -> None:
+            super().__init__()
+            self.versions = versions
+
+    class JobProgress(Message):
+        def __init__(self, message: str, fraction: float | None) -> None:
+            super().__init__()
+            self.message, self.fraction = message, fraction
+
+    class JobFinished(Message):
+        def __init__(self, ok: bool, message: str) -> None:
+            super().__init__()
+            self.ok, self.message = ok, message
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.versions: dict[str, AdapterVersion] = {}
+        self.busy = False
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="registry"):
+            with Vertical(id="adapter-tree-box"):
+                yield Static("Adapters", classes="section-title")
+                yield Tree("registry", id="adapter-tree")
+            with Vertical(id="details-box"):
+                yield VerticalScroll(Static("", id="details"), id="details-scroll")
+                yield Static("", id="job-status")
+                yield ProgressBar(total=1.0, show_eta=False, id="job-progress")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(ProgressBar).display = False
+        self.query_one(Tree).show_root = False
+        self.reload()
+
+    def on_screen_resume(self) -> None:
+        self.reload()
+
+    @property
+    def store(self) -> Any:
+        return open_store(self.app.home)  # type: ignore[attr-defined]
+
+    @work(thread=True, exclusive=True, group="registry-load")
+    def reload(self) -> None:
+        self.post_message(self.Loaded(self.store.list_versions(with_files=False)))
+
+    def on_registry_screen_loaded(self, message: Loaded) -> None:
+        tree = self.query_one(Tree)
+        selected = self.selected_ref()
+        tree.clear()
+        self.versions = {v.ref: v for v in message.versions}
+        names: dict[str, Any] = {}
+        leaves: dict[str, Any] = {}
+        for version in message.versions:
+            if version.name not in names:
+                names[version.name] = tree.root.add(version.name, expand=True)
+            label = f"@{version.number}  {version.kind}  {version.method}"
+            if version.aliases:
+                label += f"  [{', '.join(version.aliases)}]"
+            leaves[version.ref] = names[version.name].add_leaf(label, data=version.ref)
+        if not message.versions:
+            self.query_one("#details", Static).update("No adapters yet: a finished run registers its adapter.")
+            return
+        tree.focus()
+        target = leaves.get(selected or "") or next(iter(leaves.values()))
+        self.call_after_refresh(tree.move_cursor, target)
+
+    def selected_ref(self) -> str | None:
+        node = self.query_one(Tree).cursor_node
+        return node.data if node is not None and isinstance(node.data, str) else None
+
+    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted[Any]) -> None:
+        if isinstance(event.node.data, str):
+            self.show_details(event.node.data)
+
+    def show_details(self, ref: str) -> None:
+        try:
+            version = self.store.get(ref)
+            lineage = [v.ref for v in self.store.lineage(ref)]
+        except RegistryError as err:
+            self.query_one("#details", Static).update(Text(err.message, style="red"))
+            return
+        self.query_one("#details", Static).update(details_text(version, lineage))
+
+    def _need_selection(self) -> str | None:
+        ref = self.selected_ref()
+        if ref is None:
+            self.notify("choose a version first (up/down in the tree)", severity="warning")
+        elif self.busy:
+            self.notify("another registry job is running", severity="warning")
+            return None
+        return ref
+
+    # ------------------------------------------------------------ jobs
+
+    def on_registry_screen_job_progress(self, message: JobProgress) -> None:
+        self.query_one("#job-status", Static).update(message.message)
+        bar = self.query_one(ProgressBar)
+        bar.display = message.fraction is not None
+        if message.fraction is not None:
+            bar.update(progress=message.fraction)
+
+    def on_registry_screen_job_finished(self, message: JobFinished) -> None:
+        self.busy = False
+        self.query_one(ProgressBar).display = False
+        status = self.query_one("#job-status", Static)
+        status.update(Text(message.message, style="green" if message.ok else "red"))
+        self.notify(message.message, severity="information" if message.ok else "error", timeout=10)
+        self.reload()
+
+    def action_merge(self) -> None:
+        ref = self._need_selection()
+        if ref is None:
+            return
+        default_out = str(self.app.home / "merged" / ref.replace("@", "-"))  # type: ignore[attr-defined]
+
+        def chosen(options: MergeOptions | None) -> None:
+            if options is not None:
+                self.busy = True
+                self.merge(ref, options)
+
+        self.app.push_screen(AskMerge(ref, default_out), chosen)
+
+    @work(thread=True, exclusive=True, group="registry-job")
+    def merge(self, ref: str, options: MergeOptions) -> None:
+        args = ["merge", ref, "--out", options.out_dir, "--dtype", options.dtype, "--base-weights",
+                options.base_weights] + (["--force"] if options.force else [])
+        self.post_message(self.JobProgress(f"merging {ref} (a child process)...", 0.0))
+        outcome: dict[str, Any] = {}
+
+        def emit(line: dict[str, Any]) -> None:
+            if line.get("type") == "progress":
+                self.post_message(self.JobProgress(str(line.get("message", "")), line.get("fraction")))
+            elif line.get("type") in ("result", "error"):
+                outcome.update(line)
+
+        run_worker(self.app.home, args, emit)  # type: ignore[attr-defined]
+        if outcome.get("type") == "result":
+            fidelity = outcome.get("fidelity") or {}
+            check = (f"; fidelity: top-1 agreement {fidelity['top1_agreement']:.3f}, max KL {fidelity['max_kl']:.2e}"
+                     if fidelity else "")
+            self.post_message(self.JobFinished(
+                True, f"merged {ref} into {outcome.get('out_dir')}, registered as {outcome.get('ref')}{check}"))
+        else:
+            hint = f" ({outcome['hint']})" if outcome.get("hint") else ""
+            self.post_message(self.JobFinished(False, f"merge failed: {outcome.get('message')}{hint}"))
+
+    def action_compare(self) -> None:
+        ref = self.selected_ref()
+        if ref is None:
+            self.notify("choose a version first", severity="warning")
+            return
+        self.app.compare_refs([ref])  # type: ignore[attr-defined]
+
+    def action_push(self) -> None:
+        ref = self._need_selection()
+        if ref is None:
+            return
+
+        def chosen(options: PushOptions | None) -> None:
+            if options is not None:
+                self.busy = True
+                self.push(ref, options)
+
+        self.app.push_screen(AskPush(ref), chosen)
+
+    @work(thread=True, exclusive=True, group="registry-job")
+    def push(self, ref: str, options: PushOptions) -> None:
+        from registry.push import push_version
+
+        self.post_message(self.JobProgress(f"pushing {ref} to {options.repo}...", None))
+        try:
+            record = push_version(self.store, ref, options.repo, private=options.private, merged=options.merged)
+        except RegistryError as err:
+            hint = f" ({err.hint})" if err.hint else ""
+            self.post_message(self.JobFinished(False, f"push failed: {err.message}{hint}"))
+            return
+        self.post_message(self.JobFinished(True, f"pushed {ref} to {record.url} (commit {record.commit_id[:12]})"))
+
+    def action_delete(self) -> None:
+        ref = self._need_selection()
+        if ref is None:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.busy = True
+                self.delete(ref)
+
+        self.app.push_screen(Confirm(f"Delete {ref}? Its files are removed from the registry."), answered)
+
+    @work(thread=True, exclusive=True, group="registry-job")
+    def delete(self, ref: str) -> None:
+        try:
+            self.store.delete(ref)
+        except RegistryError as err:
+            hint = f" ({err.hint})" if err.hint else ""
+            self.post_message(self.JobFinished(False, f"not deleted: {err.message}{hint}"))
+            return
+        self.post_message(self.JobFinished(True, f"deleted {ref}"))
+
+    def action_verify(self) -> None:
+        ref = self._need_selection()
+        if ref is not None:
+            self.busy = True
+            self.verify(ref)
+
+    @work(thread=True, exclusive=True, group="registry-job")
+    def verify(self, ref: str) -> None:
+        from registry.integrity import verify
+
+        try:
+            (report,) = verify(self.store, ref)
+        except RegistryError as err:
+            self.post_message(self.JobFinished(False, f"verify failed: {err.message}"))
+            return
+        problems = getattr(report, "problems", [])
+        if problems:
+            names = ", ".join(f"{p.path} ({p.problem})" for p in problems)
+            self.post_message(self.JobFinished(False, f"{ref}: {len(problems)} file(s) differ: {names}"))
+        else:
+            self.post_message(self.JobFinished(True, f"{ref}: every file matches its sha256"))

@@ -1,0 +1,126 @@
+"""The Runs screen: every run of the data home, live, with the keys to open, stop and resume them."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from runner.errors import QloraError
+from tui.format import duration, number, timestamp
+from tui.watch import RunRow, RunsIndex
+
+COLUMNS = ("profile", "status", "step", "loss", "tok/s", "started", "duration", "method", "id")
+STATUS_STYLE = {"running": "bold green", "done": "cyan", "stopped": "yellow", "failed": "bold red",
+                "crashed": "bold red", "starting": "green"}
+
+
+def row_cells(row: RunRow) -> tuple[str | Text, ...]:
+    s = row.state
+    status = Text(row.status, style=STATUS_STYLE.get(row.status, ""))
+    return (s.profile_name or "", status, f"{s.step}/{s.max_steps or '?'}", number(s.loss),
+            "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}", timestamp(s.started_t),
+            duration(row.duration_s), s.method, row.run.run_id)
+
+
+class RunsScreen(Screen[None]):
+    """A table refreshed once a second from an incremental index (no file is re-read)."""
+
+    BINDINGS = [
+        Binding("enter", "open_run", "Monitor"),
+        Binding("s", "stop_run", "Stop"),
+        Binding("r", "resume_run", "Resume"),
+    ]
+
+    class RunsLoaded(Message):
+        def __init__(self, index: RunsIndex) -> None:
+            super().__init__()
+            self.index = index
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.index: RunsIndex | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("Runs", classes="screen-title")
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Static("loading runs...", id="runs-empty", classes="hint")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for name in COLUMNS:
+            table.add_column(name, key=name)
+        self.load_index()
+        self.set_interval(1.0, self.refresh_runs)
+
+    @work(thread=True, exclusive=True, group="runs-load")
+    def load_index(self) -> None:
+        index = RunsIndex(self.app.home)  # type: ignore[attr-defined]
+        index.poll()
+        self.post_message(self.RunsLoaded(index))
+
+    def on_runs_screen_runs_loaded(self, message: RunsLoaded) -> None:
+        self.index = message.index
+        self.show_rows()
+
+    def refresh_runs(self) -> None:
+        if self.index is not None and self.index.poll():
+            self.show_rows()
+
+    def show_rows(self) -> None:
+        assert self.index is not None
+        table = self.query_one(DataTable)
+        rows = self.index.sorted_rows()
+        present = set()
+        for row in rows:
+            key = row.run.run_id
+            present.add(key)
+            cells = row_cells(row)
+            if key in table.rows:
+                for column, value in zip(COLUMNS, cells):
+                    if table.get_cell(key, column) != value:
+                        table.update_cell(key, column, value)
+            else:
+                table.add_row(*cells, key=key)
+        for key in list(table.rows):
+            if key.value not in present:
+                table.remove_row(key)
+        if [k.value for k in table.rows] != [r.run.run_id for r in rows]:
+            table.sort("id", reverse=True)  # newest first: ids start with the start time
+        empty = self.query_one("#runs-empty", Static)
+        empty.update("" if rows else "No runs yet. Press 2 for New run, or run `qlora-tui run demo` in a shell.")
+        empty.display = not rows
+
+    def selected(self) -> RunRow | None:
+        table = self.query_one(DataTable)
+        if self.index is None or table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.index.rows.get(str(key))
+
+    def action_open_run(self) -> None:
+        row = self.selected()
+        if row is not None:
+            self.app.open_monitor(row.run)  # type: ignore[attr-defined]
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open_run()
+
+    def action_stop_run(self) -> None:
+        row = self.selected()
+        if row is not None:
+            self.app.stop_run(row.run)  # type: ignore[attr-defined]
+
+    def action_resume_run(self) -> None:
+        row = self.selected()
+        if row is not None:
+            try:
+                self.app.resume_run(row.run)  # type: ignore[attr-defined]
+            except QloraError as err:
+                self.notify(err.message, severity="error")

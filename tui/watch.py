@@ -1,0 +1,140 @@
+"""Following runs from the app without re-reading files: no Textual here, so it is testable alone.
+
+RunsIndex keeps one summary per run and reads only bytes appended since the
+last poll; RunFollower keeps a run's whole history for its monitor and tails
+runner.log the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.events import EventTail, RunState, fold_event
+from runner.home import runs_dir
+from runner.rundir import RunDir, derive_status, lock_is_held, summarize
+
+STARTING_GRACE_S = 15.0  # a run with no events yet and no lock may still be starting
+
+
+@dataclass
+class RunRow:
+    run: RunDir
+    state: RunState
+    status: str
+    tail: EventTail
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.state.started_t is None:
+            return None
+        end = time.time() if self.status == "running" else (self.state.ended_t or self.state.last_t)
+        return (end or self.state.started_t) - self.state.started_t
+
+
+def status_of(run: RunDir, state: RunState) -> str:
+    status = derive_status(state, lock_is_held(run.lock_path))
+    if status == "crashed" and state.events_seen == 0:
+        try:
+            age = time.time() - run.profile_path.stat().st_mtime
+        except FileNotFoundError:
+            age = STARTING_GRACE_S
+        if age < STARTING_GRACE_S:
+            return "starting"
+    return status
+
+
+class RunsIndex:
+    """All runs of a data home, refreshed incrementally; poll() says whether anything changed."""
+
+    def __init__(self, home: Path) -> None:
+        self.root = runs_dir(home)
+        self.rows: dict[str, RunRow] = {}
+        self._root_mtime = -1.0
+
+    def _discover(self) -> bool:
+        try:
+            mtime = self.root.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if mtime == self._root_mtime:
+            return False
+        self._root_mtime = mtime
+        added = False
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if entry.name in self.rows or not entry.is_dir():
+                continue
+            run = RunDir(Path(entry.path))
+            if not run.profile_path.exists():
+                self._root_mtime = -1.0  # being created: look again next time
+                continue
+            summary = summarize(run, full=False)
+            tail = EventTail(run.events_path)
+            try:
+                tail.offset = run.events_path.stat().st_size
+            except FileNotFoundError:
+                tail.offset = 0
+            self.rows[run.run_id] = RunRow(run, summary.state, status_of(run, summary.state), tail)
+            added = True
+        return added
+
+    def poll(self) -> bool:
+        changed = self._discover()
+        for row in self.rows.values():
+            grew = False
+            for event in row.tail.read_new():
+                fold_event(row.state, event)
+                grew = True
+            changed |= grew
+            if grew or row.status in ("running", "starting", "crashed"):
+                status = status_of(row.run, row.state)
+                if status != row.status:
+                    row.status = status
+                    changed = True
+        return changed
+
+    def sorted_rows(self) -> list[RunRow]:
+        return sorted(self.rows.values(), key=lambda r: r.run.run_id, reverse=True)
+
+
+class RunFollower:
+    """One run's full history for its monitor, then only what is appended."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.state = RunState(run_id=run.run_id)
+        self.events = EventTail(run.events_path)
+        self.log_offset = 0
+        self.status = "crashed"
+
+    def poll_events(self) -> bool:
+        changed = False
+        for event in self.events.read_new():
+            fold_event(self.state, event)
+            changed = True
+        status = status_of(self.run, self.state)
+        changed |= status != self.status
+        self.status = status
+        return changed
+
+    def new_log_lines(self, max_bytes: int = 1 << 16) -> list[str]:
+        """Lines appended to runner.log since the last call (the first call starts near the end)."""
+        try:
+            size = self.run.log_path.stat().st_size
+        except FileNotFoundError:
+            return []
+        if self.log_offset == 0 and size > max_bytes:
+            self.log_offset = size - max_bytes
+        if size <= self.log_offset:
+            return []
+        with open(self.run.log_path, "rb") as f:
+            f.seek(self.log_offset)
+            data = f.read(size - self.log_offset)
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            return []
+        self.log_offset += cut + 1
+        # progress bars rewrite one line with \r; show only the last state of each
+        return [line.split("\r")[-1] for line in data[:cut].decode("utf-8", "replace").split("\n")]

@@ -1,0 +1,46 @@
+"""Metric cards for a run (step, loss, lr, tokens/s, ETA, GPU memory...) as one compact grid."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from runner.events import RunState
+from tui.format import duration, number
+
+
+def card_values(state: RunState) -> list[tuple[str, str]]:
+    gpu = "-" if state.gpu_mem_gb is None else f"{state.gpu_mem_gb:.1f}/{state.gpu_mem_peak_gb or 0:.1f} GB"
+    values = [
+        ("step", f"{state.step}/{state.max_steps or '?'}"),
+        ("epoch", number(state.epoch, 3)),
+        ("loss", number(state.loss)),
+        ("lr", "-" if state.lr is None else f"{state.lr:.2e}"),
+        ("grad norm", number(state.grad_norm)),
+        ("tokens/s", "-" if state.tokens_per_s is None else f"{state.tokens_per_s:,.0f}"),
+        ("ETA", duration(state.eta_s)),
+        ("GPU mem now/peak", gpu),
+    ]
+    if state.eval_loss is not None:
+        values.append(("eval loss", number(state.eval_loss)))
+    for key in ("rewards/accuracies", "rewards/margins", "accuracy", "reward", "kl"):
+        if key in state.metrics:
+            values.append((key, number(state.metrics[key])))
+    return values
+
+
+class MetricCards(Static):
+    """Label over value, as many columns as the width allows."""
+
+    def show(self, state: RunState) -> None:
+        values = card_values(state)
+        columns = max(1, min(len(values), (self.size.width or 80) // 16))
+        table = Table.grid(expand=True, padding=(0, 1))
+        for _ in range(columns):
+            table.add_column(ratio=1)
+        for start in range(0, len(values), columns):
+            chunk = values[start:start + columns]
+            table.add_row(*[Text(label, style="dim") for label, _ in chunk])
+            table.add_row(*[Text(value, style="bold") for _, value in chunk])
+        self.update(table)

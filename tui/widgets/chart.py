@@ -1,0 +1,140 @@
+"""A line chart drawn with braille dots, so a loss curve fits an 80x24 terminal over SSH.
+
+`plot` is pure (points in, styled lines out) and testable without a screen;
+`LineChart` is the widget that redraws it at its current size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.widget import Widget
+
+BRAILLE_BASE = 0x2800
+# bit of each dot in a 2x4 braille cell, indexed [x][y]
+DOTS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
+LABEL_WIDTH = 9
+
+
+@dataclass
+class Series:
+    name: str
+    points: Sequence[tuple[float, float]]
+    style: str
+
+
+def _fmt(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000 or abs(value) < 0.01:
+        return f"{value:.1e}"
+    return f"{value:.3g}"
+
+
+def _resample(points: Sequence[tuple[float, float]], x0: float, x1: float, columns: int) -> list[tuple[int, float]]:
+    """Mean y per pixel column: smooths noisy curves and keeps drawing cost independent of history length."""
+    sums = [0.0] * columns
+    counts = [0] * columns
+    span = (x1 - x0) or 1.0
+    for x, y in points:
+        if not math.isfinite(y):
+            continue
+        col = min(columns - 1, max(0, int((x - x0) / span * (columns - 1) + 0.5)))
+        sums[col] += y
+        counts[col] += 1
+    return [(c, sums[c] / counts[c]) for c in range(columns) if counts[c]]
+
+
+def plot(series: Sequence[Series], width: int, height: int, *, log_scale: bool = False) -> list[Text]:
+    """Lines of styled text: a y-axis label column, the braille canvas, and an x-axis line."""
+    canvas_w, canvas_h = max(1, width - LABEL_WIDTH), max(1, height - 1)
+    drawn = [s for s in series if any(math.isfinite(y) for _, y in s.points)]
+    if not drawn:
+        return [Text("no data yet".center(width), style="dim")] + [Text("")] * (height - 1)
+    xs = [x for s in drawn for x, _ in s.points]
+    x0, x1 = min(xs), max(xs)
+
+    def scale(y: float) -> float:
+        return math.log10(y) if log_scale and y > 0 else y
+
+    ys = [scale(y) for s in drawn for _, y in s.points if math.isfinite(y)]
+    y0, y1 = min(ys), max(ys)
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    px_w, px_h = canvas_w * 2, canvas_h * 4
+    cells = [[0] * canvas_w for _ in range(canvas_h)]
+    styles: list[list[str]] = [[""] * canvas_w for _ in range(canvas_h)]
+
+    def dot(px: int, py: int, style: str) -> None:
+        cx, cy = px // 2, py // 4
+        if 0 <= cx < canvas_w and 0 <= cy < canvas_h:
+            cells[cy][cx] |= DOTS[px % 2][py % 4]
+            styles[cy][cx] = style
+
+    for s in drawn:
+        previous: tuple[int, int] | None = None
+        for px, y in _resample(s.points, x0, x1, px_w):
+            py = int(round((y1 - scale(y)) / (y1 - y0) * (px_h - 1)))
+            if previous is not None:
+                _line(previous, (px, py), lambda a, b, st=s.style: dot(a, b, st))
+            dot(px, py, s.style)
+            previous = (px, py)
+
+    top = y1 if not log_scale else 10 ** y1
+    bottom = y0 if not log_scale else 10 ** y0
+    lines = []
+    for row in range(canvas_h):
+        label = _fmt(top) if row == 0 else _fmt(bottom) if row == canvas_h - 1 else ""
+        line = Text(label.rjust(LABEL_WIDTH - 1)[: LABEL_WIDTH - 1] + "│", style="dim")
+        for col in range(canvas_w):
+            bits = cells[row][col]
+            line.append(chr(BRAILLE_BASE + bits) if bits else " ", style=styles[row][col] or None)
+        lines.append(line)
+    axis = f"{int(x0)}".ljust(canvas_w // 2) + f"{int(x1)}".rjust(canvas_w - canvas_w // 2)
+    lines.append(Text(" " * (LABEL_WIDTH - 1) + "└" + axis[:canvas_w], style="dim"))
+    return lines
+
+
+def _line(a: tuple[int, int], b: tuple[int, int], put: object) -> None:
+    """Bresenham between two pixels, so a sparse curve is still a connected line."""
+    (x0, y0), (x1, y1) = a, b
+    dx, dy = abs(x1 - x0), -abs(y1 - y0)
+    sx, sy = (1 if x0 < x1 else -1), (1 if y0 < y1 else -1)
+    err = dx + dy
+    while (x0, y0) != (x1, y1):
+        put(x0, y0)  # type: ignore[operator]
+        e2 = 2 * err
+        if e2 >= dy:
+            err += dy
+            x0 += sx
+        if e2 <= dx:
+            err += dx
+            y0 += sy
+
+
+class LineChart(Widget):
+    """Redraws its series at whatever size the layout gives it."""
+
+    DEFAULT_CSS = "LineChart { height: 1fr; min-height: 6; }"
+
+    def __init__(self, title: str = "", *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.title = title
+        self.series: list[Series] = []
+
+    def set_series(self, series: list[Series]) -> None:
+        self.series = series
+        self.refresh()
+
+    def render(self) -> Text:
+        width, height = self.size.width, self.size.height
+        legend = Text(self.title + "  ", style="bold")
+        for s in self.series:
+            legend.append("● ", style=s.style)
+            last = next((y for _, y in reversed(s.points) if math.isfinite(y)), None)
+            legend.append(f"{s.name} {_fmt(last) if last is not None else '-'}  ")
+        body = plot(self.series, width, max(2, height - 1))
+        return Text("\n").join([legend, *body])
