@@ -100,7 +100,8 @@ class CompareScreen(Screen[None]):
     def choose(self, refs: list[str]) -> None:
         """Preselect versions (from the Registry screen's Compare action)."""
         self.wanted = list(refs)
-        self.load_versions()
+        if self.is_mounted:  # otherwise on_mount picks them up
+            self.load_versions()
 
     def _settings(self) -> list[str]:
         def value(widget_id: str) -> str:

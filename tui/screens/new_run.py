@@ -129,21 +129,24 @@ class NewRunScreen(Screen[None]):
     # ------------------------------------------------------------ form
 
     @on(Select.Changed, "#profile-select")
-    def profile_chosen(self, event: Select.Changed) -> None:
+    async def profile_chosen(self, event: Select.Changed) -> None:
         if event.value is Select.BLANK or self.profile is not None and str(event.value) == self._loaded_from:
             return
         self._loaded_from = str(event.value)
         try:
-            self.load(load_profile(Path(str(event.value))))
+            profile = load_profile(Path(str(event.value)))
         except QloraError as err:
             self.notify(err.message, severity="error", timeout=10)
+            return
+        await self.load(profile)
 
-    def load(self, profile: Profile) -> None:
+    async def load(self, profile: Profile) -> None:
+        """Rebuild the form for `profile` (the old fields are gone before the new ones, which reuse their ids)."""
         self.profile = profile
         self.errors.clear()
         self._loading = True
         form = self.query_one("#fields", Vertical)
-        form.remove_children()
+        await form.remove_children()
         widgets: list[Widget] = []
         for key in TOP_FIELDS:
             widgets += self._field("top", key, getattr(profile, key), {"kind": "str", "help": key})
@@ -152,7 +155,7 @@ class NewRunScreen(Screen[None]):
             for f in dataclasses.fields(cls):
                 value = getattr(getattr(profile, section), f.name)
                 widgets += self._field(section, f.name, value, dict(f.metadata))
-        form.mount_all(widgets)
+        await form.mount_all(widgets)
         self.call_after_refresh(self._loaded)
 
     def _loaded(self) -> None:

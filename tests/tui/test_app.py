@@ -1,0 +1,338 @@
+"""The app driven headlessly with Pilot, over real data homes, real runs and real child processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Input, Select, SelectionList, Static, Tree
+
+from registry.store import open_store
+from runner.profile import load_profile
+from runner.rundir import list_runs, summarize
+from tests.conftest import quick_profile, run_to_end
+from tui.app import QloraApp, make_app
+from tui.screens.compare import AnswerPane, CompareScreen
+from tui.screens.monitor import MonitorScreen
+from tui.screens.new_run import NewRunScreen, field_id
+from tui.screens.registry import RegistryScreen
+from tui.screens.runs import RunsScreen
+from tui.widgets.chart import LineChart
+
+SIZE = (120, 40)
+
+
+async def wait_for(pilot: Pilot[None], condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await pilot.pause(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def text_of(app: QloraApp, selector: str) -> str:
+    return str(app.screen.query_one(selector, Static).render())
+
+
+async def drive(home: Path, script: Callable[[QloraApp, Pilot[None]], Awaitable[None]]) -> None:
+    app = make_app(home)
+    async with app.run_test(size=SIZE) as pilot:
+        await script(app, pilot)
+
+
+async def test_runs_screen_lists_the_runs_and_opens_a_monitor_with_the_curve(trained_home: Path) -> None:
+    async def script(app: QloraApp, pilot: Pilot[None]) -> None:
+        assert isinstance(app.screen, RunsScreen)
+        table = app.screen.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count == 1, 10, "the run in the table")
+        row = [str(c) for c in table.get_row_at(0)]
+        assert row[:3] == ["quick", "done", "60/60"]
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.follower is not None,
+                       10, "the monitor")
+        chart = app.screen.query_one("#loss-chart", LineChart)
+        await wait_for(pilot, lambda: bool(chart.series and chart.series[0].points), 10, "the loss curve")
+        assert len(chart.series[0].points) == 60
+        assert "registered quick@1" in text_of(app, "#run-status")
+        assert "no GPU: CPU run" in text_of(app, "#gpu-panel")
+        rendered = "\n".join(line.plain for line in __import__("tui.widgets.chart", fromlist=["plot"]).plot(
+            chart.series, 60, 10))
+        assert any(ch in rendered for ch in "⠁⠂⠄⡀⢀⣀⠉⠒")  # braille dots: a curve was drawn
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen)
+
+    await drive(trained_home, script)
+
+
+async def test_registry_screen_shows_versions_and_details(trained_home: Path) -> None:
+    async def script(app: QloraApp, pilot: Pilot[None]) -> None:
+        await pilot.press("3")
+        assert isinstance(app.screen, RegistryScreen)
+        await wait_for(pilot, lambda: "quick@1" in text_of(app, "#details"), 10, "details of quick@1")
+        details = text_of(app, "#details")
+        assert "base model: builtin:tiny-llama" in details and "lineage: quick@1" in details
+        assert "adapter_model.safetensors" in details and "final_loss" in details
+        tree = app.screen.query_one(Tree)
+        assert [str(n.label) for n in tree.root.children] == ["quick"]
+
+    await drive(trained_home, script)
+
+
+async def test_new_run_form_validates_as_you_type_and_offers_method_options(home: Path) -> None:
+    async def script(app: QloraApp, pilot: Pilot[None]) -> None:
+        await pilot.press("2")
+        screen = app.screen
+        assert isinstance(screen, NewRunScreen)
+        select = screen.query_one("#profile-select", Select)
+        options = [str(label) for label, _ in select._options]  # noqa: SLF001 - the labels a user sees
+        assert {"demo", "demo-dpo", "mistral_7b_qlora_sft"} <= set(options)
+        select.value = next(v for label, v in select._options if str(label) == "demo")  # noqa: SLF001
+        await wait_for(pilot, lambda: screen.profile is not None and screen.query(f"#{field_id('lora', 'r')}"),
+                       10, "the form")
+        await wait_for(pilot, lambda: "total (GB)" in text_of(app, "#plan"), 20, "the memory plan")
+
+        r_input = screen.query_one(f"#{field_id('lora', 'r')}", Input)
+        r_input.value = "sixteen"
+        await pilot.pause(0.2)
+        error = text_of(app, f"#{field_id('lora', 'r')}-error")
+        assert error == 'lora.r: must be a positive integer, got "sixteen"'  # the CLI's own message
+        r_input.value = "16"
+        await pilot.pause(0.2)
+        assert not screen.query_one(f"#{field_id('lora', 'r')}-error").display
+
+        beta_row = screen.query_one(f"#{field_id('method', 'beta')}-row")
+        assert not beta_row.display  # SFT takes no [method] options
+        screen.query_one(f"#{field_id('train', 'method')}", Select).value = "dpo"
+        await pilot.pause(0.2)
+        assert beta_row.display and screen.query_one(f"#{field_id('method', 'loss_type')}-row").display
+        assert not screen.query_one(f"#{field_id('method', 'reward_model')}-row").display
+        method_choices = [str(v) for _, v in screen.query_one(f"#{field_id('train', 'method')}", Select)._options]  # noqa: SLF001
+        assert method_choices == ["sft", "dpo", "orpo", "kto", "reward", "rlhf"]
+
+    await drive(home, script)
+
+
+async def test_save_as_profile_round_trips(home: Path) -> None:
+    async def script(app: QloraApp, pilot: Pilot[None]) -> None:
+        await pilot.press("2")
+        screen = app.screen
+        assert isinstance(screen, NewRunScreen)
+        select = screen.query_one("#profile-select", Select)
+        select.value = next(v for label, v in select._options if str(label) == "demo")  # noqa: SLF001
+        await wait_for(pilot, lambda: bool(screen.query(f"#{field_id('train', 'lr')}")), 10, "the form")
+        screen.query_one(f"#{field_id('train', 'lr')}", Input).value = "0.001"
+        await pilot.pause(0.2)
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.2)
+        answer = app.screen.query_one("#answer", Input)
+        answer.value = "mine"
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+        saved = home / "profiles" / "mine.toml"
+        assert saved.exists()
+        loaded = load_profile(saved)
+        assert loaded.train.lr == 0.001 and loaded.name == "demo"
+        expected = load_profile(Path(__file__).resolve().parents[2] / "profiles" / "demo.toml")
+        expected.train.lr = 0.001
+        assert loaded == expected
+
+    await drive(home, script)
+
+
+async def test_launch_from_new_run_watch_it_finish_and_find_the_adapter(home: Path) -> None:
+    async def script(app: QloraApp, pilot: Pilot[None]) -> None:
+        await pilot.press("2")
+        screen = app.screen
+        assert isinstance(screen, NewRunScreen)
+        select = screen.query_one("#profile-select", Select)
+        select.value = next(v for label, v in select._options if str(label) == "demo")  # noqa: SLF001
+        await wait_for(pilot, lambda: bool(screen.query(f"#{field_id('train', 'max_steps')}")), 10, "the form")
+        screen.query_one(f"#{field_id('top', 'name')}", Input).value = "from-app"
+        screen.query_one(f"#{field_id('train', 'max_steps')}", Input).value = "20"
+        await pilot.pause(0.2)
+        await pilot.press("ctrl+l")
+        await wait_for(pilot, lambda: isinstance(app.screen, MonitorScreen), 10, "the monitor of the new run")
+        monitor = app.screen
+        assert isinstance(monitor, MonitorScreen)
+        await wait_for(pilot, lambda: monitor.follower is not None and monitor.follower.status == "done", 240,
+                       "the run to finish")
+        chart = monitor.query_one("#loss-chart", LineChart)
+        await wait_for(pilot, lambda: len(chart.series[0].points) == 20, 5, "20 points on the curve")
+        assert "registered from-app@1" in text_of(app, "#run-status")
+        await pilot.press("3")
+        await wait_for(pilot, lambda: "from-app@1" in text_of(app, "#details"), 10, "the adapter in Registry")
+
+    await drive(home, script)
+
+
+async def test_quit_and_reopen_while_a_run_goes_on_shows_the_same_history(home: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.launch import start_run
+
+    monkeypatch.setenv("QLORA_TUI_STEP_DELAY", "0.3")
+    run, proc = start_run(home, quick_profile("long", max_steps=60), detach=True)
+    seen: list[tuple[int, float]] = []
+
+    async def first(app: QloraApp, pilot: Pilot[None]) -> None:
+        app.open_monitor(run)
+        monitor = app.screen
+        assert isinstance(monitor, MonitorScreen)
+        await wait_for(pilot, lambda: monitor.follower is not None and monitor.follower.state.step >= 5, 120,
+                       "five steps")
+        assert monitor.follower is not None and monitor.follower.status == "running"
+        seen.extend(monitor.follower.state.loss_history)
+
+    async def second(app: QloraApp, pilot: Pilot[None]) -> None:
+        app.open_monitor(run)
+        monitor = app.screen
+        assert isinstance(monitor, MonitorScreen)
+        await wait_for(pilot, lambda: monitor.follower is not None and monitor.follower.state.step > seen[-1][0],
+                       60, "new steps after reopening")
+        assert monitor.follower is not None
+        assert monitor.follower.state.loss_history[:len(seen)] == seen  # the same history, then more
+        assert monitor.follower.status == "running"
+
+    try:
+        await drive(home, first)
+        assert proc.poll() is None  # quitting the app did not stop the run
+        await drive(home, second)
+    finally:
+        run.request_stop()
+        proc.wait(timeout=120)
+    assert summarize(run).status == "stopped"
+
+
+async def test_stop_and_resume_from_the_runs_screen(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.launch import start_run
+
+    monkeypatch.setenv("QLORA_TUI_STEP_DELAY", "0.2")
+    run, proc = start_run(home, quick_profile("stoppable", max_steps=30), detach=True)
+
+    async def script(app: QloraApp, pilot: Pilot[None]) -> None:
+        table = app.screen.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count == 1 and str(table.get_row_at(0)[1]) == "running", 60,
+                       "the run shown as running")
+        await pilot.press("s")
+        await wait_for(pilot, lambda: str(table.get_row_at(0)[1]) == "stopped", 120, "the run shown as stopped")
+        proc.wait(timeout=30)
+        await pilot.press("r")
+        await wait_for(pilot, lambda: str(table.get_row_at(0)[1]) == "running", 60, "the resumed run")
+        await wait_for(pilot, lambda: str(table.get_row_at(0)[1]) == "done", 240, "the resumed run finishing")
+
+    await drive(home, script)
+    assert open_store(home).get("stoppable").number == 1
+
+
+async def test_delete_asks_first_and_refuses_a_version_with_children(trained_copy: Path) -> None:
+    child = quick_profile("child", max_steps=5)
+    child.model.adapter = "quick@1"
+    run_to_end(trained_copy, child)
+
+    async def script(app: QloraApp, pilot: Pilot[None]) -> None:
+        await pilot.press("3")
+        screen = app.screen
+        assert isinstance(screen, RegistryScreen)
+        await wait_for(pilot, lambda: "child@1" in text_of(app, "#details"), 10, "child@1 selected")
+        await pilot.press("down", "down")  # past the "quick" name node to its version
+        await wait_for(pilot, lambda: "quick@1  (adapter)" in text_of(app, "#details"), 10, "quick@1 selected")
+        await pilot.press("d")
+        await pilot.press("n")  # no: nothing happens
+        await pilot.pause(0.3)
+        assert [v.ref for v in open_store(trained_copy).list_versions()] == ["child@1", "quick@1"]
+        await pilot.press("d", "y")
+        await wait_for(pilot, lambda: "not deleted" in text_of(app, "#job-status"), 10, "the refusal")
+        assert "child@1" in text_of(app, "#job-status")
+        await pilot.press("up", "up")
+        await wait_for(pilot, lambda: "child@1  (adapter)" in text_of(app, "#details"), 10, "child@1 selected")
+        await pilot.press("d", "y")
+        await wait_for(pilot, lambda: "deleted child@1" in text_of(app, "#job-status"), 10, "the deletion")
+        assert [v.ref for v in open_store(trained_copy).list_versions()] == ["quick@1"]
+
+    await drive(trained_copy, script)
+
+
+async def test_compare_streams_base_and_adapter_answers_side_by_side(trained_home: Path) -> None:
+    async def script(app: QloraApp, pilot: Pilot[None]) -> None:
+        await pilot.press("3")
+        await wait_for(pilot, lambda: "quick@1" in text_of(app, "#details"), 10, "quick@1 selected")
+        await pilot.press("c")  # Compare from the registry preselects the version
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        assert list(screen.query_one(SelectionList).selected) == ["quick@1"]
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: not screen.running, 180, "the comparison to finish")
+        status = text_of(app, "#compare-status")
+        assert "one batched generate call" in status, status
+        panes = list(screen.query(AnswerPane))
+        assert [p.label for p in panes] == ["base", "quick@1"]
+        texts = [str(p.query_one(".answer-text", Static).render()) for p in panes]
+        timings = [str(p.query_one(".answer-timing", Static).render()) for p in panes]
+        assert all(t.strip() for t in texts) and texts[0] != texts[1]
+        assert all(" tokens in " in t for t in timings)
+
+    await drive(trained_home, script)
+
+
+async def test_merge_from_the_registry_runs_in_a_child_and_registers_the_result(trained_copy: Path,
+                                                                                 tmp_path: Path) -> None:
+    out = tmp_path / "merged-quick"
+
+    async def script(app: QloraApp, pilot: Pilot[None]) -> None:
+        await pilot.press("3")
+        await wait_for(pilot, lambda: "quick@1" in text_of(app, "#details"), 10, "quick@1 selected")
+        await pilot.press("m")
+        app.screen.query_one("#out", Input).value = str(out)
+        await pilot.press("ctrl+s")
+        screen = app.screen
+        assert isinstance(screen, RegistryScreen)
+        await wait_for(pilot, lambda: not screen.busy, 240, "the merge to finish")
+        status = text_of(app, "#job-status")
+        assert status.startswith(f"merged quick@1 into {out}"), status
+        assert "fidelity: top-1 agreement" in status
+
+    await drive(trained_copy, script)
+    merged = [v for v in open_store(trained_copy).list_versions() if v.kind == "merged"]
+    assert len(merged) == 1 and merged[0].parent_ref == "quick@1" and merged[0].path == out
+    assert (out / "config.json").exists()
+
+
+def test_the_app_process_never_imports_torch(trained_home: Path) -> None:
+    """Drive every screen in a fresh interpreter and look at sys.modules (this test process has torch)."""
+    code = """
+import asyncio, sys
+from pathlib import Path
+from tui.app import make_app
+
+async def main():
+    app = make_app(Path(sys.argv[1]))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(1.0)
+        await pilot.press("enter"); await pilot.pause(1.0); await pilot.press("escape")
+        for key in ("2", "3", "4", "question_mark", "escape", "1"):
+            await pilot.press(key); await pilot.pause(0.5)
+    heavy = [m for m in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets") if m in sys.modules]
+    print(heavy)
+asyncio.run(main())
+"""
+    result = subprocess.run([sys.executable, "-c", code, str(trained_home)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr[-2000:]
+
+
+def test_runs_table_cells_follow_the_runs_index(trained_home: Path) -> None:
+    from tui.screens.runs import row_cells
+    from tui.watch import RunsIndex
+
+    index = RunsIndex(trained_home)
+    assert index.poll()
+    (row,) = index.sorted_rows()
+    cells = [str(c) for c in row_cells(row)]
+    assert cells[:4] == ["quick", "done", "60/60", cells[3]] and cells[-1] == list_runs(trained_home)[0].run_id
+    assert json.loads(json.dumps(cells))  # plain text, as the table shows it
