@@ -64,7 +64,7 @@ def training_quant(version: AdapterVersion, home: Path) -> TrainingQuant:
     bits = int(bits) if str(bits).isdigit() else 0
     if bits != 4:
         return TrainingQuant(bits)
-    compute = _profile_compute_dtype(version)
+    compute = str(quant.get("compute_dtype") or _profile_compute_dtype(version))  # runs record the resolved one
     if compute not in DTYPE_NAMES:
         on_gpu = _trained_on_gpu(version, home)
         if on_gpu is None:

@@ -297,6 +297,15 @@ def save_adapter(trainer: Any, tokenizer: Any, run: RunDir) -> Path:
     return run.adapter_path
 
 
+def compute_dtype_name(profile: Profile) -> str:
+    """The compute dtype the run really used ("auto" resolved), so a merge can round-trip NF4 exactly."""
+    import torch
+
+    from runner.model import compute_dtype
+
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[compute_dtype(profile)]
+
+
 def adapter_lora_shape(adapter: Path) -> dict[str, Any] | None:
     """The LoRA shape as saved (a run that continues a parent adapter keeps the parent's shape)."""
     import json
@@ -322,7 +331,7 @@ def register(home: Path, run: RunDir, prepared: Prepared, adapter: Path, metrics
         dataset_fingerprint=prepared.dataset_fingerprint, metrics=metrics, parent=prepared.parent_ref,
         library_versions=library_versions(), run_id=run.run_id,
         extra={"quant": {"bits": profile.quant.bits, "type": profile.quant.type,
-                         "double_quant": profile.quant.double_quant},
+                         "double_quant": profile.quant.double_quant, "compute_dtype": compute_dtype_name(profile)},
                "lora": adapter_lora_shape(adapter) or lora_shape(profile), "train_rows": len(prepared.train_data),
                **({"alignment_slice": prepared.measure_slice} if prepared.measure_slice else {})},
     )

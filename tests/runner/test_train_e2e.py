@@ -36,6 +36,7 @@ def test_run_completes_loss_falls_and_adapter_is_registered(trained_home: Path) 
     assert {f.path for f in version.files} >= {"adapter_config.json", "adapter_model.safetensors"}
     assert all(len(f.sha256) == 64 for f in version.files)
     assert version.run_id == run.run_id and "name = \"quick\"" in version.profile
+    assert version.extra["quant"] == {"bits": 4, "type": "nf4", "double_quant": True, "compute_dtype": "fp32"}
 
 
 def test_registered_adapter_loads_over_a_4bit_base(trained_home: Path) -> None:
