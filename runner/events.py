@@ -90,17 +90,22 @@ class EventTail:
         data = self._partial + chunk
         lines = data.split(b"\n")
         self._partial = lines.pop()
-        events = []
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and "type" in event:
-                events.append(event)
-        return events
+        return parse_lines(lines)
+
+
+def parse_lines(lines: list[bytes]) -> list[dict[str, Any]]:
+    """Events from complete lines; blank, broken and typeless lines are skipped (readers never fail on them)."""
+    events = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and "type" in event:
+            events.append(event)
+    return events
 
 
 def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -133,17 +133,9 @@ def tokenize_all(tokenizer: Any, data: ConvertedData, rows_read: int, max_seq_le
         trainable += learnable
         total += len(row.input_ids)
         rows.append(row)
-    report = PreflightReport(
-        rows_read=rows_read, rows_used=len(rows), rows_dropped=dict(dropped), rows_truncated=truncated,
-        trainable_tokens=trainable, total_tokens=total, longest_row_tokens=longest, max_seq_len=max_seq_len,
-        format=data.format, notes=notes,
-    )
-    if not rows:
-        reasons = "; ".join(f"{n} {why}" for why, n in dropped.items()) or "no rows"
-        hint = ("raise train.max_seq_len (the longest row has "
-                f"{longest} tokens)") if truncated else "check the data file"
-        raise DataError(f"no trainable rows: all {rows_read} rows were dropped ({reasons})", hint=hint)
-    return rows, report
+    hint = f"raise train.max_seq_len (the longest row has {longest} tokens)" if truncated else "check the data file"
+    return rows, _report(rows_read, len(rows), dropped, truncated, trainable, total, longest, max_seq_len,
+                         data.format, notes, hint)
 
 
 def preflight_alignment(tokenizer: Any, data: Any, rows_read: int, max_seq_len: int, method: str,
@@ -174,13 +166,18 @@ def preflight_alignment(tokenizer: Any, data: Any, rows_read: int, max_seq_len: 
             trainable += sum(min(length, max_seq_len) - prompt_len for length in full_lens)
             total += sum(min(length, max_seq_len) for length in full_lens)
         kept.append(example)
-    report = PreflightReport(
-        rows_read=rows_read, rows_used=len(kept), rows_dropped=dict(dropped), rows_truncated=truncated,
-        trainable_tokens=trainable, total_tokens=total, longest_row_tokens=longest, max_seq_len=max_seq_len,
-        format=data.format, notes=notes,
-    )
-    if not kept:
+    return kept, _report(rows_read, len(kept), dropped, truncated, trainable, total, longest, max_seq_len,
+                         data.format, notes, f"raise train.max_seq_len (the longest row has {longest} tokens)")
+
+
+def _report(rows_read: int, used: int, dropped: Counter[str], truncated: int, trainable: int, total: int,
+            longest: int, max_seq_len: int, fmt: str, notes: list[str], hint: str) -> PreflightReport:
+    """The pre-flight account; zero usable rows is an error, never a silently empty run."""
+    if not used:
         reasons = "; ".join(f"{n} {why}" for why, n in dropped.items()) or "no rows"
-        raise DataError(f"no trainable rows: all {rows_read} rows were dropped ({reasons})",
-                        hint=f"raise train.max_seq_len (the longest row has {longest} tokens)")
-    return kept, report
+        raise DataError(f"no trainable rows: all {rows_read} rows were dropped ({reasons})", hint=hint)
+    return PreflightReport(
+        rows_read=rows_read, rows_used=used, rows_dropped=dict(dropped), rows_truncated=truncated,
+        trainable_tokens=trainable, total_tokens=total, longest_row_tokens=longest, max_seq_len=max_seq_len,
+        format=fmt, notes=notes,
+    )

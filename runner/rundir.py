@@ -14,10 +14,9 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from runner.errors import RunError
-from runner.events import EventTail, RunState, fold_events
+from runner.events import EventTail, RunState, fold_events, parse_lines
 from runner.home import runs_dir
 
 STATUSES = ("running", "done", "stopped", "failed", "crashed")
@@ -225,20 +224,6 @@ def summarize(run: RunDir, *, full: bool = True) -> RunSummary:
             head = f.read(HEAD_BYTES)
             f.seek(size - TAIL_BYTES)
             end = f.read()
-        fold_events(_complete_events(head.rsplit(b"\n", 1)[0]), state)
-        fold_events(_complete_events(end.split(b"\n", 1)[1]), state)
+        fold_events(parse_lines(head.split(b"\n")[:-1]), state)  # the last piece may be cut mid-line
+        fold_events(parse_lines(end.split(b"\n")[1:]), state)  # and so may the first piece of the tail
     return RunSummary(run, state, derive_status(state, run.is_running()))
-
-
-def _complete_events(chunk: bytes) -> list[dict[str, Any]]:
-    import json
-
-    events = []
-    for line in chunk.split(b"\n"):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and "type" in event:
-            events.append(event)
-    return events

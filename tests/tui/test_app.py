@@ -41,6 +41,14 @@ def text_of(app: QloraApp, selector: str) -> str:
     return str(app.screen.query_one(selector, Static).render())
 
 
+async def open_profile(pilot: Pilot[None], screen: NewRunScreen, name: str) -> None:
+    """Choose a profile in New run and wait until its form is built."""
+    select = screen.query_one("#profile-select", Select)
+    select.value = next(v for label, v in select._options if str(label) == name)  # noqa: SLF001
+    await wait_for(pilot, lambda: screen.profile is not None and bool(screen.query(f"#{field_id('train', 'lr')}")),
+                   10, f"the form of {name}")
+
+
 async def drive(home: Path, script: Callable[[QloraApp, Pilot[None]], Awaitable[None]]) -> None:
     app = make_app(home)
     async with app.run_test(size=SIZE) as pilot:
@@ -93,9 +101,7 @@ async def test_new_run_form_validates_as_you_type_and_offers_method_options(home
         select = screen.query_one("#profile-select", Select)
         options = [str(label) for label, _ in select._options]  # noqa: SLF001 - the labels a user sees
         assert {"demo", "demo-dpo", "mistral_7b_qlora_sft"} <= set(options)
-        select.value = next(v for label, v in select._options if str(label) == "demo")  # noqa: SLF001
-        await wait_for(pilot, lambda: screen.profile is not None and screen.query(f"#{field_id('lora', 'r')}"),
-                       10, "the form")
+        await open_profile(pilot, screen, "demo")
         await wait_for(pilot, lambda: "total (GB)" in text_of(app, "#plan"), 20, "the memory plan")
 
         r_input = screen.query_one(f"#{field_id('lora', 'r')}", Input)
@@ -124,9 +130,7 @@ async def test_save_as_profile_round_trips(home: Path) -> None:
         await pilot.press("2")
         screen = app.screen
         assert isinstance(screen, NewRunScreen)
-        select = screen.query_one("#profile-select", Select)
-        select.value = next(v for label, v in select._options if str(label) == "demo")  # noqa: SLF001
-        await wait_for(pilot, lambda: bool(screen.query(f"#{field_id('train', 'lr')}")), 10, "the form")
+        await open_profile(pilot, screen, "demo")
         screen.query_one(f"#{field_id('train', 'lr')}", Input).value = "0.001"
         await pilot.pause(0.2)
         await pilot.press("ctrl+s")
@@ -151,9 +155,7 @@ async def test_launch_from_new_run_watch_it_finish_and_find_the_adapter(home: Pa
         await pilot.press("2")
         screen = app.screen
         assert isinstance(screen, NewRunScreen)
-        select = screen.query_one("#profile-select", Select)
-        select.value = next(v for label, v in select._options if str(label) == "demo")  # noqa: SLF001
-        await wait_for(pilot, lambda: bool(screen.query(f"#{field_id('train', 'max_steps')}")), 10, "the form")
+        await open_profile(pilot, screen, "demo")
         screen.query_one(f"#{field_id('top', 'name')}", Input).value = "from-app"
         screen.query_one(f"#{field_id('train', 'max_steps')}", Input).value = "20"
         await pilot.pause(0.2)
