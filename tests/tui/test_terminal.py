@@ -1,0 +1,138 @@
+"""The real `qlora-tui` in a pseudo-terminal, driven by key presses and read back as screen text.
+
+This is the SSH user's view: a 24x80 xterm, no mouse, no Textual test harness.
+pexpect owns the pty; pyte plays the terminal, so the escape sequences the app
+writes become the rows of text a person would read.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.tui.fixtures import CRASHED_RUN, DPO_REF, build_demo_home
+
+pexpect = pytest.importorskip("pexpect", reason="pexpect is in the test extra: pip install -e '.[test]'")
+pyte = pytest.importorskip("pyte", reason="pyte is in the test extra: pip install -e '.[test]'")
+
+ROWS, COLS = 24, 80
+WAIT_S = 20.0
+
+
+def app_command() -> tuple[str, list[str]]:
+    """The installed console script next to this interpreter, else the same entry point through -c."""
+    script = Path(sys.executable).with_name("qlora-tui")
+    if script.exists():
+        return str(script), []
+    return sys.executable, ["-c", "import sys; from tui.cli import main; sys.exit(main())"]
+
+
+class Terminal:
+    """A pty running the app and a pyte screen fed from it; `wait_for` polls the text until it shows up."""
+
+    def __init__(self, home: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TEXTUAL", "PYTEST"))}
+        env.update(QLORA_TUI_HOME=str(home), TERM="xterm-256color", COLORTERM="truecolor", TZ="UTC", LANG="C.UTF-8")
+        command, args = app_command()
+        self.child = pexpect.spawn(command, args, env=env, dimensions=(ROWS, COLS), cwd=str(home.parent))
+        self.screen = pyte.Screen(COLS, ROWS)
+        self.stream = pyte.ByteStream(self.screen)
+
+    def pump(self, wait: float = 0.1) -> None:
+        """Feed everything the app has written so far into the screen."""
+        while True:
+            try:
+                data = self.child.read_nonblocking(65536, timeout=wait)
+            except (pexpect.TIMEOUT, pexpect.EOF):
+                return
+            self.stream.feed(data)
+            wait = 0.02
+
+    def text(self) -> str:
+        return "\n".join(line.rstrip() for line in self.screen.display)
+
+    def wait_for(self, *needles: str, timeout: float = WAIT_S) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.pump()
+            text = self.text()
+            if all(n in text for n in needles):
+                return text
+            if time.monotonic() > deadline or not self.child.isalive():
+                raise AssertionError(f"{needles} not on screen after {timeout:.0f}s; the screen reads:\n{text}")
+
+    def press(self, keys: str) -> None:
+        self.child.send(keys)
+
+    def close(self) -> None:
+        if self.child.isalive():
+            self.child.terminate(force=True)
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[Terminal]:
+    term = Terminal(build_demo_home(tmp_path / "home"))
+    try:
+        yield term
+    finally:
+        term.close()
+
+
+def test_keys_over_a_terminal(terminal: Terminal) -> None:
+    """Runs list -> crashed run's monitor -> registry -> help -> quit, all by keys, ending with exit status 0."""
+    runs = terminal.wait_for("Runs", "crashed", "failed", "done")
+    assert "demo-dpo" in runs and "quick" in runs and "2026-01-02 09:00" in runs
+
+    terminal.press("\r")  # the newest run (crashed) is on the first row
+    monitor = terminal.wait_for(CRASHED_RUN, "ended without a final event")
+    assert "Press r to resume" in monitor.replace("\n", " ")
+
+    terminal.press("\x1b")
+    terminal.wait_for("profile", "status", "started")
+    terminal.press("3")
+    registry = terminal.wait_for("Adapters", "demo@1", "base model: builtin:tiny-llama")
+    assert "demo-dpo" in registry
+    for _ in range(3):
+        terminal.press("\x1b[B")  # arrow down to demo-dpo@1
+    terminal.wait_for(DPO_REF, "lineage: demo@2 -> demo-dpo@1")
+
+    terminal.press("1")
+    back = terminal.wait_for("Runs", "crashed", "done")
+    assert "Adapters" not in back
+
+    terminal.press("?")
+    terminal.wait_for("Keys", "Everywhere", "command palette")
+    terminal.press("\x1b")
+    terminal.wait_for("Runs", "crashed")
+
+    terminal.press("q")
+    terminal.child.expect(pexpect.EOF, timeout=WAIT_S)
+    terminal.child.close()
+    assert terminal.child.exitstatus == 0, terminal.text()
+
+
+@pytest.mark.xfail(reason="the Compare screen focuses its prompt box on arrival, so 1 is typed into the prompt "
+                          "instead of going back to Runs (docs/tui.md, known problems)", strict=False)
+def test_number_keys_leave_compare(terminal: Terminal) -> None:
+    """Pressing 4 then 1 goes to Compare and back to Runs, as the footer and help promise."""
+    terminal.wait_for("Runs", "crashed")
+    terminal.press("4")
+    terminal.wait_for("Prompt", "max new tokens")
+    terminal.press("1")
+    terminal.wait_for("Runs", "crashed", timeout=5)
+
+
+@pytest.mark.xfail(reason="at 80x24 the monitor overflows and the runner.log tail shows only its first line, "
+                          "so a crashed run's last log line is below the fold (docs/tui.md, known problems)",
+                   strict=False)
+def test_crashed_run_shows_its_last_log_line(terminal: Terminal) -> None:
+    """A crashed run's monitor shows the end of runner.log ("Killed") without scrolling."""
+    terminal.wait_for("Runs", "crashed")
+    terminal.press("\r")
+    terminal.wait_for(CRASHED_RUN, "ended without a final event")
+    terminal.wait_for("Killed", timeout=3)
