@@ -261,6 +261,13 @@ def parse_field_text(section: str, key: str, text: str) -> Any:
     return check_value(path, meta, value)
 
 
+def check_profile_name(value: Any) -> str:
+    """The top-level `name`: it becomes the adapter's name in the registry."""
+    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+        raise ProfileError(f'name: must be letters, digits, ".", "_" or "-" (at most 64), got {_fmt(value)}')
+    return value
+
+
 def profile_from_dict(doc: dict[str, Any], source: str = "<profile>", text: str = "") -> Profile:
     """Validate a parsed TOML document; every error names the file, line (when found) and field path."""
 
@@ -279,9 +286,10 @@ def profile_from_dict(doc: dict[str, Any], source: str = "<profile>", text: str 
         if not isinstance(value, str):
             raise fail(ProfileError(f"{key}: must be a string, got {_fmt(value)}"), None, key)
         setattr(profile, key, value)
-    if not NAME_PATTERN.match(profile.name):
-        message = f'name: must be letters, digits, ".", "_" or "-" (at most 64), got {_fmt(profile.name)}'
-        raise fail(ProfileError(message), None, "name")
+    try:
+        check_profile_name(profile.name)
+    except ProfileError as err:
+        raise fail(err, None, "name") from None
 
     for section, cls in SECTIONS.items():
         table = doc.get(section, {})
