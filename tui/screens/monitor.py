@@ -34,8 +34,8 @@ def status_line(follower: RunFollower) -> Text:
     text.append(f"{follower.run.run_id}  ", style="bold")
     text.append(status, style={"running": "bold green", "done": "cyan", "stopped": "yellow"}.get(status, "bold red"))
     if s.profile_name:
-        text.append(f"  {s.profile_name} ({s.method}) on {s.base_model}  {s.device}")
-    if s.reference:
+        text.append(f"  {s.profile_name} ({s.method}) on {s.base_model}, {s.device}")
+    if s.reference and status in ("running", "starting"):
         text.append(f"\nreference: {s.reference}", style="dim")
     if status == "done":
         text.append(f"\nregistered {s.registry_ref}: {s.adapter_path}", style="cyan")
@@ -44,9 +44,8 @@ def status_line(follower: RunFollower) -> Text:
         if s.error.get("hint"):
             text.append(f"\nhint: {s.error['hint']}", style="dim")
     elif status == "crashed":
-        text.append("\nthe training process ended without a final event (killed, out of memory, machine restart); "
-                    "its last log lines are below. Press r to resume from the newest complete checkpoint.",
-                    style="red")
+        text.append("\ncrashed: the process ended without a final event (its log is below); "
+                    "r resumes from the newest complete checkpoint", style="red")
     elif status == "stopped":
         text.append("\nstopped with a checkpoint; press r to resume", style="yellow")
     return text

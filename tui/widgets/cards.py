@@ -20,7 +20,7 @@ def card_values(state: RunState) -> list[tuple[str, str]]:
         ("grad norm", number(state.grad_norm)),
         ("tokens/s", "-" if state.tokens_per_s is None else f"{state.tokens_per_s:,.0f}"),
         ("ETA", duration(state.eta_s)),
-        ("GPU mem now/peak", gpu),
+        ("GPU mem", gpu),
     ]
     if state.eval_loss is not None:
         values.append(("eval loss", number(state.eval_loss)))
@@ -35,7 +35,7 @@ class MetricCards(Static):
 
     def show(self, state: RunState) -> None:
         values = card_values(state)
-        columns = max(1, min(len(values), (self.size.width or 80) // 16))
+        columns = max(1, min(len(values), (self.size.width or 80) // 15))
         table = Table.grid(expand=True, padding=(0, 1))
         for _ in range(columns):
             table.add_column(ratio=1)
