@@ -338,3 +338,19 @@ def test_runs_table_cells_follow_the_runs_index(trained_home: Path) -> None:
     cells = [str(c) for c in row_cells(row)]
     assert cells[:4] == ["quick", "done", "60/60", cells[3]] and cells[-1] == list_runs(trained_home)[0].run_id
     assert json.loads(json.dumps(cells))  # plain text, as the table shows it
+
+
+async def test_the_command_palette_has_every_screen_and_the_screens_actions(trained_home: Path) -> None:
+    async def script(app: QloraApp, pilot: Pilot[None]) -> None:
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Runs", "New run", "Registry", "Compare", "Help", "Toggle dark/light theme"} <= titles
+        assert {"Open run monitor", "Stop run", "Resume run"} <= titles
+        await pilot.press("3")
+        await pilot.pause(0.5)
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Merge version", "Compare version", "Push version", "Delete version", "Verify version"} <= titles
+        before = app.theme
+        await pilot.press("t")
+        assert app.theme != before and app.theme in ("textual-dark", "textual-light")
+
+    await drive(trained_home, script)

@@ -57,6 +57,8 @@ class MonitorScreen(Screen[None]):
         Binding("s", "stop", "Stop"),
         Binding("r", "resume", "Resume"),
     ]
+    PALETTE = [("Stop this run", "Checkpoint and stop (s)", "action_stop"),
+               ("Resume this run", "Continue from the newest complete checkpoint (r)", "action_resume")]
 
     class HistoryLoaded(Message):
         def __init__(self, follower: RunFollower) -> None:

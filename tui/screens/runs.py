@@ -35,6 +35,9 @@ class RunsScreen(Screen[None]):
         Binding("s", "stop_run", "Stop"),
         Binding("r", "resume_run", "Resume"),
     ]
+    PALETTE = [("Open run monitor", "Loss curve, metrics and log of the selected run (enter)", "action_open_run"),
+               ("Stop run", "Ask the selected run to checkpoint and stop (s)", "action_stop_run"),
+               ("Resume run", "Continue the selected run from its newest checkpoint (r)", "action_resume_run")]
 
     class RunsLoaded(Message):
         def __init__(self, index: RunsIndex) -> None:
