@@ -7,14 +7,16 @@ runner.log the same way.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from runner.events import EventTail, RunState, fold_event
+from runner.events import EventTail, RunState, fold_event, fold_events, parse_lines
 from runner.home import runs_dir
-from runner.rundir import RunDir, derive_status, lock_is_held, summarize
+from runner.rundir import HEAD_BYTES, TAIL_BYTES, RunDir, derive_status, lock_is_held
 
 STARTING_GRACE_S = 15.0  # a run with no events yet and no lock may still be starting
 
@@ -32,6 +34,57 @@ class RunRow:
             return None
         end = time.time() if self.status == "running" else (self.state.ended_t or self.state.last_t)
         return (end or self.state.started_t) - self.state.started_t
+
+
+def parse_block(data: bytes) -> list[dict[str, Any]]:
+    """Events from a block of complete lines, parsed as one JSON array (about 3x faster than line by line).
+
+    JSON strings hold newlines escaped, so a raw newline only ever ends a line; a
+    blank or broken line makes the array invalid, and then parse_lines skips it.
+    """
+    body = data.strip(b"\n")
+    if not body:
+        return []
+    try:
+        events = json.loads(b"[" + body.replace(b"\n", b",") + b"]")
+    except ValueError:
+        return parse_lines(data.split(b"\n"))
+    return [e for e in events if isinstance(e, dict) and "type" in e]
+
+
+def read_complete(path: Path, start: int, end: int | None = None) -> tuple[bytes, int]:
+    """The complete lines in bytes [start, end) of a file (to its end by default), and the offset past them."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(-1 if end is None else max(0, end - start))
+    except FileNotFoundError:
+        return b"", start
+    cut = data.rfind(b"\n") + 1
+    return data[:cut], start + cut
+
+
+def listing_state(run: RunDir) -> tuple[RunState, int]:
+    """What the runs table needs (first start, latest step, terminal event) and the offset to tail from.
+
+    Like summarize(full=False), it reads only the head and tail of a long log;
+    unlike it, it stops at one size taken first and returns the offset of that
+    point, so an event written meanwhile is neither missed nor folded twice.
+    """
+    state = RunState(run_id=run.run_id)
+    try:
+        size = run.events_path.stat().st_size
+    except FileNotFoundError:
+        return state, 0
+    if size <= HEAD_BYTES + TAIL_BYTES:
+        data, offset = read_complete(run.events_path, 0, size)
+        fold_events(parse_block(data), state)
+        return state, offset
+    head, _ = read_complete(run.events_path, 0, HEAD_BYTES)
+    tail, offset = read_complete(run.events_path, size - TAIL_BYTES, size)
+    fold_events(parse_block(head), state)
+    fold_events(parse_lines(tail.split(b"\n")[1:]), state)  # the tail's first piece may be cut mid-line
+    return state, offset
 
 
 def status_of(run: RunDir, state: RunState) -> str:
@@ -70,13 +123,10 @@ class RunsIndex:
             if not run.profile_path.exists():
                 self._root_mtime = -1.0  # being created: look again next time
                 continue
-            summary = summarize(run, full=False)
+            state, offset = listing_state(run)
             tail = EventTail(run.events_path)
-            try:
-                tail.offset = run.events_path.stat().st_size
-            except FileNotFoundError:
-                tail.offset = 0
-            self.rows[run.run_id] = RunRow(run, summary.state, status_of(run, summary.state), tail)
+            tail.offset = offset
+            self.rows[run.run_id] = RunRow(run, state, status_of(run, state), tail)
             added = True
         return added
 
@@ -110,10 +160,15 @@ class RunFollower:
         self.status = "crashed"
 
     def poll_events(self) -> bool:
-        changed = False
-        for event in self.events.read_new():
+        """Fold what was appended since the last call; the first call reads the whole history in one block."""
+        if self.events.offset == 0:
+            data, self.events.offset = read_complete(self.run.events_path, 0)
+            new = parse_block(data)
+        else:
+            new = self.events.read_new()
+        for event in new:
             fold_event(self.state, event)
-            changed = True
+        changed = bool(new)
         status = status_of(self.run, self.state)
         changed |= status != self.status
         self.status = status
