@@ -183,10 +183,7 @@ def test_registry(snap_compare: Snap, demo_app: Callable[[], QloraApp], size: tu
 
 @size_param
 def test_compare(snap_compare: Snap, demo_app: Callable[[], QloraApp], size: tuple[int, int]) -> None:
-    """Compare: prompt, decoding settings and the version list with one version picked.
-
-    At 80x24 the version list falls below the screen (docs/tui.md lists it among the layout problems).
-    """
+    """Compare: prompt, decoding settings and the version list with one version picked."""
     snap(snap_compare, demo_app(), size, compare_with_version)
 
 
