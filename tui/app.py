@@ -13,6 +13,7 @@ from pathlib import Path
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.widgets import Input, TextArea
 
 from runner.errors import QloraError
 from runner.launch import resume_run
@@ -41,6 +42,7 @@ class QloraApp(App[None]):
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("t", "toggle_theme", "Theme"),
         Binding("q", "quit", "Quit"),
+        Binding("escape", "leave_field", "Leave field"),
     ]
 
     def __init__(self, home: Path) -> None:
@@ -75,6 +77,16 @@ class QloraApp(App[None]):
         screen = self.screen
         if isinstance(screen, CompareScreen):
             screen.choose(refs)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Offer "leave field" only while a text box has the focus (it takes the letter and number keys)."""
+        if action == "leave_field":
+            return isinstance(self.focused, (Input, TextArea))
+        return True
+
+    def action_leave_field(self) -> None:
+        """Take the focus out of a text box, so the screen keys (1-4, ?, q...) work again; tab goes back in."""
+        self.set_focus(None)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -116,12 +116,22 @@ def test_keys_over_a_terminal(terminal: Terminal) -> None:
     assert terminal.child.exitstatus == 0, terminal.text()
 
 
-@pytest.mark.xfail(reason="the Compare screen focuses its prompt box on arrival, so 1 is typed into the prompt "
-                          "instead of going back to Runs (docs/tui.md, known problems)", strict=False)
-def test_number_keys_leave_compare(terminal: Terminal) -> None:
-    """Pressing 4 then 1 goes to Compare and back to Runs, as the footer and help promise."""
+def test_number_keys_leave_compare_and_escape_leaves_a_text_field(terminal: Terminal) -> None:
+    """4 then 1 goes to Compare and back; in a text box, escape gives the keys back to the screen."""
     terminal.wait_for("Runs", "crashed")
     terminal.press("4")
     terminal.wait_for("Prompt", "max new tokens")
+    terminal.press("1")
+    terminal.wait_for("Runs", "crashed", timeout=5)
+
+    terminal.press("4")
+    terminal.wait_for("Prompt", "max new tokens")
+    terminal.press("\t")  # from the version list into the prompt box, which takes the number keys
+    terminal.wait_for("esc Leave field")
+    terminal.press("1")
+    time.sleep(0.5)
+    assert "Prompt" in terminal.wait_for("1Is the number") and "crashed" not in terminal.text()
+    terminal.press("\x1b")
+    terminal.wait_for("4 Compare")  # the screen keys are back in the footer
     terminal.press("1")
     terminal.wait_for("Runs", "crashed", timeout=5)

@@ -41,6 +41,7 @@ class AnswerPane(Vertical):
 
 
 class CompareScreen(Screen[None]):
+    AUTO_FOCUS = "#versions"  # not the prompt box: it would take the number keys that switch screens
     BINDINGS = [Binding("ctrl+g", "generate", "Generate")]
     PALETTE = [("Generate comparison", "Base and chosen versions answer the prompt (ctrl+g)", "action_generate")]
 

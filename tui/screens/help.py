@@ -12,6 +12,7 @@ HELP = """\
 [b]Everywhere[/b]
   1 Runs   2 New run   3 Registry   4 Compare   ? this help   t dark/light theme
   ctrl+p command palette (every screen and action)   q quit (runs keep going)
+  escape leaves a text box (it takes letters and digits), tab goes back into the fields
 
 [b]Runs[/b]
   up/down choose a run   enter open its monitor   s stop (checkpoint first)   r resume
