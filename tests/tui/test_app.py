@@ -109,6 +109,7 @@ async def test_new_run_form_validates_as_you_type_and_offers_method_options(home
         await pilot.pause(0.2)
         error = text_of(app, f"#{field_id('lora', 'r')}-error")
         assert error == 'lora.r: must be a positive integer, got "sixteen"'  # the CLI's own message
+        assert "fix the fields marked in red" in text_of(app, "#form-status")
         r_input.value = "16"
         await pilot.pause(0.2)
         assert not screen.query_one(f"#{field_id('lora', 'r')}-error").display

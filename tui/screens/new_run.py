@@ -204,6 +204,7 @@ class NewRunScreen(Screen[None]):
                 setattr(getattr(self.profile, section), key, checked)
         except QloraError as err:
             self._set_error(section, key, err.message)
+            self.update_plan()  # the status line must stop saying "valid"
             return
         self._set_error(section, key, None)
         if (section, key) == ("train", "method"):
