@@ -16,9 +16,11 @@ from typing import Any
 
 from runner.events import EventTail, RunState, fold_event, fold_events, parse_lines
 from runner.home import runs_dir
-from runner.rundir import HEAD_BYTES, TAIL_BYTES, RunDir, derive_status, lock_is_held
+from runner.rundir import RunDir, derive_status, lock_is_held
 
 STARTING_GRACE_S = 15.0  # a run with no events yet and no lock may still be starting
+LIST_HEAD_BYTES = 4096  # the first `start` event: profile, method, start time
+LIST_TAIL_BYTES = 8192  # the last step and any terminal event
 
 
 @dataclass
@@ -67,23 +69,27 @@ def read_complete(path: Path, start: int, end: int | None = None) -> tuple[bytes
 def listing_state(run: RunDir) -> tuple[RunState, int]:
     """What the runs table needs (first start, latest step, terminal event) and the offset to tail from.
 
-    Like summarize(full=False), it reads only the head and tail of a long log;
-    unlike it, it stops at one size taken first and returns the offset of that
-    point, so an event written meanwhile is neither missed nor folded twice.
+    It reads a few KB at each end of the log whatever its length, going further
+    back only until the tail holds a step; and it stops at one size taken first,
+    so an event written meanwhile is neither missed nor folded twice.
     """
     state = RunState(run_id=run.run_id)
+    path = run.events_path
     try:
-        size = run.events_path.stat().st_size
+        size = path.stat().st_size
     except FileNotFoundError:
         return state, 0
-    if size <= HEAD_BYTES + TAIL_BYTES:
-        data, offset = read_complete(run.events_path, 0, size)
-        fold_events(parse_block(data), state)
-        return state, offset
-    head, _ = read_complete(run.events_path, 0, HEAD_BYTES)
-    tail, offset = read_complete(run.events_path, size - TAIL_BYTES, size)
+    head, head_end = read_complete(path, 0, min(size, LIST_HEAD_BYTES))
+    start = max(head_end, size - LIST_TAIL_BYTES)
+    while True:
+        tail, offset = read_complete(path, start, size)
+        from_boundary = start == head_end
+        events = parse_block(tail) if from_boundary else parse_lines(tail.split(b"\n")[1:])  # 1st piece: cut
+        if from_boundary or any(e.get("type") == "step" for e in events):
+            break
+        start = max(head_end, size - 8 * (size - start))
     fold_events(parse_block(head), state)
-    fold_events(parse_lines(tail.split(b"\n")[1:]), state)  # the tail's first piece may be cut mid-line
+    fold_events(events, state)
     return state, offset
 
 
@@ -100,35 +106,61 @@ def status_of(run: RunDir, state: RunState) -> str:
 
 
 class RunsIndex:
-    """All runs of a data home, refreshed incrementally; poll() says whether anything changed."""
+    """All runs of a data home, refreshed incrementally; poll() says whether anything changed.
+
+    Opening a home with many runs: scan() names them newest first, load() reads
+    them (pure, so a worker thread can do it) and add() puts the rows in; names in
+    `pending` are being loaded elsewhere, and poll() leaves them alone.
+    """
 
     def __init__(self, home: Path) -> None:
         self.root = runs_dir(home)
         self.rows: dict[str, RunRow] = {}
+        self.pending: set[str] = set()
         self._root_mtime = -1.0
 
-    def _discover(self) -> bool:
+    def scan(self) -> list[RunDir]:
+        """Runs not listed yet, newest first (ids start with the start time)."""
         try:
-            mtime = self.root.stat().st_mtime
+            self._root_mtime = self.root.stat().st_mtime
+            entries = sorted(os.scandir(self.root), key=lambda e: e.name, reverse=True)
         except FileNotFoundError:
-            return False
-        if mtime == self._root_mtime:
-            return False
-        self._root_mtime = mtime
-        added = False
-        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
-            if entry.name in self.rows or not entry.is_dir():
+            return []
+        runs = []
+        for entry in entries:
+            if entry.name in self.rows or entry.name in self.pending or not entry.is_dir():
                 continue
             run = RunDir(Path(entry.path))
-            if not run.profile_path.exists():
+            if run.profile_path.exists():
+                runs.append(run)
+            else:
                 self._root_mtime = -1.0  # being created: look again next time
-                continue
+        return runs
+
+    @staticmethod
+    def load(runs: list[RunDir]) -> list[RunRow]:
+        rows = []
+        for run in runs:
             state, offset = listing_state(run)
             tail = EventTail(run.events_path)
             tail.offset = offset
-            self.rows[run.run_id] = RunRow(run, state, status_of(run, state), tail)
-            added = True
-        return added
+            rows.append(RunRow(run, state, status_of(run, state), tail))
+        return rows
+
+    def add(self, rows: list[RunRow]) -> None:
+        for row in rows:
+            self.pending.discard(row.run.run_id)
+            self.rows.setdefault(row.run.run_id, row)
+
+    def _discover(self) -> bool:
+        try:
+            if self.root.stat().st_mtime == self._root_mtime:
+                return False
+        except FileNotFoundError:
+            return False
+        rows = self.load(self.scan())
+        self.add(rows)
+        return bool(rows)
 
     def poll(self) -> bool:
         changed = self._discover()

@@ -15,6 +15,7 @@ from tui.format import duration, number, timestamp
 from tui.watch import RunRow, RunsIndex
 
 COLUMNS = ("profile", "status", "step", "loss", "tok/s", "started", "duration", "method", "id")
+FIRST_ROWS = 50  # the newest runs, shown before the older ones are read: more than a screenful
 STATUS_STYLE = {"running": "bold green", "done": "cyan", "stopped": "yellow", "failed": "bold red",
                 "crashed": "bold red", "starting": "green"}
 
@@ -44,6 +45,11 @@ class RunsScreen(Screen[None]):
             super().__init__()
             self.index = index
 
+    class OlderRunsLoaded(Message):
+        def __init__(self, rows: list[RunRow]) -> None:
+            super().__init__()
+            self.rows = rows
+
     def __init__(self) -> None:
         super().__init__()
         self.index: RunsIndex | None = None
@@ -64,12 +70,24 @@ class RunsScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="runs-load")
     def load_index(self) -> None:
+        """The newest runs first, so the table fills at once; then the older ones, read in this thread too."""
         index = RunsIndex(self.app.home)  # type: ignore[attr-defined]
-        index.poll()
-        self.post_message(self.RunsLoaded(index))
+        runs = index.scan()
+        newest, older = runs[:FIRST_ROWS], runs[FIRST_ROWS:]
+        index.add(index.load(newest))
+        index.pending = {run.run_id for run in older}
+        self.post_message(self.RunsLoaded(index))  # from here on the index belongs to the screen
+        if older:
+            self.post_message(self.OlderRunsLoaded(RunsIndex.load(older)))
 
     def on_runs_screen_runs_loaded(self, message: RunsLoaded) -> None:
         self.index = message.index
+        self.show_rows()
+
+    def on_runs_screen_older_runs_loaded(self, message: OlderRunsLoaded) -> None:
+        assert self.index is not None
+        self.index.add(message.rows)
+        self.index.poll()  # what they wrote while being read
         self.show_rows()
 
     def refresh_runs(self) -> None:
