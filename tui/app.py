@@ -16,23 +16,38 @@ from textual.screen import Screen
 from textual.widgets import Input, TextArea
 
 from runner.errors import QloraError
-from runner.launch import resume_run
 from runner.rundir import RunDir
 from tui.gpu import Gpus
-from tui.screens.compare import CompareScreen
 from tui.screens.help import HelpScreen
-from tui.screens.monitor import MonitorScreen
-from tui.screens.new_run import NewRunScreen
-from tui.screens.registry import RegistryScreen
 from tui.screens.runs import RunsScreen
 
 THEMES = ("textual-dark", "textual-light")
 
 
+# The screens not on show at start are imported when first opened: the first paint waits for less.
+
+def new_run_screen() -> Screen[None]:
+    from tui.screens.new_run import NewRunScreen
+
+    return NewRunScreen()
+
+
+def registry_screen() -> Screen[None]:
+    from tui.screens.registry import RegistryScreen
+
+    return RegistryScreen()
+
+
+def compare_screen() -> Screen[None]:
+    from tui.screens.compare import CompareScreen
+
+    return CompareScreen()
+
+
 class QloraApp(App[None]):
     TITLE = "qlora-tui"
     CSS_PATH = "app.tcss"
-    MODES = {"runs": RunsScreen, "new": NewRunScreen, "registry": RegistryScreen, "compare": CompareScreen}
+    MODES = {"runs": RunsScreen, "new": new_run_screen, "registry": registry_screen, "compare": compare_screen}
     DEFAULT_MODE = "runs"
     BINDINGS = [
         Binding("1", "switch_mode('runs')", "Runs"),
@@ -55,6 +70,8 @@ class QloraApp(App[None]):
     # ------------------------------------------------------------ actions shared by screens
 
     def open_monitor(self, run: RunDir) -> None:
+        from tui.screens.monitor import MonitorScreen
+
         if self.current_mode != "runs":
             self.switch_mode("runs")
         self.push_screen(MonitorScreen(run, self.gpus))
@@ -67,12 +84,16 @@ class QloraApp(App[None]):
         self.notify(f"asked {run.run_id} to stop: it checkpoints at the end of its current step")
 
     def resume_run(self, run: RunDir) -> None:
+        from runner.launch import resume_run
+
         if run.is_running():
             raise QloraError(f"{run.run_id} is already running")
         resume_run(run)
         self.notify(f"resumed {run.run_id} in the background")
 
     def compare_refs(self, refs: list[str]) -> None:
+        from tui.screens.compare import CompareScreen
+
         self.switch_mode("compare")
         screen = self.screen
         if isinstance(screen, CompareScreen):

@@ -19,31 +19,41 @@ class GpuReading:
 
 
 class Gpus:
-    """Opens NVML once; read() is cheap enough to call every couple of seconds."""
+    """Opens NVML on first use (a monitor on screen), once; read() is cheap enough to call every couple of seconds.
+
+    Opening NVML takes tens of ms without a GPU and can take more with one, so
+    the app does not pay for it before its first paint.
+    """
 
     def __init__(self) -> None:
         self._nvml: Any = None
+        self._opened = False
         self.error = ""
-        try:
-            import pynvml
 
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-        except Exception as err:  # no library, no driver, no device: all mean "no GPU here"
-            self.error = str(err) or type(err).__name__
+    def _open(self) -> Any:
+        if not self._opened:
+            self._opened = True
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self._nvml = pynvml
+            except Exception as err:  # no library, no driver, no device: all mean "no GPU here"
+                self.error = str(err) or type(err).__name__
+        return self._nvml
 
     @property
     def available(self) -> bool:
-        return self._nvml is not None and self.count() > 0
+        return self._open() is not None and self.count() > 0
 
     def count(self) -> int:
         try:
-            return int(self._nvml.nvmlDeviceGetCount()) if self._nvml else 0
+            return int(self._nvml.nvmlDeviceGetCount()) if self._open() else 0
         except Exception:
             return 0
 
     def read(self) -> list[GpuReading]:
-        if not self._nvml:
+        if not self._open():
             return []
         nv, out = self._nvml, []
         for i in range(self.count()):
