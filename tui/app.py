@@ -22,6 +22,8 @@ from tui.screens.help import HelpScreen
 from tui.screens.runs import RunsScreen
 
 THEMES = ("textual-dark", "textual-light")
+# One footer item for the four screen keys ("1234 Views"), so each screen's own keys fit 80 columns
+SCREEN_KEYS = Binding.Group("Views", compact=True)
 
 
 # The screens not on show at start are imported when first opened: the first paint waits for less.
@@ -49,14 +51,14 @@ class QloraApp(App[None]):
     CSS_PATH = "app.tcss"
     MODES = {"runs": RunsScreen, "new": new_run_screen, "registry": registry_screen, "compare": compare_screen}
     DEFAULT_MODE = "runs"
-    BINDINGS = [
-        Binding("1", "switch_mode('runs')", "Runs"),
-        Binding("2", "switch_mode('new')", "New run"),
-        Binding("3", "switch_mode('registry')", "Registry"),
-        Binding("4", "switch_mode('compare')", "Compare"),
+    BINDINGS = [  # in footer order: at 80 columns the last ones are cut first (help and the palette list all)
         Binding("question_mark", "help", "Help", key_display="?"),
-        Binding("t", "toggle_theme", "Theme"),
         Binding("q", "quit", "Quit"),
+        Binding("1", "switch_mode('runs')", "Runs", group=SCREEN_KEYS),
+        Binding("2", "switch_mode('new')", "New run", group=SCREEN_KEYS),
+        Binding("3", "switch_mode('registry')", "Registry", group=SCREEN_KEYS),
+        Binding("4", "switch_mode('compare')", "Compare", group=SCREEN_KEYS),
+        Binding("t", "toggle_theme", "Theme"),
         Binding("escape", "leave_field", "Leave field"),
     ]
 

@@ -22,7 +22,7 @@ from tui.screens.compare import AnswerPane, CompareScreen
 from tui.screens.monitor import MonitorScreen
 from tui.screens.new_run import NewRunScreen, field_id
 from tui.screens.registry import RegistryScreen
-from tui.screens.runs import RunsScreen
+from tui.screens.runs import COLUMNS, RunsScreen
 from tui.widgets.chart import LineChart
 
 SIZE = (120, 40)
@@ -35,6 +35,10 @@ async def wait_for(pilot: Pilot[None], condition: Callable[[], bool], timeout: f
             return
         await pilot.pause(0.2)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def status_at(table: DataTable[object], row: int) -> str:
+    return str(table.get_row_at(row)[COLUMNS.index("status")])
 
 
 def text_of(app: QloraApp, selector: str) -> str:
@@ -60,8 +64,9 @@ async def test_runs_screen_lists_the_runs_and_opens_a_monitor_with_the_curve(tra
         assert isinstance(app.screen, RunsScreen)
         table = app.screen.query_one(DataTable)
         await wait_for(pilot, lambda: table.row_count == 1, 10, "the run in the table")
-        row = [str(c) for c in table.get_row_at(0)]
-        assert row[:3] == ["quick", "done", "60/60"]
+        row = dict(zip(COLUMNS, (str(c) for c in table.get_row_at(0))))
+        assert (row["profile"], row["status"], row["step"]) == ("quick", "done", "60/60")
+        assert list_runs(trained_home)[0].run_id.endswith("-" + row["id"])
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.follower is not None,
                        10, "the monitor")
@@ -220,14 +225,14 @@ async def test_stop_and_resume_from_the_runs_screen(home: Path, monkeypatch: pyt
 
     async def script(app: QloraApp, pilot: Pilot[None]) -> None:
         table = app.screen.query_one(DataTable)
-        await wait_for(pilot, lambda: table.row_count == 1 and str(table.get_row_at(0)[1]) == "running", 60,
+        await wait_for(pilot, lambda: table.row_count == 1 and status_at(table, 0) == "running", 60,
                        "the run shown as running")
         await pilot.press("s")
-        await wait_for(pilot, lambda: str(table.get_row_at(0)[1]) == "stopped", 120, "the run shown as stopped")
+        await wait_for(pilot, lambda: status_at(table, 0) == "stopped", 120, "the run shown as stopped")
         proc.wait(timeout=30)
         await pilot.press("r")
-        await wait_for(pilot, lambda: str(table.get_row_at(0)[1]) == "running", 60, "the resumed run")
-        await wait_for(pilot, lambda: str(table.get_row_at(0)[1]) == "done", 240, "the resumed run finishing")
+        await wait_for(pilot, lambda: status_at(table, 0) == "running", 60, "the resumed run")
+        await wait_for(pilot, lambda: status_at(table, 0) == "done", 240, "the resumed run finishing")
 
     await drive(home, script)
     assert open_store(home).get("stoppable").number == 1
@@ -336,8 +341,9 @@ def test_runs_table_cells_follow_the_runs_index(trained_home: Path) -> None:
     index = RunsIndex(trained_home)
     assert index.poll()
     (row,) = index.sorted_rows()
-    cells = [str(c) for c in row_cells(row)]
-    assert cells[:4] == ["quick", "done", "60/60", cells[3]] and cells[-1] == list_runs(trained_home)[0].run_id
+    cells = dict(zip(COLUMNS, (str(c) for c in row_cells(row))))
+    assert (cells["profile"], cells["method"], cells["status"], cells["step"]) == ("quick", "sft", "done", "60/60")
+    assert list_runs(trained_home)[0].run_id.endswith("-" + cells["id"]) and len(cells["started"]) == 11
     assert json.loads(json.dumps(cells))  # plain text, as the table shows it
 
 

@@ -74,12 +74,12 @@ class CompareScreen(Screen[None]):
                 with Horizontal(classes="settings"):
                     yield Label("seed")
                     yield Input("0", id="seed", restrict=r"[0-9]*")
-                yield Label("Versions (space to pick; the base always answers)", classes="section-title")
+                yield Label("Versions (space picks)", classes="section-title")
                 yield SelectionList[str](id="versions")
             with Vertical(id="compare-results"):
-                yield Static("Pick versions, then ctrl+g.", id="compare-status")
+                yield Static("ctrl+g: the base and the picked versions answer.", id="compare-status")
                 yield Horizontal(id="panes")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.load_versions()

@@ -10,28 +10,25 @@ from textual.widgets import Static
 
 HELP = """\
 [b]Everywhere[/b]
-  1 Runs   2 New run   3 Registry   4 Compare   ? this help   t dark/light theme
-  ctrl+p command palette (every screen and action)   q quit (runs keep going)
-  escape leaves a text box (it takes letters and digits), tab goes back into the fields
+  1 2 3 4   views: Runs, New run, Registry, Compare
+  ?         this help            t       dark/light theme
+  ctrl+p    command palette      q       quit (runs go on)
+  escape    leave a text box (tab goes back into the fields)
 
-[b]Runs[/b]
-  up/down choose a run   enter open its monitor   s stop (checkpoint first)   r resume
-
-[b]Monitor[/b]
-  s stop   r resume   escape back to the runs
-  Loss curve (and eval loss), learning rate, method metrics, GPU panel, runner.log tail.
-
-[b]New run[/b]
-  choose a profile on the left, edit fields (checked as you type), memory plan on the right
-  ctrl+s save as a profile   ctrl+l launch in the background and open its monitor
-  g card size for the memory plan
-
-[b]Registry[/b]
-  up/down choose a version   m merge into the base   c compare with the base
-  p push to the Hugging Face Hub   d delete (asks first)   v verify files
-
-[b]Compare[/b]
-  type a prompt, pick versions with space, ctrl+g generate (base + versions in one batch)
+[b]Runs[/b]      up/down choose a run    enter  its monitor
+          s  stop (it checkpoints first)    r  resume
+[b]Monitor[/b]   s stop   r resume   escape back to Runs
+          loss (and eval) curve, lr, method metrics,
+          metric cards, GPU panel, runner.log tail
+[b]New run[/b]   pick a profile, edit its fields (checked as
+          you type); the memory plan is on the right
+          ctrl+s save as profile    ctrl+l launch
+          g  card size in GB for the memory plan
+[b]Registry[/b]  up/down choose a version
+          m merge   c compare   p push to the Hub
+          d delete (asks first)   v verify the files
+[b]Compare[/b]   type a prompt; space picks versions
+          ctrl+g generate: base + versions, one batch
 """
 
 
@@ -39,7 +36,8 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape", "dismiss", "Close"), Binding("question_mark", "dismiss", "Close")]
 
     def compose(self) -> ComposeResult:
-        with VerticalScroll(id="help-box"):
-            yield Static("Keys", classes="screen-title")
-            yield Static(HELP)
-            yield Static("escape closes this help", classes="hint")
+        box = VerticalScroll(id="help-box")
+        box.border_title = "Keys"
+        box.border_subtitle = "escape closes this help"
+        with box:
+            yield Static(HELP.rstrip())

@@ -82,7 +82,7 @@ class MonitorScreen(Screen[None]):
                 yield LineChart("metrics", id="metric-chart")
         yield GpuPanel(id="gpu-panel")
         yield Log(id="run-log", max_lines=500, highlight=False)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.load_history()

@@ -77,9 +77,9 @@ def compact_plan(plan: Any) -> str:
 
 class NewRunScreen(Screen[None]):
     BINDINGS = [
-        Binding("ctrl+s", "save", "Save as profile"),
+        Binding("ctrl+s", "save", "Save profile"),
         Binding("ctrl+l", "launch", "Launch"),
-        Binding("g", "card_size", "Card size"),
+        Binding("g", "card_size", "Card GB"),
     ]
     PALETTE = [("Save as profile", "Write the form to a profile file (ctrl+s)", "action_save"),
                ("Launch run", "Start this profile in the background (ctrl+l)", "action_launch")]
@@ -111,7 +111,7 @@ class NewRunScreen(Screen[None]):
                 yield Static("choose a profile", id="plan")
                 yield Static("", id="form-status")
                 yield Static("", id="field-help")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.refresh_profiles()

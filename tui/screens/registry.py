@@ -111,7 +111,7 @@ class RegistryScreen(Screen[None]):
                 yield VerticalScroll(Static("", id="details"), id="details-scroll")
                 yield Static("", id="job-status")
                 yield ProgressBar(total=1.0, show_eta=False, id="job-progress")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one(ProgressBar).display = False

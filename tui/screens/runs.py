@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -11,21 +13,31 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from runner.errors import QloraError
-from tui.format import duration, number, timestamp
+from tui.format import duration, number
 from tui.watch import RunRow, RunsIndex
 
-COLUMNS = ("profile", "status", "step", "loss", "tok/s", "started", "duration", "method", "id")
+# The id column shows the id's last part: unique enough to read, and the CLI takes it (`qlora-tui stop e5f6`);
+# the monitor shows the whole id. With the short start time the table fits 80 columns.
+COLUMNS = ("id", "profile", "method", "status", "step", "loss", "tok/s", "started", "duration")
 FIRST_ROWS = 50  # the newest runs, shown before the older ones are read: more than a screenful
 STATUS_STYLE = {"running": "bold green", "done": "cyan", "stopped": "yellow", "failed": "bold red",
                 "crashed": "bold red", "starting": "green"}
 
 
+def short_id(run_id: str) -> str:
+    return run_id.rsplit("-", 1)[-1]
+
+
+def short_time(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%m-%d %H:%M", time.localtime(t))
+
+
 def row_cells(row: RunRow) -> tuple[str | Text, ...]:
     s = row.state
     status = Text(row.status, style=STATUS_STYLE.get(row.status, ""))
-    return (s.profile_name or "", status, f"{s.step}/{s.max_steps or '?'}", number(s.loss),
-            "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}", timestamp(s.started_t),
-            duration(row.duration_s), s.method, row.run.run_id)
+    return (short_id(row.run.run_id), s.profile_name or "", s.method, status, f"{s.step}/{s.max_steps or '?'}",
+            number(s.loss), "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}", short_time(s.started_t),
+            duration(row.duration_s))
 
 
 class RunsScreen(Screen[None]):
@@ -59,7 +71,7 @@ class RunsScreen(Screen[None]):
         yield Static("Runs", classes="screen-title")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield Static("loading runs...", id="runs-empty", classes="hint")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -113,10 +125,22 @@ class RunsScreen(Screen[None]):
             if key.value not in present:
                 table.remove_row(key)
         if [k.value for k in table.rows] != [r.run.run_id for r in rows]:
-            table.sort("id", reverse=True)  # newest first: ids start with the start time
+            self.rebuild(table, rows)  # a new run goes on top: newest first, as ids start with the start time
         empty = self.query_one("#runs-empty", Static)
         empty.update("" if rows else "No runs yet. Press 2 for New run, or run `qlora-tui run demo` in a shell.")
         empty.display = not rows
+
+    @staticmethod
+    def rebuild(table: DataTable[str | Text], rows: list[RunRow]) -> None:
+        """All rows again in order, the cursor staying on the run it was on."""
+        chosen = None
+        if table.row_count:
+            chosen = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        table.clear()
+        for row in rows:
+            table.add_row(*row_cells(row), key=row.run.run_id)
+        if chosen is not None and chosen in table.rows:
+            table.move_cursor(row=table.get_row_index(chosen))
 
     def selected(self) -> RunRow | None:
         table = self.query_one(DataTable)

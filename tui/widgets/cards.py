@@ -31,9 +31,16 @@ def card_values(state: RunState) -> list[tuple[str, str]]:
 
 
 class MetricCards(Static):
-    """Label over value, as many columns as the width allows."""
+    """Label over value, as many columns as the width allows (laid out again when the terminal is resized)."""
+
+    state: RunState | None = None
+
+    def on_resize(self) -> None:
+        if self.state is not None:
+            self.show(self.state)
 
     def show(self, state: RunState) -> None:
+        self.state = state
         values = card_values(state)
         columns = max(1, min(len(values), (self.size.width or 80) // 15))
         table = Table.grid(expand=True, padding=(0, 1))
