@@ -45,6 +45,7 @@ BUILT_MARK = ".bench-home-complete"
 BIG_RUN = "20991231-000000-big-0001"
 LIVE_RUN = "20991231-120000-live-0002"
 BIG_LINES = 100_000
+BIG_STEPS = BIG_LINES - 2 - (BIG_LINES - 2) // 101  # start + done + one eval per 100 steps make up the rest
 EVENTS_PER_S = 50
 
 
@@ -72,7 +73,7 @@ def add_big_run(home: Path) -> Path:
     path = home / "runs" / BIG_RUN
     shutil.rmtree(path, ignore_errors=True)
     log = EventLog(BASE_T)
-    lines = long_run_lines(BIG_RUN, BIG_LINES - 2 - (BIG_LINES - 2) // 101, BASE_T)
+    lines = long_run_lines(BIG_RUN, BIG_STEPS, BASE_T)
     log.lines = list(lines)
     write_run(home, BIG_RUN, "big", "sft", BIG_LINES, log, ["big run"])
     return path / "events.jsonl"
@@ -219,7 +220,7 @@ def bench_big_open(home: Path, size: tuple[int, int], repeat: int) -> None:
     times = []
     for _ in range(repeat):
         app = PtyApp(home, size)
-        app.wait(lambda text: "big" in text and done_rows(text) >= 5, "the runs table")
+        app.wait(lambda text: f"{BIG_STEPS}/{BIG_STEPS}" in text and done_rows(text) >= 5, "the runs table")
         time.sleep(0.3)
         app.pump()
         app.child.send("\r")
@@ -312,7 +313,7 @@ def bench_live_cpu(home: Path, size: tuple[int, int], seconds: float, history_st
     runner.start()
     app = PtyApp(home, size)
     try:
-        app.wait(lambda text: "live" in text and "running" in text, "the live run in the table")
+        app.wait(lambda text: " running " in text, "the live run in the table")
         app.child.send("\r")
         app.wait(lambda text: LIVE_RUN in text and has_curve(text), "the live monitor")
         settle_until = time.perf_counter() + 2

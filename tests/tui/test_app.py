@@ -37,6 +37,12 @@ async def wait_for(pilot: Pilot[None], condition: Callable[[], bool], timeout: f
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+async def settle(pilot: Pilot[None], app: QloraApp) -> None:
+    """Wait until no worker is running and what they posted has been handled."""
+    await wait_for(pilot, lambda: all(w.is_finished for w in app.workers), 10, "the workers to finish")
+    await pilot.pause(0.2)
+
+
 def status_at(table: DataTable[object], row: int) -> str:
     return str(table.get_row_at(row)[COLUMNS.index("status")])
 
@@ -257,6 +263,7 @@ async def test_delete_asks_first_and_refuses_a_version_with_children(trained_cop
         await pilot.press("d", "y")
         await wait_for(pilot, lambda: "not deleted" in text_of(app, "#job-status"), 10, "the refusal")
         assert "child@1" in text_of(app, "#job-status")
+        await settle(pilot, app)  # the tree is rebuilt after each job: arrows pressed before would be undone
         await pilot.press("up", "up")
         await wait_for(pilot, lambda: "child@1  (adapter)" in text_of(app, "#details"), 10, "child@1 selected")
         await pilot.press("d", "y")

@@ -16,9 +16,11 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, SelectionList, Static, TextArea
+from textual.worker import Worker
 
 from registry.store import open_store
 from tui.jobs import run_worker
+from tui.screens.failures import ShowsWorkerErrors
 
 
 class AnswerPane(Vertical):
@@ -40,7 +42,7 @@ class AnswerPane(Vertical):
         self.query_one(".answer-timing", Static).update(text)
 
 
-class CompareScreen(Screen[None]):
+class CompareScreen(ShowsWorkerErrors, Screen[None]):
     AUTO_FOCUS = "#versions"  # not the prompt box: it would take the number keys that switch screens
     BINDINGS = [Binding("ctrl+g", "generate", "Generate")]
     PALETTE = [("Generate comparison", "Base and chosen versions answer the prompt (ctrl+g)", "action_generate")]
@@ -141,10 +143,15 @@ class CompareScreen(Screen[None]):
         self.running = True
         self.generate(refs, prompt, settings)
 
-    @work(thread=True, exclusive=True, group="compare")
+    @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
     def generate(self, refs: list[str], prompt: str, settings: list[str]) -> None:
         run_worker(self.app.home, ["compare", *refs, "--prompt", prompt, *settings],  # type: ignore[attr-defined]
                    lambda line: self.post_message(self.Streamed(line)))
+
+    def worker_failed(self, worker: Worker[object]) -> None:
+        super().worker_failed(worker)
+        if worker.group == "compare":
+            self.running = False
 
     def on_compare_screen_streamed(self, message: Streamed) -> None:
         line = message.line

@@ -18,6 +18,7 @@ from textual.widgets import Footer, Header, Log, Static
 from runner.errors import QloraError
 from runner.rundir import RunDir
 from tui.gpu import Gpus
+from tui.screens.failures import ShowsWorkerErrors
 from tui.watch import RunFollower
 from tui.widgets.cards import MetricCards
 from tui.widgets.chart import LineChart, Series
@@ -51,7 +52,7 @@ def status_line(follower: RunFollower) -> Text:
     return text
 
 
-class MonitorScreen(Screen[None]):
+class MonitorScreen(ShowsWorkerErrors, Screen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("s", "stop", "Stop"),
@@ -89,7 +90,7 @@ class MonitorScreen(Screen[None]):
         self.refresh_gpu()
         self.set_interval(GPU_POLL_S, self.refresh_gpu)
 
-    @work(thread=True, exclusive=True, group="history")
+    @work(thread=True, exclusive=True, group="history", exit_on_error=False)
     def load_history(self) -> None:
         follower = RunFollower(self.run)
         follower.poll_events()

@@ -34,6 +34,7 @@ from runner.profile import (
 )
 from runner.shipped import list_profiles
 from tui.screens.dialogs import AskText
+from tui.screens.failures import ShowsWorkerErrors
 
 TOP_FIELDS = ("name", "description")
 
@@ -75,7 +76,7 @@ def compact_plan(plan: Any) -> str:
     return "\n".join(lines)
 
 
-class NewRunScreen(Screen[None]):
+class NewRunScreen(ShowsWorkerErrors, Screen[None]):
     BINDINGS = [
         Binding("ctrl+s", "save", "Save profile"),
         Binding("ctrl+l", "launch", "Launch"),
@@ -267,7 +268,7 @@ class NewRunScreen(Screen[None]):
         status.update("[green]profile is valid[/green]")
         self.estimate(profile, self.card_gb)
 
-    @work(thread=True, exclusive=True, group="estimate")
+    @work(thread=True, exclusive=True, group="estimate", exit_on_error=False)
     def estimate(self, profile: Profile, card_gb: float | None) -> None:
         from runner.estimate import estimate_profile
 

@@ -18,6 +18,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar, Static, Tree
+from textual.worker import Worker
 
 from registry.errors import RegistryError
 from registry.records import AdapterVersion
@@ -25,6 +26,7 @@ from registry.store import open_store
 from tui.format import number, size, timestamp
 from tui.jobs import run_worker
 from tui.screens.dialogs import AskMerge, AskPush, Confirm, MergeOptions, PushOptions
+from tui.screens.failures import ShowsWorkerErrors
 
 
 def details_text(version: AdapterVersion, lineage: list[str]) -> Text:
@@ -67,7 +69,7 @@ def details_text(version: AdapterVersion, lineage: list[str]) -> Text:
     return text
 
 
-class RegistryScreen(Screen[None]):
+class RegistryScreen(ShowsWorkerErrors, Screen[None]):
     BINDINGS = [
         Binding("m", "merge", "Merge"),
         Binding("c", "compare", "Compare"),
@@ -125,7 +127,7 @@ class RegistryScreen(Screen[None]):
     def store(self) -> Any:
         return open_store(self.app.home)  # type: ignore[attr-defined]
 
-    @work(thread=True, exclusive=True, group="registry-load")
+    @work(thread=True, exclusive=True, group="registry-load", exit_on_error=False)
     def reload(self) -> None:
         self.post_message(self.Loaded(self.store.list_versions(with_files=False)))
 
@@ -178,6 +180,13 @@ class RegistryScreen(Screen[None]):
 
     # ------------------------------------------------------------ jobs
 
+    def worker_failed(self, worker: Worker[object]) -> None:
+        super().worker_failed(worker)
+        if worker.group == "registry-job":
+            self.busy = False
+            self.query_one(ProgressBar).display = False
+            self.query_one("#job-status", Static).update("")
+
     def on_registry_screen_job_progress(self, message: JobProgress) -> None:
         self.query_one("#job-status", Static).update(message.message)
         bar = self.query_one(ProgressBar)
@@ -206,7 +215,7 @@ class RegistryScreen(Screen[None]):
 
         self.app.push_screen(AskMerge(ref, default_out), chosen)
 
-    @work(thread=True, exclusive=True, group="registry-job")
+    @work(thread=True, exclusive=True, group="registry-job", exit_on_error=False)
     def merge(self, ref: str, options: MergeOptions) -> None:
         args = ["merge", ref, "--out", options.out_dir, "--dtype", options.dtype, "--base-weights",
                 options.base_weights] + (["--force"] if options.force else [])
@@ -249,7 +258,7 @@ class RegistryScreen(Screen[None]):
 
         self.app.push_screen(AskPush(ref), chosen)
 
-    @work(thread=True, exclusive=True, group="registry-job")
+    @work(thread=True, exclusive=True, group="registry-job", exit_on_error=False)
     def push(self, ref: str, options: PushOptions) -> None:
         from registry.push import push_version
 
@@ -274,7 +283,7 @@ class RegistryScreen(Screen[None]):
 
         self.app.push_screen(Confirm(f"Delete {ref}? Its files are removed from the registry."), answered)
 
-    @work(thread=True, exclusive=True, group="registry-job")
+    @work(thread=True, exclusive=True, group="registry-job", exit_on_error=False)
     def delete(self, ref: str) -> None:
         try:
             self.store.delete(ref)
@@ -290,7 +299,7 @@ class RegistryScreen(Screen[None]):
             self.busy = True
             self.verify(ref)
 
-    @work(thread=True, exclusive=True, group="registry-job")
+    @work(thread=True, exclusive=True, group="registry-job", exit_on_error=False)
     def verify(self, ref: str) -> None:
         from registry.integrity import verify
 

@@ -13,7 +13,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from runner.errors import QloraError
+from runner.rundir import RunDir
 from tui.format import duration, number
+from tui.screens.failures import ShowsWorkerErrors
 from tui.watch import RunRow, RunsIndex
 
 # The id column shows the id's last part: unique enough to read, and the CLI takes it (`qlora-tui stop e5f6`);
@@ -40,7 +42,7 @@ def row_cells(row: RunRow) -> tuple[str | Text, ...]:
             duration(row.duration_s))
 
 
-class RunsScreen(Screen[None]):
+class RunsScreen(ShowsWorkerErrors, Screen[None]):
     """A table refreshed once a second from an incremental index (no file is re-read)."""
 
     BINDINGS = [
@@ -53,9 +55,9 @@ class RunsScreen(Screen[None]):
                ("Resume run", "Continue the selected run from its newest checkpoint (r)", "action_resume_run")]
 
     class RunsLoaded(Message):
-        def __init__(self, index: RunsIndex) -> None:
+        def __init__(self, index: RunsIndex, older: list[RunDir]) -> None:
             super().__init__()
-            self.index = index
+            self.index, self.older = index, older
 
     class OlderRunsLoaded(Message):
         def __init__(self, rows: list[RunRow]) -> None:
@@ -80,21 +82,25 @@ class RunsScreen(Screen[None]):
         self.load_index()
         self.set_interval(1.0, self.refresh_runs)
 
-    @work(thread=True, exclusive=True, group="runs-load")
+    @work(thread=True, exclusive=True, group="runs-load", exit_on_error=False)
     def load_index(self) -> None:
-        """The newest runs first, so the table fills at once; then the older ones, read in this thread too."""
+        """The newest runs only, so the table fills at once; the older ones are read once those are on screen."""
         index = RunsIndex(self.app.home)  # type: ignore[attr-defined]
         runs = index.scan()
         newest, older = runs[:FIRST_ROWS], runs[FIRST_ROWS:]
         index.add(index.load(newest))
         index.pending = {run.run_id for run in older}
-        self.post_message(self.RunsLoaded(index))  # from here on the index belongs to the screen
-        if older:
-            self.post_message(self.OlderRunsLoaded(RunsIndex.load(older)))
+        self.post_message(self.RunsLoaded(index, older))  # from here on the index belongs to the screen
+
+    @work(thread=True, exclusive=True, group="runs-load-older", exit_on_error=False)
+    def load_older(self, runs: list[RunDir]) -> None:
+        self.post_message(self.OlderRunsLoaded(RunsIndex.load(runs)))
 
     def on_runs_screen_runs_loaded(self, message: RunsLoaded) -> None:
         self.index = message.index
         self.show_rows()
+        if message.older:  # after the next frame: reading them would hold the GIL while the first rows paint
+            self.call_after_refresh(self.load_older, message.older)
 
     def on_runs_screen_older_runs_loaded(self, message: OlderRunsLoaded) -> None:
         assert self.index is not None
