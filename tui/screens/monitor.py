@@ -103,7 +103,8 @@ class MonitorScreen(ShowsWorkerErrors, Screen[None]):
         self.set_interval(POLL_S, self.poll)
 
     def poll(self) -> None:
-        if self.follower is None:
+        """Fold what the run appended and repaint once; skipped while another view is shown (it catches up after)."""
+        if self.follower is None or not self.is_current:
             return
         if self.follower.poll_events():
             self.repaint()
@@ -132,6 +133,8 @@ class MonitorScreen(ShowsWorkerErrors, Screen[None]):
         chart.set_series(extra)
 
     def refresh_gpu(self) -> None:
+        if not self.is_current:
+            return
         self.query_one(GpuPanel).show(self.gpus.read(), self.gpus.available)
 
     def action_stop(self) -> None:

@@ -109,8 +109,13 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
         self.show_rows()
 
     def refresh_runs(self) -> None:
-        if self.index is not None and self.index.poll():
+        """Once a second while on screen; under a monitor or another view it waits, and catches up on return."""
+        on_show = self.is_active or (self.is_current and self.app.screen.is_modal)  # a dialog leaves it visible
+        if self.index is not None and on_show and self.index.poll():
             self.show_rows()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_runs()
 
     def show_rows(self) -> None:
         assert self.index is not None
