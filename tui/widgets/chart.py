@@ -53,25 +53,35 @@ class Decimator:
         if points is not self.source or len(points) < self.seen:
             self.source = points
             self.reset()
-        for index in range(self.seen, len(points)):
-            x, y = points[index]
-            if not math.isfinite(y):
-                continue
-            lo, hi = self.x_range or (x, x)
-            self.x_range = (min(lo, x), max(hi, x))
-            self.sum_x += x
-            self.sum_y += y
-            self.count += 1
+        new = [(x, y) for x, y in points[self.seen:] if math.isfinite(y)]
+        self.seen = len(points)
+        if new:
+            xs, ys = [x for x, _ in new], [y for _, y in new]
+            lo, hi = self.x_range or (xs[0], xs[0])
+            self.x_range = (min(lo, min(xs)), max(hi, max(xs)))
+            if not self.buckets and not self.count:  # a whole history at once: pick the final width first
+                while len(xs) > self.limit * self.width:
+                    self.width *= 2
+            self._add(xs, ys)
+        if self.count:
+            return [*self.buckets, (self.sum_x / self.count, self.sum_y / self.count)]
+        return list(self.buckets)
+
+    def _add(self, xs: list[float], ys: list[float]) -> None:
+        """Fill the open bucket, then whole buckets with C-level sums of slices, then open the next."""
+        i, n = 0, len(xs)
+        while i < n:
+            take = min(self.width - self.count, n - i)
+            self.sum_x += sum(xs[i:i + take])
+            self.sum_y += sum(ys[i:i + take])
+            self.count += take
+            i += take
             if self.count == self.width:
                 self.buckets.append((self.sum_x / self.width, self.sum_y / self.width))
                 self.sum_x = self.sum_y = 0.0
                 self.count = 0
                 if len(self.buckets) > self.limit:
                     self._halve()
-        self.seen = len(points)
-        if self.count:
-            return [*self.buckets, (self.sum_x / self.count, self.sum_y / self.count)]
-        return list(self.buckets)
 
     def _halve(self) -> None:
         pairs = self.buckets
