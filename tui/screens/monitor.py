@@ -6,6 +6,8 @@ only what was appended and repaints everything in one go.
 
 from __future__ import annotations
 
+import gc
+
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -92,12 +94,20 @@ class MonitorScreen(ShowsWorkerErrors, Screen[None]):
 
     @work(thread=True, exclusive=True, group="history", exit_on_error=False)
     def load_history(self) -> None:
+        """The whole history, folded once; the cyclic GC waits, as the events it would scan hold no cycles."""
         follower = RunFollower(self.run)
-        follower.poll_events()
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            follower.poll_events()
+        finally:
+            if collecting:
+                gc.enable()
         self.post_message(self.HistoryLoaded(follower))
 
     def on_monitor_screen_history_loaded(self, message: HistoryLoaded) -> None:
         self.follower = message.follower
+        gc.freeze()  # a long history is 100,000s of tuples that live on: keep the cyclic GC from rescanning them
         self.repaint()
         self.append_log()
         self.set_interval(POLL_S, self.poll)
