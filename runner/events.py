@@ -200,24 +200,7 @@ def fold_event(state: RunState, event: dict[str, Any]) -> RunState:
             state.resumed_from_step = int(event["resumed_from_step"])
             state.step = state.resumed_from_step
     elif kind == "step":
-        step = int(event.get("step") or 0)
-        state.step = step
-        state.max_steps = int(event.get("max_steps") or state.max_steps)
-        for key in ("epoch", "loss", "lr", "grad_norm", "tokens_per_s", "eta_s", "gpu_mem_gb", "gpu_mem_peak_gb"):
-            if key in event:
-                setattr(state, key, as_float(event[key]))
-        loss = as_float(event.get("loss"))
-        if loss is not None:
-            state.loss_history.append((step, loss))
-        if state.lr is not None and "lr" in event:
-            state.lr_history.append((step, state.lr))
-        for key, value in event.items():
-            if key in STEP_KEYS:
-                continue
-            number = as_float(value)
-            if number is not None:
-                state.metrics[key] = number
-                state.metric_history.setdefault(key, []).append((step, number))
+        _fold_step(state, event)
     elif kind == "eval":
         step = int(event.get("step") or state.step)
         loss = as_float(event.get("eval_loss"))
@@ -251,6 +234,31 @@ def fold_event(state: RunState, event: dict[str, Any]) -> RunState:
             if event.get("step") is not None:
                 state.step = int(event["step"])
     return state
+
+
+STEP_FIELDS = ("epoch", "loss", "lr", "grad_norm", "tokens_per_s", "eta_s", "gpu_mem_gb", "gpu_mem_peak_gb")
+
+
+def _fold_step(state: RunState, event: dict[str, Any]) -> None:
+    """The hot path when a monitor opens a long history: step events are nearly all of a log."""
+    step = int(event.get("step") or 0)
+    state.step = step
+    max_steps = event.get("max_steps")
+    if max_steps:
+        state.max_steps = int(max_steps)
+    for key in STEP_FIELDS:
+        if key in event:
+            value = event[key]
+            setattr(state, key, value if type(value) is float else as_float(value))
+    if state.loss is not None and "loss" in event:
+        state.loss_history.append((step, state.loss))
+    if state.lr is not None and "lr" in event:
+        state.lr_history.append((step, state.lr))
+    for key in event.keys() - STEP_KEYS:  # method metrics (rewards/accuracies, kl, ...)
+        number = as_float(event[key])
+        if number is not None:
+            state.metrics[key] = number
+            state.metric_history.setdefault(key, []).append((step, number))
 
 
 def fold_events(events: list[dict[str, Any]], state: RunState | None = None) -> RunState:
