@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 
-class RegistryError(Exception):
-    kind = "registry"
+class UserFacingError(Exception):
+    """An error a user can cause and fix: printed as its message (+ hint), never as a traceback.
+
+    `kind` names it in events and JSON output. The runner's errors share this
+    base, since runner may import registry but not the other way round.
+    """
+
+    kind = "error"
 
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
@@ -13,6 +19,10 @@ class RegistryError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class RegistryError(UserFacingError):
+    kind = "registry"
 
 
 class NotFoundError(RegistryError):

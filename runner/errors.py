@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
+from registry.errors import UserFacingError
 
-class QloraError(Exception):
-    """Base of every error the CLI and the app print without a traceback.
 
-    `hint` is an optional next step for the user; `kind` names the error in
-    events (`error` events carry it so the app can group failures).
-    """
+class QloraError(UserFacingError):
+    """Base of the runner's errors; `hint` is an optional next step, `kind` names it in `error` events."""
 
     kind = "error"
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class ProfileError(QloraError):
