@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import RunError
-from runner.events import EventTail, RunState, fold_events, parse_lines
+from runner.events import EventTail, RunState, fold_events, parse_block, parse_lines
 from runner.home import runs_dir
 
 STATUSES = ("running", "done", "stopped", "failed", "crashed")
@@ -199,31 +199,61 @@ class RunSummary:
     status: str
 
 
-HEAD_BYTES = 16 * 1024
-TAIL_BYTES = 64 * 1024
+LIST_HEAD_BYTES = 4096  # the first `start` event: profile, method, start time
+LIST_TAIL_BYTES = 8192  # the last step and any terminal event
 
 
 def summarize(run: RunDir, *, full: bool = True) -> RunSummary:
     """A run's state and status from its event log and lock.
 
-    full=False reads only the head (the first start) and the tail (latest
-    step, any resume and the terminal event): what a listing shows, at a cost
-    that does not grow with the run's length. Histories are then partial.
+    full=False reads only the ends of the log (see listing_state): what a
+    listing shows, at a cost that does not grow with the run's length.
     """
-    state = RunState(run_id=run.run_id)
-    try:
-        size = run.events_path.stat().st_size
-    except FileNotFoundError:
-        size = 0
-    if full or size <= HEAD_BYTES + TAIL_BYTES:
+    if full:
+        state = RunState(run_id=run.run_id)
         tail = EventTail(run.events_path)
         while batch := tail.read_new():
             fold_events(batch, state)
     else:
-        with open(run.events_path, "rb") as f:
-            head = f.read(HEAD_BYTES)
-            f.seek(size - TAIL_BYTES)
-            end = f.read()
-        fold_events(parse_lines(head.split(b"\n")[:-1]), state)  # the last piece may be cut mid-line
-        fold_events(parse_lines(end.split(b"\n")[1:]), state)  # and so may the first piece of the tail
+        state, _ = listing_state(run)
     return RunSummary(run, state, derive_status(state, run.is_running()))
+
+
+def read_complete(path: Path, start: int, end: int | None = None) -> tuple[bytes, int]:
+    """The complete lines in bytes [start, end) of a file (to its end by default), and the offset past them."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(-1 if end is None else max(0, end - start))
+    except FileNotFoundError:
+        return b"", start
+    cut = data.rfind(b"\n") + 1
+    return data[:cut], start + cut
+
+
+def listing_state(run: RunDir) -> tuple[RunState, int]:
+    """What the runs table needs (first start, latest step, terminal event) and the offset to tail from.
+
+    It reads a few KB at each end of the log whatever its length, going further
+    back only until the tail holds a step; and it stops at one size taken first,
+    so an event written meanwhile is neither missed nor folded twice.
+    """
+    state = RunState(run_id=run.run_id)
+    path = run.events_path
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return state, 0
+    head, head_end = read_complete(path, 0, min(size, LIST_HEAD_BYTES))
+    start = max(head_end, size - LIST_TAIL_BYTES)
+    while True:
+        tail, offset = read_complete(path, start, size)
+        from_boundary = start == head_end
+        events = parse_block(tail) if from_boundary else parse_lines(tail.split(b"\n")[1:])  # 1st piece: cut
+        if from_boundary or any(e.get("type") == "step" for e in events):
+            break
+        start = max(head_end, size - 8 * (size - start))
+    fold_events(parse_block(head), state)
+    fold_events(events, state)
+    return state, offset
+
