@@ -14,15 +14,7 @@ from pathlib import Path
 
 from runner.events import EventTail, RunState, fold_event, parse_block
 from runner.home import runs_dir
-from runner.rundir import (  # noqa: F401 - LIST_* and listing_state are part of what the app follows runs with
-    LIST_HEAD_BYTES,
-    LIST_TAIL_BYTES,
-    RunDir,
-    derive_status,
-    listing_state,
-    lock_is_held,
-    read_complete,
-)
+from runner.rundir import RunDir, derive_status, listing_state, lock_is_held, read_complete
 
 STARTING_GRACE_S = 15.0  # a run with no events yet and no lock may still be starting
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runner.rundir import RunDir
+from runner.events import parse_block
+from runner.rundir import LIST_HEAD_BYTES, LIST_TAIL_BYTES, RunDir, listing_state
 from tests.tui.fixtures import EventLog, long_run_lines, step_fields, write_run
-from tui.watch import LIST_HEAD_BYTES, LIST_TAIL_BYTES, RunFollower, RunsIndex, listing_state, parse_block
+from tui.watch import RunFollower, RunsIndex
 
 RUN_ID = "20260101-120000-watch-0001"
 
