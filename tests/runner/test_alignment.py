@@ -178,3 +178,11 @@ def test_bad_preference_file_fails_with_file_and_line_before_training(home: Path
     assert error["message"] == (f"{data}:2: preference row lacks 'rejected'; preference rows have chosen, "
                                 "rejected (optional: prompt)")
     assert not events_of(run, "start") and open_store(home).list_versions() == []
+
+
+def test_dpo_can_precompute_reference_log_probs(home: Path) -> None:
+    profile = preference_profile("dpo-pre", "dpo", 6, precompute_ref_log_probs=True)
+    run = run_to_end(home, profile)
+    assert summarize(run).status == "done"
+    assert all("rewards/accuracies" in e for e in events_of(run, "step"))
+    assert "precompute_ref_log_probs = true" in open_store(home).get("dpo-pre").profile

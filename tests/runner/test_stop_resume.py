@@ -85,3 +85,27 @@ def test_truncated_latest_checkpoint_is_skipped_once(home: Path) -> None:
     assert resumed < int(newest.name.split("-")[1])
     assert not newest.exists() and any((run.checkpoints_path / ".broken").iterdir())
     assert summarize(run).status == "done"
+
+
+def test_resume_refuses_when_the_data_changed_naming_both_fingerprints(home: Path, tmp_path: Path) -> None:
+    from runner.builtin import builtin_asset
+
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(builtin_asset("demo-instructions").read_bytes())
+    profile = quick_profile("changing", max_steps=25)
+    profile.data.path = str(data)
+    run, proc = _start_with_env(home, profile, SLOW)
+    wait_until(lambda: last_step(run) >= 12, 120, "step 12", run)
+    run.request_stop()
+    assert wait_for_exit(run, proc) == 0
+    then = events_of(run, "start")[0]["dataset_fingerprint"]
+    data.write_text(data.read_text().replace("plus", "and"))
+
+    proc = resume_run(run)
+    assert wait_for_exit(run, proc) == 1
+    (error,) = events_of(run, "error")
+    assert error["message"].startswith(f"cannot resume {run.run_id}: the data set fingerprint changed since the "
+                                       f"run started (was {then}, now ")
+    assert len(events_of(run, "start")) == 1  # nothing was trained on the changed data
+    assert summarize(run).status == "failed"
+    assert (run.checkpoints_path / f"checkpoint-{events_of(run, 'stopped')[0]['step']}").exists()
