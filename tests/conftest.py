@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -85,9 +84,7 @@ def trained_home(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """A data home in which a short real run registered `quick@1`; copy it before writing to it."""
     home = tmp_path_factory.mktemp("trained-home")
     shutil.copytree(model_home / "models", home / "models")
-    started = time.monotonic()
     run_to_end(home, quick_profile("quick", max_steps=60))
-    assert time.monotonic() - started < 300
     return home
 
 
