@@ -17,7 +17,7 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
 from trl import SFTConfig, SFTTrainer
 
-ASSETS = Path(__file__).resolve().parent.parent / "runner" / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "core" / "assets"
 
 
 def main() -> None:

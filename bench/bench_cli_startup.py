@@ -25,7 +25,7 @@ def command() -> list[str]:
     script = shutil.which("qlora-tui")
     if script:
         return [script]
-    return [sys.executable, "-c", "import sys; from tui.cli import main; sys.exit(main(sys.argv[1:]))"]
+    return [sys.executable, "-c", "import sys; from qlora_tui.tui.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     home = Path(args.home) if args.home else synthetic_home()
     base = command()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)
     for extra in (["--help"], ["runs"], ["adapters"]):
         times = []
         for _ in range(args.repeat):
@@ -45,7 +45,7 @@ def main() -> None:
         print(f"qlora-tui {' '.join(extra):10s} median {statistics.median(times) * 1000:6.0f} ms  "
               f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})  target < 500 ms")
     code = (
-        "import sys, io, contextlib\nfrom tui.cli import main\n"
+        "import sys, io, contextlib\nfrom qlora_tui.tui.cli import main\n"
         "for a in (['--help'], ['runs'], ['adapters']):\n"
         "    with contextlib.redirect_stdout(io.StringIO()):\n"
         "        try: main(['--home', sys.argv[1], *a])\n"
@@ -60,8 +60,7 @@ def synthetic_home() -> Path:
     import json
     import tempfile
 
-    sys.path.insert(0, str(ROOT))
-    from registry.store import NewVersion, open_store
+    from qlora_tui.registry.store import NewVersion, open_store
 
     home = Path(tempfile.mkdtemp(prefix="bench-cli-"))
     for i in range(50):

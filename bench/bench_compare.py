@@ -17,21 +17,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 PROMPT = "Add the two numbers.\n\n12 and 5"
 FOUR_BIT = {"bits": 4, "type": "nf4", "double_quant": True}
 
 
 def make_adapters(base_dir: Path, root: Path) -> list[Path]:
-    sys.path.insert(0, str(ROOT))
     from tests.registry.conftest import make_peft_adapter
 
     return [make_peft_adapter(base_dir, root / f"adapter{i}", seed=i, r=8, lora_alpha=16,
@@ -59,9 +56,9 @@ def time_generate(base_dir: Path, adapters: list[Path], quant: dict[str, Any] | 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from registry.compare import prompt_text
-    from registry.lorabatch import stacked_rows
-    from registry.quant import TrainingQuant, bnb_config
+    from qlora_tui.registry.compare import prompt_text
+    from qlora_tui.registry.lorabatch import stacked_rows
+    from qlora_tui.registry.quant import TrainingQuant, bnb_config
 
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     if quant:
@@ -111,8 +108,8 @@ def time_generate(base_dir: Path, adapters: list[Path], quant: dict[str, Any] | 
 
 
 def end_to_end(home: Path, base_id: str, adapters: list[Path], quant: dict[str, Any] | None, tokens: int) -> float:
-    from registry.compare import compare_generate
-    from registry.store import NewVersion, open_store
+    from qlora_tui.registry.compare import compare_generate
+    from qlora_tui.registry.store import NewVersion, open_store
 
     store = open_store(home)
     refs = []
@@ -131,7 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from runner.builtin import ensure_builtin_model
+    from qlora_tui.core.builtin import ensure_builtin_model
 
     print(f"torch threads: {torch.get_num_threads()}; {args.tokens} new tokens per row; median of {args.rounds}")
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-c", "import sys; from tui.cli import main; sys.exit(main(sys.argv[1:]))"]
+CLI = [sys.executable, "-c", "import sys; from qlora_tui.tui.cli import main; sys.exit(main(sys.argv[1:]))"]
 LLAMA_2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                   num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5)
 
@@ -64,8 +64,7 @@ def main() -> None:
     parser.add_argument("--answer-tokens", type=int, default=512)
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from runner.profile import load_profile, save_profile
+    from qlora_tui.runner.profile import load_profile, save_profile
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-dpo7b-"))
     model_dir, data = work / "llama-2-7b-random", work / "pairs.jsonl"
@@ -78,7 +77,7 @@ def main() -> None:
     # A WordLevel tokenizer has no chat template: the runner then uses its plain fallback template.
     path = save_profile(profile, work / "bench-dpo-7b.toml")
     home = work / "home"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)
     plan = json.loads(subprocess.run([*CLI, "--home", str(home), "estimate", str(path), "--json"], env=env,
                                      capture_output=True, text=True).stdout)
     run = subprocess.run([*CLI, "--home", str(home), "run", str(path)], env=env, capture_output=True, text=True)

@@ -85,16 +85,15 @@ def child(method: str, base: Path, adapter: Path, out: Path, dtype: str) -> None
     """One merge in this (fresh) process; prints its peak RSS and the merge's seconds as JSON."""
     import torch  # imports happen before the clock starts, for both methods alike
 
-    sys.path.insert(0, str(ROOT))
-    from registry.quant import torch_dtype
+    from qlora_tui.core.quant import torch_dtype
 
     if method == "peft":
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
     else:
-        from registry.lora import plan_adapter
-        from registry.shardmerge import merge_shards
-        from registry.tensors import inventory
+        from qlora_tui.registry.lora import plan_adapter
+        from qlora_tui.registry.shardmerge import merge_shards
+        from qlora_tui.registry.tensors import inventory
     started = time.perf_counter()
     if method == "peft":
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(dtype))

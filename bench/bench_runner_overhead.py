@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-c", "import sys; from tui.cli import main; sys.exit(main(sys.argv[1:]))"]
+CLI = [sys.executable, "-c", "import sys; from qlora_tui.tui.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -35,14 +35,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from runner.builtin import builtin_model_dir, ensure_builtin_model
+    from qlora_tui.core.builtin import builtin_model_dir, ensure_builtin_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     models = work / "models-home"
     ensure_builtin_model(models, "builtin:tiny-llama")
     model_dir = builtin_model_dir(models, "builtin:tiny-llama")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)
     ratios = []
     for round_ in range(1, args.rounds + 1):
         home = work / f"home-{round_}"

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import pexpect  # noqa: E402
 import pyte  # noqa: E402
@@ -88,11 +87,10 @@ class PtyApp:
     def __init__(self, home: Path, size: tuple[int, int]) -> None:
         cols, rows = size
         env = {k: v for k, v in os.environ.items() if not k.startswith("TEXTUAL")}
-        env.update(QLORA_TUI_HOME=str(home), TERM="xterm-256color", COLORTERM="truecolor", LANG="C.UTF-8",
-                   PYTHONPATH=str(ROOT))
+        env.update(QLORA_TUI_HOME=str(home), TERM="xterm-256color", COLORTERM="truecolor", LANG="C.UTF-8")
         script = Path(sys.executable).with_name("qlora-tui")
         command, args = (str(script), []) if script.exists() else (
-            sys.executable, ["-c", "import sys; from tui.cli import main; sys.exit(main())"])
+            sys.executable, ["-c", "import sys; from qlora_tui.tui.cli import main; sys.exit(main())"])
         self.screen = pyte.Screen(cols, rows)
         self.stream = pyte.ByteStream(self.screen)
         self.started = time.perf_counter()
@@ -177,10 +175,9 @@ def bench_first_paint(home: Path, size: tuple[int, int], repeat: int) -> None:
     imports = []
     for _ in range(repeat):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import tui.app"], check=True, env={**os.environ,
-                       "PYTHONPATH": str(ROOT)})
+        subprocess.run([sys.executable, "-c", "import qlora_tui.tui.app"], check=True, env={**os.environ})
         imports.append(time.perf_counter() - started)
-    print(f"    of which `python -c 'import tui.app'` (interpreter + imports): median "
+    print(f"    of which `python -c 'import qlora_tui.tui.app'` (interpreter + imports): median "
           f"{statistics.median(imports) * 1000:.0f} ms")
     in_process = [asyncio.run(in_process_paint(home, size)) for _ in range(repeat)]
     print(f"    in-process make_app() -> 200 rows in the table and a frame rendered (run_test, headless): median "
@@ -198,8 +195,8 @@ def bench_first_paint(home: Path, size: tuple[int, int], repeat: int) -> None:
 async def in_process_paint(home: Path, size: tuple[int, int]) -> float:
     from textual.widgets import DataTable
 
-    from tui.app import make_app
-    from tui.screens.runs import RunsScreen
+    from qlora_tui.tui.app import make_app
+    from qlora_tui.tui.screens.runs import RunsScreen
 
     started = time.perf_counter()
     app = make_app(home)
@@ -230,10 +227,10 @@ def bench_big_open(home: Path, size: tuple[int, int], repeat: int) -> None:
         app.quit()
     print(f"    enter -> monitor with the loss curve on screen: median {statistics.median(times) * 1000:.0f} ms "
           f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})  target < 1000 ms")
-    from runner.events import RunState, fold_event, read_events
-    from runner.rundir import RunDir
-    from tui.watch import RunFollower
-    from tui.widgets.chart import Decimator, Series, plot
+    from qlora_tui.runner.events import RunState, fold_event, read_events
+    from qlora_tui.runner.rundir import RunDir
+    from qlora_tui.tui.watch import RunFollower
+    from qlora_tui.tui.widgets.chart import Decimator, Series, plot
 
     started = time.perf_counter()
     follower = RunFollower(RunDir(events.parent))
@@ -269,8 +266,8 @@ class FakeRunner(threading.Thread):
         self.max_steps = 10 * history_steps
 
     def run(self) -> None:
-        from runner.events import EventWriter
-        from runner.rundir import acquire_lock
+        from qlora_tui.runner.events import EventWriter
+        from qlora_tui.runner.rundir import acquire_lock
 
         fd = acquire_lock(self.run_dir / "runner.lock")
         writer = EventWriter(self.run_dir / "events.jsonl")

@@ -1,12 +1,17 @@
-"""From a version's base model id (as profiles write it) to a local directory holding its files."""
+"""A version's base model as local files: the revision it was trained on when this machine has it, and a
+warning naming both revisions when the base found here holds other files."""
 
 from __future__ import annotations
 
-import os
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
-from registry.errors import NotFoundError, RegistryError
-from registry.store import Store
+from qlora_tui.core.errors import ModelError
+from qlora_tui.core.models import COMMIT, BaseModel, resolve_base, revision_changed
+from qlora_tui.registry.errors import NotFoundError
+from qlora_tui.registry.records import AdapterVersion
+from qlora_tui.registry.store import Store
 
 
 def home_of(store: Store) -> Path:
@@ -14,49 +19,43 @@ def home_of(store: Store) -> Path:
     return store.root.parent
 
 
-def resolve_base_dir(home: Path, model_id: str, *, download: bool = True) -> Path:
-    """builtin:NAME -> the built-in model (built on first use); a directory -> itself; a Hub id -> its snapshot.
+@dataclass(frozen=True)
+class VersionBase:
+    base: BaseModel
+    warning: str  # empty when the base is the one the version was trained on (or that cannot be told)
 
-    Hub ids are taken from the local Hugging Face cache first; with `download`
-    and no HF_HUB_OFFLINE they are fetched, since merge and compare need the
-    weights anyway.
-    """
-    if model_id.startswith("builtin:"):
-        from runner.builtin import ensure_builtin_model
-        from runner.errors import QloraError
+    @property
+    def path(self) -> Path:
+        return self.base.path
 
+
+def resolve_model(home: Path, model_id: str, revision: str = "", *, download: bool = True) -> BaseModel:
+    """core.models.resolve_base with the registry's error type."""
+    try:
+        return resolve_base(home, model_id, revision, download=download)
+    except ModelError as err:
+        raise NotFoundError(err.message, hint=err.hint) from None
+
+
+def version_base(store: Store, version: AdapterVersion, *, download: bool = True) -> VersionBase:
+    """The base `version` was trained on: its recorded commit when that snapshot is here (or can be fetched),
+    else the profile's revision, with a warning when that base's files differ from the recorded ones."""
+    home, recorded = home_of(store), version.base_revision
+    if COMMIT.match(recorded):
         try:
-            return ensure_builtin_model(home, model_id)
-        except QloraError as err:
-            raise NotFoundError(err.message.removeprefix("model.id: "), hint=err.hint) from None
-    path = Path(model_id).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise NotFoundError(f"base model {model_id}: the directory has no config.json")
-        return path.resolve()
-    if model_id.startswith(("/", "./", "../", "~")) or model_id.count("/") > 1:
-        raise NotFoundError(f"base model {model_id}: no such directory")
-    return _hub_snapshot(model_id, download)
+            return VersionBase(resolve_base(home, version.base_model, recorded, download=download), "")
+        except ModelError:
+            pass  # that commit is not here: the requested revision, with a warning below
+    base = resolve_model(home, version.base_model, _requested_revision(version), download=download)
+    warning = ""
+    if revision_changed(recorded, base):
+        warning = (f"{version.ref} was trained on {version.base_model} at revision {recorded}, but the base found "
+                   f"here is at {base.revision}: its answers and a merge may differ from what training saw")
+    return VersionBase(base, warning)
 
 
-def _hub_snapshot(model_id: str, download: bool) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
-
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+def _requested_revision(version: AdapterVersion) -> str:
     try:
-        return Path(snapshot_download(model_id, local_files_only=True, allow_patterns=patterns))
-    except HFValidationError as err:
-        raise NotFoundError(f"base model {model_id!r}: not a directory, a builtin: model or a Hub id ({err})") \
-            from None
-    except Exception as err:  # LocalEntryNotFoundError and friends: not in the cache
-        cached_error = err
-    if not download or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        raise NotFoundError(f"base model {model_id!r} is not on this machine ({type(cached_error).__name__})",
-                            hint=f"download it first (hf download {model_id}) or name a local directory")
-    try:
-        return Path(snapshot_download(model_id, allow_patterns=patterns))
-    except Exception as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise RegistryError(f"base model {model_id!r}: cannot download it from the Hub ({first})",
-                            hint=f"download it first (hf download {model_id}) or name a local directory") from None
+        return str(tomllib.loads(version.profile).get("model", {}).get("revision", ""))
+    except tomllib.TOMLDecodeError:
+        return ""

@@ -16,13 +16,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from registry.basemodel import home_of, resolve_base_dir
-from registry.errors import RegistryError
-from registry.lora import read_adapter_config
-from registry.lorabatch import BASE_ROW, configs_allow_stacking, stacked_rows
-from registry.quant import bnb_config, torch_dtype, training_quant
-from registry.records import AdapterVersion
-from registry.store import Store
+from qlora_tui.core.models import revision_changed
+from qlora_tui.core.quant import torch_dtype
+from qlora_tui.registry.basemodel import VersionBase, version_base
+from qlora_tui.registry.errors import RegistryError
+from qlora_tui.registry.lora import read_adapter_config
+from qlora_tui.registry.lorabatch import BASE_ROW, configs_allow_stacking, stacked_rows
+from qlora_tui.registry.quant import bnb_config, training_quant
+from qlora_tui.registry.records import AdapterVersion
+from qlora_tui.registry.store import Store
 
 BASE_LABEL = "base"
 TextCallback = Callable[[int, str, str], None]  # (row, label, text so far)
@@ -96,6 +98,16 @@ def prompt_text(tokenizer: Any, prompt: str) -> str:
     return prompt
 
 
+def base_revision_warnings(versions: list[AdapterVersion], resolved: VersionBase) -> list[str]:
+    """One line per version trained on other base files than the ones loaded."""
+    out = [resolved.warning] if resolved.warning else []
+    for version in versions[1:]:
+        if revision_changed(version.base_revision, resolved.base):
+            out.append(f"{version.ref} was trained on {version.base_model} at revision {version.base_revision}, "
+                       f"but the loaded base is at {resolved.base.revision}")
+    return out
+
+
 def resolve_versions(store: Store, refs: list[str]) -> list[AdapterVersion]:
     """The distinct adapter versions named by refs, in order; merged and reward versions are refused."""
     if not refs:
@@ -113,11 +125,13 @@ def resolve_versions(store: Store, refs: list[str]) -> list[AdapterVersion]:
 def compare_generate(store: Store, refs: list[str], prompt: str, *, max_new_tokens: int = 64,
                      temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                      on_text: TextCallback | None = None,
-                     on_progress: Callable[[str, float], None] | None = None) -> list[Answer]:
+                     on_progress: Callable[[str, float], None] | None = None,
+                     on_warning: Callable[[str], None] | None = None) -> list[Answer]:
     """Answer `prompt` with the base (row 0, label "base") and each adapter, in one batched generate call.
 
     Greedy when temperature is 0; otherwise sampled with `seed`.
-    `on_text(row, label, text_so_far)` is called as tokens arrive.
+    `on_text(row, label, text_so_far)` is called as tokens arrive; `on_warning` hears of a base whose
+    revision differs from the one an adapter was trained on.
     """
     if not prompt.strip():
         raise RegistryError("--prompt is empty")
@@ -127,10 +141,12 @@ def compare_generate(store: Store, refs: list[str], prompt: str, *, max_new_toke
         raise RegistryError(f"--temperature must be >= 0 and --top-p in (0, 1]; got {temperature} and {top_p}")
     report = on_progress or (lambda message, fraction: None)
     versions = resolve_versions(store, refs)
-    base_model = check_same_base(versions)
-    home = home_of(store)
-    quant = training_quant(versions[0], home)
-    base_dir = resolve_base_dir(home, base_model)
+    check_same_base(versions)
+    quant = training_quant(versions[0])
+    resolved = version_base(store, versions[0])
+    base_dir = resolved.path
+    for warning in base_revision_warnings(versions, resolved):
+        (on_warning or (lambda message: None))(warning)
 
     import torch
 

@@ -6,7 +6,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from registry.records import AdapterVersion
+from qlora_tui.registry.records import AdapterVersion
 
 MISSING = "-"
 

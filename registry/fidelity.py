@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.quant import TrainingQuant, bnb_config, torch_dtype
+from qlora_tui.core.quant import torch_dtype
+from qlora_tui.registry.quant import TrainingQuant, bnb_config
 
 PROBES = (
     "Explain what a hash function is in one sentence.",

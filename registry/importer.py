@@ -5,13 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from registry.basemodel import home_of, resolve_base_dir
-from registry.errors import InvalidAdapterError, RegistryError
-from registry.lora import CONFIG_NAME, WEIGHTS_NAME, plan_adapter, read_adapter_config
-from registry.records import AdapterVersion, NewVersion, check_name
-from registry.staging import work_area
-from registry.store import Store
-from registry.tensors import inventory
+from qlora_tui.registry.basemodel import home_of, resolve_model
+from qlora_tui.registry.errors import InvalidAdapterError, RegistryError
+from qlora_tui.registry.lora import CONFIG_NAME, WEIGHTS_NAME, plan_adapter, read_adapter_config
+from qlora_tui.registry.records import AdapterVersion, NewVersion, check_name
+from qlora_tui.registry.staging import work_area
+from qlora_tui.registry.store import Store
+from qlora_tui.registry.tensors import inventory
 
 # What a usable adapter directory needs; checkpoints and optimizer state stay behind.
 KEPT_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "tokenizer.json", "tokenizer_config.json",
@@ -39,14 +39,15 @@ def import_adapter(store: Store, source: Path, name: str, *, base: str | None = 
                                   hint="name it with --base MODEL (a Hub id, a directory or builtin:tiny-llama)")
     if Path(base_id).expanduser().is_dir():
         base_id = str(Path(base_id).expanduser().resolve())
-    base_dir = resolve_base_dir(home_of(store), base_id, download=False)
+    base = resolve_model(home_of(store), base_id, download=False)
+    base_dir = base.path
     base_tensors = inventory(base_dir)
     if not base_tensors:
         raise InvalidAdapterError(f"base model {base_id}: {base_dir} has no safetensors weights, so the adapter's "
                                   "shapes cannot be checked", hint="convert the base model to safetensors")
     plan = plan_adapter(source, base_tensors, base_id)
     meta = NewVersion(
-        base_model=base_id, kind="adapter", method=method,
+        base_model=base_id, kind="adapter", method=method, base_revision=base.revision,
         library_versions={"peft": str(config["peft_version"])} if config.get("peft_version") else {},
         extra={"imported_from": str(source.resolve()),
                "lora": {"r": config["r"], "alpha": config.get("lora_alpha", 8),

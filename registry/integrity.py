@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry.hashing import sha256_file
-from registry.records import AdapterVersion
-from registry.staging import remove_tree, sweep_dead_areas
-from registry.store import Store
+from qlora_tui.core.hashing import sha256_file
+from qlora_tui.registry.records import AdapterVersion
+from qlora_tui.registry.staging import remove_tree, sweep_dead_areas
+from qlora_tui.registry.store import Store
 
 
 @dataclass

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.errors import InvalidAdapterError
-from registry.tensors import TensorInfo, read_header
+from qlora_tui.registry.errors import InvalidAdapterError
+from qlora_tui.registry.tensors import TensorInfo, read_header
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

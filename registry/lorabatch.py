@@ -16,7 +16,7 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from registry.lora import VARIANT_FIELDS
+from qlora_tui.registry.lora import VARIANT_FIELDS
 
 BASE_ROW = "__base__"
 

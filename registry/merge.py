@@ -16,21 +16,21 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from registry.basemodel import home_of, resolve_base_dir
-from registry.errors import RegistryError
-from registry.fidelity import Fidelity
-from registry.lora import AdapterPlan, plan_adapter, read_adapter_config
-from registry.quant import DTYPE_NAMES, TrainingQuant, training_quant
-from registry.records import AdapterVersion, NewVersion, check_name
-from registry.staging import remove_tree, work_area
-from registry.store import Store
-from registry.tensors import INDEX_NAME, inventory
+from qlora_tui.core.quant import DTYPE_NAMES, torch_dtype
+from qlora_tui.core.versions import MERGE_LIBRARIES, library_versions
+from qlora_tui.registry.basemodel import version_base
+from qlora_tui.registry.errors import RegistryError
+from qlora_tui.registry.fidelity import Fidelity
+from qlora_tui.registry.lora import AdapterPlan, plan_adapter, read_adapter_config
+from qlora_tui.registry.quant import TrainingQuant, training_quant
+from qlora_tui.registry.records import AdapterVersion, NewVersion, check_name
+from qlora_tui.registry.staging import remove_tree, work_area
+from qlora_tui.registry.store import Store
+from qlora_tui.registry.tensors import INDEX_NAME, inventory
 
 BASE_WEIGHTS = ("auto", "original", "nf4-roundtrip")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -52,11 +52,13 @@ class MergeResult:
     base_weights: str
     fidelity: Fidelity | None
     seconds: float
+    warning: str = ""  # the base found here is not the revision the adapter was trained on
 
     def to_json(self) -> dict[str, Any]:
         return {"ref": self.version.ref, "adapter": self.adapter.ref, "out_dir": str(self.out_dir),
                 "method": self.method, "note": self.note, "dtype": self.dtype, "base_weights": self.base_weights,
-                "fidelity": self.fidelity.to_json() if self.fidelity else None, "seconds": round(self.seconds, 2)}
+                "fidelity": self.fidelity.to_json() if self.fidelity else None, "seconds": round(self.seconds, 2),
+                "warning": self.warning}
 
 
 def _check_out_dir(store: Store, out: Path, force: bool) -> None:
@@ -86,14 +88,6 @@ def _choose_base_weights(adapter: AdapterVersion, requested: str, quant: Trainin
     return requested
 
 
-def library_versions() -> dict[str, str]:
-    out = {}
-    for name in ("torch", "transformers", "peft", "safetensors", "bitsandbytes"):
-        with suppress(PackageNotFoundError):
-            out[name] = version(name)
-    return out
-
-
 def merge_version(store: Store, ref: str, out_dir: Path, *, dtype: str = "bf16", base_weights: str = "auto",
                   force: bool = False, on_progress: Progress | None = None, name: str | None = None,
                   check: bool = True) -> MergeResult:
@@ -114,13 +108,15 @@ def merge_version(store: Store, ref: str, out_dir: Path, *, dtype: str = "bf16",
                             "weights)")
     out = Path(out_dir).expanduser().resolve()
     _check_out_dir(store, out, force)
-    home = home_of(store)
-    quant = training_quant(adapter, home)
+    quant = training_quant(adapter)
     chosen = _choose_base_weights(adapter, base_weights, quant)
     merged_name = check_name(name or f"{adapter.name}-merged", "merged model name")
     read_adapter_config(adapter.path)
     report(f"resolving base model {adapter.base_model}", 0.01)
-    base_dir = resolve_base_dir(home, adapter.base_model)
+    resolved = version_base(store, adapter)
+    if resolved.warning:
+        report(f"warning: {resolved.warning}", 0.02)
+    base_dir = resolved.path
     base_tensors = inventory(base_dir)
     plan = plan_adapter(adapter.path, base_tensors, adapter.base_model) if base_tensors else AdapterPlan(
         adapter.path, {}, fallback_reason="the base model has no safetensors files: merged by PEFT's merge_and_unload")
@@ -134,14 +130,14 @@ def merge_version(store: Store, ref: str, out_dir: Path, *, dtype: str = "bf16",
             report(f"merging with PEFT: {plan.fallback_reason}", 0.05)
             peft_merge(base_dir, adapter.path, partial, dtype, roundtrip)
         else:
-            from registry.shardmerge import merge_shards
+            from qlora_tui.registry.shardmerge import merge_shards
 
             merge_shards(plan, base_dir, partial, dtype, roundtrip,
                          lambda message, fraction: report(message, 0.05 + 0.6 * fraction))
         copy_side_files(base_dir, adapter.path, partial, dtype)
         fidelity = None
         if check:
-            from registry.fidelity import check_fidelity
+            from qlora_tui.registry.fidelity import check_fidelity
 
             fidelity = check_fidelity(base_dir, adapter.path, partial, quant, dtype,
                                       lambda message, fraction: report(message, 0.7 + 0.25 * fraction))
@@ -153,14 +149,15 @@ def merge_version(store: Store, ref: str, out_dir: Path, *, dtype: str = "bf16",
         method = "peft merge_and_unload" if plan.fallback_reason else "shard-by-shard"
         seconds = time.monotonic() - started
         meta = NewVersion(
-            base_model=adapter.base_model, kind="merged", base_revision=adapter.base_revision,
+            base_model=adapter.base_model, kind="merged", base_revision=resolved.base.revision,
             method=adapter.method, profile=adapter.profile, dataset=adapter.dataset,
             dataset_fingerprint=adapter.dataset_fingerprint, parent=adapter.ref, run_id=adapter.run_id,
             metrics={"fidelity_top1": fidelity.top1_agreement, "fidelity_max_kl": fidelity.max_kl} if fidelity
             else {},
-            library_versions=library_versions(),
+            library_versions=library_versions(MERGE_LIBRARIES),
             extra={"merge": {"method": method, "note": plan.fallback_reason, "dtype": dtype, "base_weights": chosen,
-                             "seconds": round(seconds, 2)},
+                             "seconds": round(seconds, 2),
+                             **({"base_revision_warning": resolved.warning} if resolved.warning else {})},
                    "fidelity": fidelity.to_json() if fidelity else None,
                    "quant": adapter.extra.get("quant"), "lora": adapter.extra.get("lora")},
         )
@@ -168,7 +165,7 @@ def merge_version(store: Store, ref: str, out_dir: Path, *, dtype: str = "bf16",
         area.untrack(out)
     report(f"registered {merged.ref}", 1.0)
     return MergeResult(merged, adapter, out, method, plan.fallback_reason, dtype, chosen, fidelity,
-                       time.monotonic() - started)
+                       time.monotonic() - started, resolved.warning)
 
 
 def peft_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str, roundtrip: TrainingQuant | None
@@ -179,7 +176,7 @@ def peft_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str, rou
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForCausalLM
 
-    from registry.quant import quantize_roundtrip, torch_dtype
+    from qlora_tui.registry.quant import quantize_roundtrip
 
     # A round trip starts from the stored weights, as training did, so load them unrounded when one is asked for.
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32 if roundtrip else torch_dtype(dtype))

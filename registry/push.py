@@ -12,11 +12,11 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from registry.errors import IntegrityError, RegistryError
-from registry.integrity import verify_version
-from registry.modelcard import model_card
-from registry.records import AdapterVersion
-from registry.store import Store
+from qlora_tui.registry.errors import IntegrityError, RegistryError
+from qlora_tui.registry.integrity import verify_version
+from qlora_tui.registry.modelcard import model_card
+from qlora_tui.registry.records import AdapterVersion
+from qlora_tui.registry.store import Store
 
 REPO_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 

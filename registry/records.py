@@ -6,14 +6,13 @@ opening an index.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.errors import RegistryError
+from qlora_tui.core.names import NAME_PATTERN, NAME_RULE
+from qlora_tui.registry.errors import RegistryError
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KINDS = ("adapter", "reward", "merged")
 
 
@@ -114,14 +113,12 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
 def check_name(name: str, what: str = "adapter name") -> str:
     """The name itself if the store accepts it, else a RegistryError naming it."""
     if not NAME_PATTERN.match(name):
-        raise RegistryError(f"{what} {name!r}: use letters, digits, '.', '_' or '-' (at most 64, starting "
-                            "with a letter or digit)")
+        raise RegistryError(f"{what} {name!r}: use {NAME_RULE}")
     return name
 
 
 def check_alias(alias: str) -> str:
     """An alias is a name that is not a number, so `name@prod` never reads as a version number."""
     if not NAME_PATTERN.match(alias) or alias.isdigit():
-        raise RegistryError(f"alias {alias!r}: use letters, digits, '.', '_' or '-' (at most 64, starting with a "
-                            "letter or digit), and not only digits (NAME@3 means version 3)")
+        raise RegistryError(f"alias {alias!r}: use {NAME_RULE}, and not only digits (NAME@3 means version 3)")
     return alias

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from registry.lora import WEIGHTS_NAME, AdapterPlan, LoraTarget
-from registry.quant import TrainingQuant, quantize_roundtrip, torch_dtype
-from registry.tensors import DTYPE_BYTES, INDEX_NAME, TensorInfo, file_metadata, read_header, weight_files
+from qlora_tui.core.quant import torch_dtype
+from qlora_tui.registry.lora import WEIGHTS_NAME, AdapterPlan, LoraTarget
+from qlora_tui.registry.quant import TrainingQuant, quantize_roundtrip
+from qlora_tui.registry.tensors import DTYPE_BYTES, INDEX_NAME, TensorInfo, file_metadata, read_header, weight_files
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 SAFETENSORS_DTYPE = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}

@@ -19,11 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from registry.errors import NotFoundError, RegistryError
-from registry.hashing import hash_tree
-from registry.records import (
+from qlora_tui.core.hashing import hash_tree
+from qlora_tui.registry.errors import NotFoundError, RegistryError
+from qlora_tui.registry.records import (
     KINDS,
-    NAME_PATTERN,
     AdapterVersion,
     FileEntry,
     NewVersion,
@@ -32,10 +31,10 @@ from registry.records import (
     check_name,
     parse_ref,
 )
-from registry.staging import make_read_only, remove_tree, work_area
+from qlora_tui.registry.staging import make_read_only, remove_tree, work_area
 
 __all__ = [
-    "KINDS", "NAME_PATTERN", "AdapterVersion", "FileEntry", "NewVersion", "Push", "Store", "check_name",
+    "KINDS", "AdapterVersion", "FileEntry", "NewVersion", "Push", "Store", "check_name",
     "open_store", "parse_ref", "remove_tree",
 ]
 
@@ -213,18 +212,6 @@ class Store:
         if final is not None:
             make_read_only(final)
         return self.get(f"{name}@{number}")
-
-    def update_metadata(self, ref: str, *, metrics: dict[str, Any] | None = None,
-                        extra: dict[str, Any] | None = None) -> AdapterVersion:
-        """Merge keys into a version's metrics/extra (the files never change once added)."""
-        version = self.get(ref)
-        with self.write_transaction() as conn:
-            row = conn.execute("SELECT metrics, extra FROM versions WHERE id = ?", (version.id,)).fetchone()
-            new_metrics = {**json.loads(row["metrics"]), **(metrics or {})}
-            new_extra = {**json.loads(row["extra"]), **(extra or {})}
-            conn.execute("UPDATE versions SET metrics = ?, extra = ? WHERE id = ?",
-                         (json.dumps(new_metrics), json.dumps(new_extra), version.id))
-        return self.get(version.ref)
 
     def set_alias(self, ref: str, alias: str) -> AdapterVersion:
         """Point `name@alias` at this version, moving the alias if another version of the name had it."""

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.errors import InvalidAdapterError
+from qlora_tui.registry.errors import InvalidAdapterError
 
 MAX_HEADER = 100 * 1024 * 1024
 INDEX_NAME = "model.safetensors.index.json"

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from registry.errors import IntegrityError, RegistryError
-from registry.records import AdapterVersion, NewVersion, check_name
-from registry.staging import work_area
-from registry.store import Store
+from qlora_tui.registry.errors import IntegrityError, RegistryError
+from qlora_tui.registry.records import AdapterVersion, NewVersion, check_name
+from qlora_tui.registry.staging import work_area
+from qlora_tui.registry.store import Store
 
 MANIFEST = "qlora-tui-export.json"
 FORMAT = 1

@@ -1,4 +1,4 @@
-"""`python -m registry.worker merge|compare ...`: the heavy registry work in a child process, reported as JSON lines.
+"""`python -m qlora_tui.registry.worker merge|compare ...`: heavy registry work in a child process, as JSON lines.
 
 The app starts this so torch never enters its own process. Each stdout line is
 one JSON object: {"type": "progress", "message", "fraction"}, {"type": "text",
@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from registry.errors import RegistryError
+from qlora_tui.core.errors import UserFacingError
+from qlora_tui.core.home import data_home
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m registry.worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m qlora_tui.registry.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--home", help="data home (default: $QLORA_TUI_HOME or the user data directory)")
     sub = parser.add_subparsers(dest="job", required=True)
     p = sub.add_parser("merge", help="merge an adapter version into its base and register the result")
@@ -41,17 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def data_home(explicit: str | None) -> Path:
-    """Same rule as the CLI: --home, else $QLORA_TUI_HOME, else the platform's user data directory."""
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    if os.environ.get("QLORA_TUI_HOME"):
-        return Path(os.environ["QLORA_TUI_HOME"]).expanduser().resolve()
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("qlora-tui", appauthor=False))
-
-
 class Emitter:
     """Writes one JSON object per line to the real stdout, flushed at once so the app sees it as it happens."""
 
@@ -67,17 +57,17 @@ class Emitter:
 
 
 def run_job(args: argparse.Namespace, emit: Emitter) -> dict[str, Any]:
-    from registry.store import open_store
+    from qlora_tui.registry.store import open_store
 
     store = open_store(data_home(args.home))
     if args.job == "merge":
-        from registry.merge import merge_version
+        from qlora_tui.registry.merge import merge_version
 
         result = merge_version(store, args.ref, Path(args.out), dtype=args.dtype, base_weights=args.base_weights,
                                force=args.force, on_progress=emit.progress, name=args.name,
                                check=not args.no_check)
         return result.to_json()
-    from registry.compare import compare_generate
+    from qlora_tui.registry.compare import compare_generate
 
     answers = compare_generate(
         store, args.refs, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -95,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         emit("result", job=args.job, **run_job(args, emit))
         return 0
-    except RegistryError as err:
+    except UserFacingError as err:
         emit("error", message=err.message, hint=err.hint, kind=err.kind)
     except KeyboardInterrupt:
         emit("error", message=f"{args.job} interrupted; nothing was registered", hint="", kind="interrupted")

@@ -1,4 +1,4 @@
-"""`python -m runner RUN_DIR [--resume]`: the training process the app and the CLI start.
+"""`python -m qlora_tui.runner RUN_DIR [--resume]`: the training process the app and the CLI start.
 
 It holds the run's lock for its whole life, writes every outcome as an event,
 and turns SIGTERM/SIGINT into a graceful stop (finish the step, checkpoint).
@@ -14,11 +14,9 @@ import traceback
 from pathlib import Path
 from types import FrameType
 
-from registry.errors import RegistryError
-from runner.errors import QloraError
-from runner.events import EventWriter
-from runner.home import data_home
-from runner.rundir import RunDir, acquire_lock, write_lock_body
+from qlora_tui.core.errors import UserFacingError
+from qlora_tui.runner.events import EventWriter
+from qlora_tui.runner.rundir import RunDir, acquire_lock, write_lock_body
 
 
 class StopFlag:
@@ -35,15 +33,14 @@ class StopFlag:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runner")
+    parser = argparse.ArgumentParser(prog="python -m qlora_tui.runner")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--lock-fd", type=int, default=None, help="an already locked runner.lock descriptor")
-    parser.add_argument("--home", default=None, help="data home (default: derived from the run directory)")
     args = parser.parse_args(argv)
 
     run = RunDir(args.run_dir.resolve())
-    home = data_home(args.home) if args.home else run.path.parent.parent
+    home = run.path.parent.parent  # <home>/runs/<run-id>
     lock_fd = args.lock_fd if args.lock_fd is not None else acquire_lock(run.lock_path)
     write_lock_body(lock_fd)
 
@@ -53,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
 
     writer = EventWriter(run.events_path)
     try:
-        from runner.train import run_training
+        from qlora_tui.runner.train import run_training
 
         run_training(run, home, writer, resume=args.resume, stop_signalled=flag)
         return 0
-    except (QloraError, RegistryError) as err:
+    except UserFacingError as err:
         writer.write("error", kind=err.kind, message=err.message, hint=err.hint)
         print(f"error: {err.message}" + (f"\nhint: {err.hint}" if err.hint else ""), file=sys.stderr)
         return 1

@@ -15,9 +15,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from runner import checkpoints
-from runner.events import EventWriter
-from runner.rundir import RunDir
+from qlora_tui.core.device import torch_gpu_memory
+from qlora_tui.runner import checkpoints
+from qlora_tui.runner.events import EventWriter
+from qlora_tui.runner.rundir import RunDir
 
 FAULT_ENV = "QLORA_TUI_FAULT"  # test hook: "nan_at_step=N" poisons a LoRA weight before step N
 STEP_DELAY_ENV = "QLORA_TUI_STEP_DELAY"  # test hook: seconds to sleep per step, to stop a run midway
@@ -95,7 +96,7 @@ class EventsCallback(TrainerCallback):
         self.last_log_time, self.last_step_logged = now, step
         if self.step_seconds is not None and state.max_steps:
             fields["eta_s"] = round(self.step_seconds * max(0, state.max_steps - step), 1)
-        fields.update(gpu_memory())
+        fields.update(torch_gpu_memory())
         self.writer.write("step", step=step, max_steps=state.max_steps, **fields)
 
     # -------------------------------------------------------------- saves
@@ -103,16 +104,6 @@ class EventsCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         final = checkpoints.finalize(self.run.checkpoints_path, state.global_step, self.keep)
         self.writer.write("checkpoint", step=state.global_step, path=str(final))
-
-
-def gpu_memory() -> dict[str, float]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return {}
-    gib = 1024 ** 3
-    return {"gpu_mem_gb": round(torch.cuda.memory_allocated() / gib, 3),
-            "gpu_mem_peak_gb": round(torch.cuda.max_memory_allocated() / gib, 3)}
 
 
 def _fault_step() -> int | None:

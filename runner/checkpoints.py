@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.hashing import hash_tree, sha256_file
-from runner.errors import CheckpointError
+from qlora_tui.core.hashing import hash_tree, sha256_file
+from qlora_tui.runner.errors import CheckpointError
 
 MANIFEST = "manifest.json"
 NAME = re.compile(r"^checkpoint-(\d+)$")

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.builtin import BUILTIN_PREFIX, builtin_asset
-from runner.errors import DataError
-from runner.profile import DataSection, is_local_data_path
+from qlora_tui.core.builtin import BUILTIN_PREFIX, builtin_asset
+from qlora_tui.core.hashing import sha256_file
+from qlora_tui.runner.errors import DataError
+from qlora_tui.runner.profile import DataSection, is_local_data_path
 
 # The columns that identify each format, in detection order (the first match wins).
 FORMAT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -104,14 +105,6 @@ def _rename_text_field(raw: RawData, name: str) -> None:
         row.values = {**{k: v for k, v in row.values.items() if k != name}, "text": row.values[name]}
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _read_local(path: Path) -> RawData:
     if not path.exists():
         raise DataError(f"data.path: {path}: no such file", hint="paths are relative to the profile's folder")
@@ -123,7 +116,7 @@ def _read_local(path: Path) -> RawData:
         raise DataError(f"data.path: {path}: unsupported file type {suffix or '(none)'}; "
                         "use .jsonl, .json, .csv or .parquet")
     rows = readers[suffix](path)
-    return RawData(str(path), rows, _file_digest(path)[:16])
+    return RawData(str(path), rows, sha256_file(path)[:16])
 
 
 def _read_jsonl(path: Path) -> list[Row]:

@@ -1,12 +1,12 @@
-"""Errors a user can cause and fix, each carrying a message fit to print."""
+"""The runner's errors: each a message fit to print, with a `kind` that names it in `error` events."""
 
 from __future__ import annotations
 
-from registry.errors import UserFacingError
+from qlora_tui.core.errors import UserFacingError
 
 
 class QloraError(UserFacingError):
-    """Base of the runner's errors; `hint` is an optional next step, `kind` names it in `error` events."""
+    """Base of the runner's errors; `hint` is an optional next step."""
 
     kind = "error"
 
@@ -17,10 +17,6 @@ class ProfileError(QloraError):
 
 class DataError(QloraError):
     kind = "data"
-
-
-class ModelError(QloraError):
-    kind = "model"
 
 
 class RunError(QloraError):

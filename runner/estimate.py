@@ -8,16 +8,16 @@ bitsandbytes. docs/memory-estimator.md says where every number comes from.
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.errors import ModelError, ProfileError
-from runner.known_models import Linear, ModelShape, find_model_config, model_shape
-from runner.profile import Profile
+from qlora_tui.core.device import detect_gpu
+from qlora_tui.core.errors import ModelError
+from qlora_tui.runner.errors import ProfileError
+from qlora_tui.runner.known_models import Linear, ModelShape, find_model_config, model_shape
+from qlora_tui.runner.profile import Profile
 
 GB = 1e9  # plans speak decimal gigabytes, the unit of "a 7B model is 14 GB in 16-bit"
 CUDA_OVERHEAD_GB = 0.75  # CUDA context, cuBLAS workspace and loaded kernels
@@ -340,33 +340,6 @@ def _count(n: float) -> str:
 
 
 # ---------------------------------------------------------------- the GPU and the printout
-
-
-@functools.lru_cache(maxsize=1)
-def detect_gpu() -> tuple[str, float] | None:
-    """(name, total GB) of the GPU a run would use (first of CUDA_VISIBLE_DEVICES), or None without NVML or a GPU."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    index = 0
-    if visible is not None:
-        first = visible.split(",")[0].strip()
-        if not first.isdigit():
-            return None  # "", "-1" or a UUID: no GPU for us, or one we can't map cheaply
-        index = int(first)
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            name = pynvml.nvmlDeviceGetName(handle)
-            total = pynvml.nvmlDeviceGetMemoryInfo(handle).total
-        finally:
-            pynvml.nvmlShutdown()
-    except pynvml.NVMLError:
-        return None
-    return (name.decode() if isinstance(name, bytes) else str(name)), total / GB
 
 
 def fit_sentence(plan: MemoryPlan) -> str:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.builtin import TINY_CONFIG, TINY_NAME, VOCAB_SIZE, builtin_names, is_builtin
-from runner.errors import ModelError
+from qlora_tui.core.builtin import TINY_CONFIG, TINY_NAME, VOCAB_SIZE, builtin_names, is_builtin
+from qlora_tui.core.errors import ModelError
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
 

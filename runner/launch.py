@@ -11,15 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runner.errors import RunError
-from runner.profile import Profile, dumps_profile
-from runner.rundir import RunDir, acquire_lock, create_locked_run, lock_is_held
+from qlora_tui.runner.errors import RunError
+from qlora_tui.runner.profile import Profile, dumps_profile
+from qlora_tui.runner.rundir import RunDir, acquire_lock, create_locked_run, lock_is_held
 
 PROFILE_HEADER = "Frozen copy of the profile this run was started with; resume reads it."
 
 
 def runner_command(run: RunDir, resume: bool, lock_fd: int | None) -> list[str]:
-    cmd = [sys.executable, "-m", "runner", str(run.path)]
+    cmd = [sys.executable, "-m", "qlora_tui.runner", str(run.path)]
     if resume:
         cmd.append("--resume")
     if lock_fd is not None:
@@ -29,7 +29,7 @@ def runner_command(run: RunDir, resume: bool, lock_fd: int | None) -> list[str]:
 
 def spawn(run: RunDir, *, resume: bool = False, detach: bool = True, env: dict[str, str] | None = None,
           lock_fd: int | None = None) -> subprocess.Popen[bytes]:
-    """Start `python -m runner RUN_DIR`; detached runs get their own session so closing SSH doesn't end them.
+    """Start `python -m qlora_tui.runner RUN_DIR`; detached runs get their own session so closing SSH doesn't end them.
 
     `lock_fd` is the run's lock when the caller already holds it; it is handed over and closed here.
     """
@@ -40,9 +40,6 @@ def spawn(run: RunDir, *, resume: bool = False, detach: bool = True, env: dict[s
         log = open(run.log_path, "ab")  # noqa: SIM115 - handed to the child
         child_env = dict(os.environ if env is None else env)
         child_env.setdefault("PYTHONUNBUFFERED", "1")
-        # The child imports this package; make sure it finds the same one as we do, installed or not.
-        pkg_root = str(Path(__file__).resolve().parent.parent)
-        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, child_env.get("PYTHONPATH", "")) if p)
         proc = subprocess.Popen(
             runner_command(run, resume, fd),
             stdin=subprocess.DEVNULL,

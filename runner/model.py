@@ -3,78 +3,35 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.builtin import ensure_builtin_model, is_builtin
-from runner.errors import ModelError
-from runner.profile import Profile
-
-LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
-
-
-@dataclass
-class BaseModel:
-    model_id: str  # as the profile names it
-    source: str  # what from_pretrained gets: a local directory or a Hub id
-    revision: str | None
-    fingerprint: str  # changes when the weights or config change
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in LIBRARIES:
-        with contextlib.suppress(PackageNotFoundError):
-            out[name] = version(name)
-    return out
+from qlora_tui.core.errors import ModelError
+from qlora_tui.core.models import BaseModel
+from qlora_tui.core.models import resolve_base as resolve_model
+from qlora_tui.core.quant import bnb_config, resolve_compute_dtype, torch_dtype
+from qlora_tui.runner.profile import Profile
 
 
 def resolve_base(profile: Profile, home: Path) -> BaseModel:
-    model_id = profile.model.id
-    revision = profile.model.revision or None
-    if is_builtin(model_id):
-        source = str(ensure_builtin_model(home, model_id))
-    elif Path(model_id).expanduser().exists():
-        source = str(Path(model_id).expanduser().resolve())
-    elif model_id.startswith(("/", "./", "../", "~")):
-        raise ModelError(f"model.id: {model_id}: no such directory")
-    else:
-        source = model_id
-    return BaseModel(model_id, source, revision, _fingerprint(source, revision))
-
-
-def _fingerprint(source: str, revision: str | None) -> str:
-    """Local models: config plus names and sizes of weight files; Hub models: id and revision."""
-    path = Path(source)
-    digest = hashlib.sha256()
-    if path.is_dir():
-        config = path / "config.json"
-        if config.exists():
-            digest.update(config.read_bytes())
-        for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-            digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
-    else:
-        digest.update(f"{source}@{revision or 'main'}".encode())
-    return digest.hexdigest()[:16]
+    """The profile's base model as local files, downloaded into the Hugging Face cache when needed."""
+    try:
+        return resolve_model(home, profile.model.id, profile.model.revision, download=True,
+                             trust_remote_code=profile.model.trust_remote_code)
+    except ModelError as err:
+        raise ModelError(f"model.id: {err.message}", hint=err.hint) from None
 
 
 def load_config(base: BaseModel, trust_remote_code: bool) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(base.source, revision=base.revision, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(base.source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ModelError(
-            f"model.id: cannot load {base.model_id!r}: not a local model directory, and the Hub did not "
-            f"provide it ({first})",
-            hint="use a directory with config.json, a reachable Hub id, or builtin:tiny-llama",
-        ) from None
+        raise ModelError(f"model.id: cannot read the config of {base.model_id!r} in {base.path} ({first})",
+                         hint="use a directory with config.json, a Hub id, or builtin:tiny-llama") from None
 
 
 def linear_module_names(config: Any, trust_remote_code: bool) -> list[str]:
@@ -106,33 +63,18 @@ def check_targets(profile: Profile, available: list[str]) -> None:
         )
 
 
-def compute_dtype(profile: Profile) -> Any:
-    import torch
+def compute_dtype_name(profile: Profile) -> str:
+    """The compute dtype the run really uses ("auto" resolved), recorded so a merge can round-trip NF4 exactly."""
+    return resolve_compute_dtype(profile.quant.compute_dtype)
 
-    choice = profile.quant.compute_dtype
-    if choice == "auto":
-        if torch.cuda.is_available():
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
+
+def compute_dtype(profile: Profile) -> Any:
+    return torch_dtype(compute_dtype_name(profile))
 
 
 def quantization_config(profile: Profile) -> Any:
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    bits = profile.quant.bits
-    if bits == 4:
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=profile.quant.type,
-            bnb_4bit_use_double_quant=profile.quant.double_quant,
-            bnb_4bit_compute_dtype=compute_dtype(profile),
-            bnb_4bit_quant_storage=torch.uint8,
-        )
-    if bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return None
+    q = profile.quant
+    return bnb_config(q.bits, q.type, q.double_quant, q.compute_dtype)
 
 
 def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "CAUSAL_LM",
@@ -146,7 +88,7 @@ def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     quant = quantization_config(profile)
-    kwargs: dict[str, Any] = {"dtype": compute_dtype(profile), "revision": base.revision,
+    kwargs: dict[str, Any] = {"dtype": compute_dtype(profile),
                               "trust_remote_code": profile.model.trust_remote_code}
     if quant is not None:
         kwargs["quantization_config"] = quant

@@ -11,8 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.data import RawData, Row, _text, _turns, _user_turns, detect_format, require_columns
-from runner.errors import DataError
+from qlora_tui.runner.data import RawData, Row, _text, _turns, _user_turns, detect_format, require_columns
+from qlora_tui.runner.errors import DataError
 
 Turns = list[dict[str, str]]
 METHOD_FORMATS = {

@@ -11,8 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.data import ConvertedData, Example
-from runner.errors import DataError
+from qlora_tui.runner.data import ConvertedData, Example
+from qlora_tui.runner.errors import DataError
 
 IGNORE = -100
 
@@ -144,7 +144,7 @@ def preflight_alignment(tokenizer: Any, data: Any, rows_read: int, max_seq_len: 
 
     For online RL the prompt must leave room for `completion_budget` generated tokens.
     """
-    from runner.preference_data import pair_lengths
+    from qlora_tui.runner.preference_data import pair_lengths
 
     kept: list[dict[str, Any]] = []
     dropped: Counter[str] = Counter(data.dropped)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from runner.errors import ProfileError
+from qlora_tui.core.names import is_valid_name
+from qlora_tui.runner.errors import ProfileError
 
 METHODS = ("sft", "dpo", "orpo", "kto", "reward", "rlhf")
 DATA_FORMATS = (
@@ -27,7 +28,6 @@ OPTIMIZERS = (
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
 )
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 
 
@@ -263,7 +263,7 @@ def parse_field_text(section: str, key: str, text: str) -> Any:
 
 def check_profile_name(value: Any) -> str:
     """The top-level `name`: it becomes the adapter's name in the registry."""
-    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+    if not is_valid_name(value):
         raise ProfileError(f'name: must be letters, digits, ".", "_" or "-" (at most 64), got {_fmt(value)}')
     return value
 

@@ -15,11 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.errors import RunError
-from runner.events import EventTail, RunState, fold_events, parse_block, parse_lines
-from runner.home import runs_dir
+from qlora_tui.core.home import runs_dir
+from qlora_tui.runner.errors import RunError
+from qlora_tui.runner.events import EventTail, RunState, fold_events, parse_block, parse_lines
 
-STATUSES = ("running", "done", "stopped", "failed", "crashed")
+# Every status a run can show: derived from the lock, the events and (for "starting") the run's age.
+STATUSES = ("starting", "running", "done", "stopped", "failed", "crashed")
+STARTING_GRACE_S = 15.0  # a run with no events yet and no lock may still be starting
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,20 @@ def derive_status(state: RunState, running: bool) -> str:
     return "crashed"
 
 
+def run_status(run: RunDir, state: RunState) -> str:
+    """The status the CLI and the app show: derive_status, except that a run made moments ago with no lock and
+    no events yet is still starting, not crashed."""
+    status = derive_status(state, lock_is_held(run.lock_path))
+    if status == "crashed" and state.events_seen == 0:
+        try:
+            age = time.time() - run.profile_path.stat().st_mtime
+        except FileNotFoundError:
+            age = STARTING_GRACE_S
+        if age < STARTING_GRACE_S:
+            return "starting"
+    return status
+
+
 @dataclass
 class RunSummary:
     run: RunDir
@@ -216,7 +232,7 @@ def summarize(run: RunDir, *, full: bool = True) -> RunSummary:
             fold_events(batch, state)
     else:
         state, _ = listing_state(run)
-    return RunSummary(run, state, derive_status(state, run.is_running()))
+    return RunSummary(run, state, run_status(run, state))
 
 
 def read_complete(path: Path, start: int, end: int | None = None) -> tuple[bytes, int]:

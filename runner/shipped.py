@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.home import user_profiles_dir
-
-PACKAGE_DIR = Path(__file__).resolve().parent
+from qlora_tui.core.home import user_profiles_dir
 
 
 def shipped_profiles_dir() -> Path:
-    """profiles/ of a source checkout, or its installed copy inside the runner package."""
-    installed = PACKAGE_DIR / "shipped_profiles"
-    if installed.is_dir():
-        return installed
-    return PACKAGE_DIR.parent / "profiles"
+    """profiles/ beside runner/: in a source checkout and, as qlora_tui/profiles, once installed."""
+    return Path(__file__).resolve().parent.parent / "profiles"
 
 
 def list_profiles(home: Path) -> list[tuple[str, Path]]:

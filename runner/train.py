@@ -15,22 +15,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner import checkpoints
-from runner.data import data_fingerprint, read_rows, to_sft_examples
-from runner.errors import NonFiniteLossError, RunError
-from runner.events import EventWriter, read_events
-from runner.model import (
-    BaseModel,
+from qlora_tui.core.device import describe_torch_device
+from qlora_tui.core.models import BaseModel, revision_changed
+from qlora_tui.core.versions import library_versions
+from qlora_tui.runner import checkpoints
+from qlora_tui.runner.data import data_fingerprint, read_rows, to_sft_examples
+from qlora_tui.runner.errors import NonFiniteLossError, RunError
+from qlora_tui.runner.events import EventWriter, read_events
+from qlora_tui.runner.model import (
     check_targets,
-    library_versions,
+    compute_dtype_name,
     linear_module_names,
     load_config,
     lora_shape,
     resolve_base,
 )
-from runner.preflight import preflight_alignment, prepare_tokenizer, tokenize_all
-from runner.profile import Profile, load_profile
-from runner.rundir import RunDir
+from qlora_tui.runner.preflight import preflight_alignment, prepare_tokenizer, tokenize_all
+from qlora_tui.runner.profile import Profile, load_profile
+from qlora_tui.runner.rundir import RunDir
 
 MEASURED_METHODS = ("dpo", "orpo", "kto", "reward", "rlhf")
 
@@ -69,15 +71,15 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     checkpoints.clear_staging(run.checkpoints_path)
     resumed_step = int(resume_from.name.split("-")[1]) if resume_from else None
 
-    from runner.methods.preference import reference_description
+    from qlora_tui.runner.methods.preference import reference_description
 
     method = profile.train.method
     writer.write(
         "start", run_id=run.run_id, profile_name=profile.name, profile_digest=profile.digest(),
-        method=method, base_model=prepared.base.model_id, base_fingerprint=prepared.base.fingerprint,
+        method=method, base_model=prepared.base.model_id, base_fingerprint=prepared.base.revision,
         dataset=profile.data.path, dataset_fingerprint=prepared.dataset_fingerprint,
         dataset_rows=prepared.dataset_rows, train_rows=len(prepared.train_data), eval_rows=len(prepared.eval_data),
-        lora_shape=lora_shape(profile), parent=prepared.parent_ref, device=describe_device(),
+        lora_shape=lora_shape(profile), parent=prepared.parent_ref, device=describe_torch_device(),
         library_versions=library_versions(), max_steps=planned_steps(profile, len(prepared.train_data)),
         resumed_from_step=resumed_step,
         reference=reference_description(prepared) if method in ("dpo", "orpo", "kto", "rlhf") else "",
@@ -85,7 +87,7 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
 
     from transformers.trainer_callback import PrinterCallback
 
-    from runner.methods import build_trainer
+    from qlora_tui.runner.methods import build_trainer
 
     trainer, callback = build_trainer(prepared, run, writer, stop_signalled)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the events already hold them
@@ -127,8 +129,7 @@ def prepare(profile: Profile, home: Path, writer: EventWriter) -> Prepared:
         check_targets(profile, linear_module_names(config, profile.model.trust_remote_code))
     tokenizer_source = str(parent_path) if parent_path and (parent_path / "tokenizer_config.json").exists() \
         else base.source
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, revision=None if parent_path else base.revision,
-                                              trust_remote_code=profile.model.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=profile.model.trust_remote_code)
     raw = read_rows(profile.data)
     method = profile.train.method
     seed, fraction = profile.train.seed, profile.data.eval_fraction
@@ -139,7 +140,7 @@ def prepare(profile: Profile, home: Path, writer: EventWriter) -> Prepared:
         train_rows, eval_rows = split_eval(rows, fraction, seed)
         pairs, pairs_slice = [], ""
     else:
-        from runner.preference_data import to_alignment_examples
+        from qlora_tui.runner.preference_data import to_alignment_examples
 
         converted = to_alignment_examples(raw, method, profile.data.format, profile.data.system_prompt)
         notes = prepare_tokenizer(tokenizer, needs_chat_template=True)
@@ -161,7 +162,7 @@ def measurement_pairs(raw: Any, profile: Profile, train_rows: list[Any],
     if method not in MEASURED_METHODS:
         return [], ""
     if method == "kto":  # KTO trains on unpaired rows; measure on pairs only when the data had them
-        from runner.preference_data import to_alignment_examples
+        from qlora_tui.runner.preference_data import to_alignment_examples
 
         if profile.data.format not in ("auto", "preference") or "chosen" not in raw.rows[0].values:
             return [], ""
@@ -180,7 +181,7 @@ def alignment_baseline(run: RunDir, prepared: Prepared, trainer: Any, writer: Ev
         for event in read_events(run.events_path):
             if event.get("type") == "alignment_baseline":
                 return dict(event["baseline"])
-    from runner.alignment_eval import measure
+    from qlora_tui.runner.alignment_eval import measure
 
     profile = prepared.profile
     baseline = measure(trainer, prepared.tokenizer, prepared.measure_pairs, profile.train.method,
@@ -191,7 +192,7 @@ def alignment_baseline(run: RunDir, prepared: Prepared, trainer: Any, writer: Ev
 
 def alignment_after(prepared: Prepared, trainer: Any, baseline: dict[str, Any],
                     writer: EventWriter) -> dict[str, float]:
-    from runner.alignment_eval import compare, measure
+    from qlora_tui.runner.alignment_eval import compare, measure
 
     profile = prepared.profile
     after = measure(trainer, prepared.tokenizer, prepared.measure_pairs, profile.train.method,
@@ -205,12 +206,12 @@ def resolve_parent(profile: Profile, home: Path) -> tuple[str, Path | None]:
     """The registered adapter this run continues, if the profile names one."""
     if not profile.model.adapter:
         return "", None
-    from registry.errors import RegistryError
-    from registry.store import open_store
+    from qlora_tui.core.errors import UserFacingError
+    from qlora_tui.registry.store import open_store
 
     try:
         version = open_store(home).get(profile.model.adapter)
-    except RegistryError as err:
+    except UserFacingError as err:
         raise RunError(f"model.adapter: {err.message}", hint=err.hint) from None
     if version.base_model != profile.model.id:
         raise RunError(f"model.adapter: {version.ref} was trained on {version.base_model!r}, "
@@ -239,13 +240,16 @@ def planned_steps(profile: Profile, train_rows: int) -> int:
 
 
 def check_unchanged_since_start(run: RunDir, prepared: Prepared) -> None:
-    """Resume only what was started: same base model, same data, same LoRA shape."""
+    """Resume only what was started: same base model and revision, same data, same LoRA shape."""
     first = next((e for e in read_events(run.events_path) if e.get("type") == "start"), None)
     if first is None:
         return
+    base = prepared.base
+    recorded_revision = str(first.get("base_fingerprint") or "")
     now = {
-        "base model": (first.get("base_model"), prepared.base.model_id),
-        "base model files": (first.get("base_fingerprint"), prepared.base.fingerprint),
+        "base model": (first.get("base_model"), base.model_id),
+        "base model revision": (recorded_revision or None,
+                                recorded_revision if not revision_changed(recorded_revision, base) else base.revision),
         "data set fingerprint": (first.get("dataset_fingerprint"), prepared.dataset_fingerprint),
         "LoRA shape": (first.get("lora_shape"), lora_shape(prepared.profile)),
     }
@@ -254,15 +258,6 @@ def check_unchanged_since_start(run: RunDir, prepared: Prepared) -> None:
             raise RunError(f"cannot resume {run.run_id}: the {what} changed since the run started "
                            f"(was {then}, now {current})",
                            hint="start a new run with qlora-tui run, or restore what changed")
-
-
-def describe_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        return f"cuda: {props.name} ({props.total_memory / 1024**3:.0f} GiB)"
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def final_metrics(trainer: Any, seconds: float) -> dict[str, Any]:
@@ -297,15 +292,6 @@ def save_adapter(trainer: Any, tokenizer: Any, run: RunDir) -> Path:
     return run.adapter_path
 
 
-def compute_dtype_name(profile: Profile) -> str:
-    """The compute dtype the run really used ("auto" resolved), so a merge can round-trip NF4 exactly."""
-    import torch
-
-    from runner.model import compute_dtype
-
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[compute_dtype(profile)]
-
-
 def adapter_lora_shape(adapter: Path) -> dict[str, Any] | None:
     """The LoRA shape as saved (a run that continues a parent adapter keeps the parent's shape)."""
     import json
@@ -321,11 +307,11 @@ def adapter_lora_shape(adapter: Path) -> dict[str, Any] | None:
 
 
 def register(home: Path, run: RunDir, prepared: Prepared, adapter: Path, metrics: dict[str, Any]) -> Any:
-    from registry.store import NewVersion, open_store
+    from qlora_tui.registry.store import NewVersion, open_store
 
     profile = prepared.profile
     meta = NewVersion(
-        base_model=profile.model.id, base_revision=profile.model.revision or prepared.base.fingerprint,
+        base_model=profile.model.id, base_revision=prepared.base.revision,
         kind="reward" if profile.train.method == "reward" else "adapter", method=profile.train.method,
         profile=run.profile_path.read_text(), dataset=profile.data.path,
         dataset_fingerprint=prepared.dataset_fingerprint, metrics=metrics, parent=prepared.parent_ref,

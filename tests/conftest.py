@@ -10,17 +10,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from qlora_tui.runner.launch import start_run
+from qlora_tui.runner.profile import Profile, load_profile
+from qlora_tui.runner.rundir import RunDir
 
-from runner.launch import start_run  # noqa: E402
-from runner.profile import Profile, load_profile  # noqa: E402
-from runner.rundir import RunDir  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DEMO_PROFILE = ROOT / "profiles" / "demo.toml"
 
@@ -53,9 +51,9 @@ def run_to_end(home: Path, profile: Profile, env: dict[str, str] | None = None) 
 
 
 def _start_with_env(home: Path, profile: Profile, env: dict[str, str]) -> tuple[RunDir, subprocess.Popen[bytes]]:
-    from runner.launch import PROFILE_HEADER, spawn
-    from runner.profile import dumps_profile
-    from runner.rundir import create_run
+    from qlora_tui.runner.launch import PROFILE_HEADER, spawn
+    from qlora_tui.runner.profile import dumps_profile
+    from qlora_tui.runner.rundir import create_run
 
     run = create_run(home, dumps_profile(profile, PROFILE_HEADER), profile.name)
     return run, spawn(run, env={**os.environ, **env})
@@ -64,7 +62,7 @@ def _start_with_env(home: Path, profile: Profile, env: dict[str, str]) -> tuple[
 @pytest.fixture(scope="session")
 def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data home holding only the built-in tiny model (built once per session)."""
-    from runner.builtin import ensure_builtin_model
+    from qlora_tui.core.builtin import ensure_builtin_model
 
     home = tmp_path_factory.mktemp("model-home")
     ensure_builtin_model(home, "builtin:tiny-llama")

@@ -1,4 +1,4 @@
-"""Writes the demo data sets shipped in runner/assets/ (seeded, so the files are reproducible).
+"""Writes the demo data sets shipped in core/assets/ (seeded, so the files are reproducible).
 
 Every row is generated here from small word lists, with answers computed, so the
 project ships data it made itself. Run: python tools/make_demo_data.py
@@ -10,7 +10,7 @@ import json
 import random
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parent.parent / "runner" / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "core" / "assets"
 WORDS = ["river", "garden", "window", "pencil", "rocket", "planet", "forest", "candle", "bridge", "winter",
          "summer", "island", "silver", "orange", "market", "dragon", "button", "basket", "mirror", "ladder"]
 COLOURS = ["red", "green", "blue", "yellow", "black", "white", "purple", "brown"]
@@ -23,7 +23,8 @@ def sft_rows(rng: random.Random, per_task: int = 40) -> list[dict[str, str]]:
     rows = []
     for _ in range(per_task):
         a, b = rng.randint(1, 50), rng.randint(1, 50)
-        rows.append({"instruction": "Add the two numbers.", "input": f"{a} and {b}", "output": f"{a} plus {b} is {a + b}."})
+        rows.append({"instruction": "Add the two numbers.", "input": f"{a} and {b}",
+                     "output": f"{a} plus {b} is {a + b}."})
         words = rng.sample(COLOURS, 3)
         rows.append({"instruction": "Reverse the order of the words.", "input": " ".join(words),
                      "output": " ".join(reversed(words))})
@@ -59,7 +60,8 @@ def preference_rows(rng: random.Random, per_task: int = 30) -> list[dict[str, st
         word, opposite = rng.choice(sorted(OPPOSITES.items()))
         other = rng.choice([w for w in OPPOSITES.values() if w != opposite])
         rows.append({"prompt": f"What is the opposite of the word?\n\n{word}",
-                     "chosen": f"The opposite of {word} is {opposite}.", "rejected": f"The opposite of {word} is {other}."})
+                     "chosen": f"The opposite of {word} is {opposite}.",
+                     "rejected": f"The opposite of {word} is {other}."})
         i = rng.randrange(7)
         rows.append({"prompt": f"Name the day that comes after the given day.\n\n{DAYS[i]}",
                      "chosen": f"{DAYS[(i + 1) % 7]} comes after {DAYS[i]}.",

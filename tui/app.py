@@ -15,11 +15,11 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Input, TextArea
 
-from runner.errors import QloraError
-from runner.rundir import RunDir
-from tui.gpu import Gpus
-from tui.screens.help import HelpScreen
-from tui.screens.runs import RunsScreen
+from qlora_tui.core.device import Gpus
+from qlora_tui.runner.errors import QloraError
+from qlora_tui.runner.rundir import RunDir
+from qlora_tui.tui.screens.help import HelpScreen
+from qlora_tui.tui.screens.runs import RunsScreen
 
 THEMES = ("textual-dark", "textual-light")
 # One footer item for the four screen keys ("1234 Views"), so each screen's own keys fit 80 columns
@@ -29,19 +29,19 @@ SCREEN_KEYS = Binding.Group("Views", compact=True)
 # The screens not on show at start are imported when first opened: the first paint waits for less.
 
 def new_run_screen() -> Screen[None]:
-    from tui.screens.new_run import NewRunScreen
+    from qlora_tui.tui.screens.new_run import NewRunScreen
 
     return NewRunScreen()
 
 
 def registry_screen() -> Screen[None]:
-    from tui.screens.registry import RegistryScreen
+    from qlora_tui.tui.screens.registry import RegistryScreen
 
     return RegistryScreen()
 
 
 def compare_screen() -> Screen[None]:
-    from tui.screens.compare import CompareScreen
+    from qlora_tui.tui.screens.compare import CompareScreen
 
     return CompareScreen()
 
@@ -72,7 +72,7 @@ class QloraApp(App[None]):
     # ------------------------------------------------------------ actions shared by screens
 
     def open_monitor(self, run: RunDir) -> None:
-        from tui.screens.monitor import MonitorScreen
+        from qlora_tui.tui.screens.monitor import MonitorScreen
 
         if self.current_mode != "runs":
             self.switch_mode("runs")
@@ -86,7 +86,7 @@ class QloraApp(App[None]):
         self.notify(f"asked {run.run_id} to stop: it checkpoints at the end of its current step")
 
     def resume_run(self, run: RunDir) -> None:
-        from runner.launch import resume_run
+        from qlora_tui.runner.launch import resume_run
 
         if run.is_running():
             raise QloraError(f"{run.run_id} is already running")
@@ -94,7 +94,7 @@ class QloraApp(App[None]):
         self.notify(f"resumed {run.run_id} in the background")
 
     def compare_refs(self, refs: list[str]) -> None:
-        from tui.screens.compare import CompareScreen
+        from qlora_tui.tui.screens.compare import CompareScreen
 
         self.switch_mode("compare")
         screen = self.screen

@@ -11,16 +11,15 @@ import os
 import sys
 from pathlib import Path
 
-from registry.errors import RegistryError
-from runner.errors import QloraError
-from runner.home import data_home
-from tui.commands import adapters, plan, registry_ops, runs
+from qlora_tui.core.errors import UserFacingError
+from qlora_tui.core.home import data_home
+from qlora_tui.tui.commands import adapters, plan, registry_ops, runs
 
 COMMAND_MODULES = (runs, adapters, plan, registry_ops)
 
 
 def cmd_app(args: argparse.Namespace, home: Path) -> int:
-    from tui.app import make_app
+    from qlora_tui.tui.app import make_app
 
     make_app(home=home).run()
     return 0
@@ -42,11 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    home = data_home(args.home)
     func = getattr(args, "func", cmd_app)
     try:
-        return func(args, home)
-    except (QloraError, RegistryError) as err:
+        return func(args, data_home(args.home))
+    except UserFacingError as err:
         print(f"error: {err.message}", file=sys.stderr)
         if err.hint:
             print(f"hint: {err.hint}", file=sys.stderr)

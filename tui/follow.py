@@ -11,9 +11,9 @@ import sys
 import time
 from typing import Any, TextIO
 
-from runner.events import EventTail, RunState, fold_event
-from runner.rundir import RunDir
-from tui.format import duration, number
+from qlora_tui.runner.events import EventTail, RunState, fold_event
+from qlora_tui.runner.rundir import RunDir
+from qlora_tui.tui.format import duration, number
 
 POLL_S = 0.25
 

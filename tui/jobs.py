@@ -1,6 +1,6 @@
 """Heavy registry work (merge, compare) in a child process, read back as JSON lines.
 
-`python -m registry.worker` prints one JSON object per line; this module runs it
+`python -m qlora_tui.registry.worker` prints one JSON object per line; this module runs it
 and hands each parsed line to a callback. It blocks, so the app calls it from
 a worker thread, and the callback posts messages rather than touching widgets.
 """
@@ -19,14 +19,12 @@ Emit = Callable[[dict[str, Any]], None]
 
 
 def worker_command(home: Path, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "registry.worker", "--home", str(home), *args]
+    return [sys.executable, "-m", "qlora_tui.registry.worker", "--home", str(home), *args]
 
 
 def run_worker(home: Path, args: list[str], emit: Emit) -> int:
     """Run one job to the end; every line becomes an emit(dict). Returns the exit code."""
     env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
     proc = subprocess.Popen(worker_command(home, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, stdin=subprocess.DEVNULL)

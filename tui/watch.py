@@ -12,11 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.events import EventTail, RunState, fold_event, parse_block
-from runner.home import runs_dir
-from runner.rundir import RunDir, derive_status, listing_state, lock_is_held, read_complete
-
-STARTING_GRACE_S = 15.0  # a run with no events yet and no lock may still be starting
+from qlora_tui.core.home import runs_dir
+from qlora_tui.runner.events import EventTail, RunState, fold_event, parse_block
+from qlora_tui.runner.rundir import RunDir, listing_state, read_complete, run_status
 
 
 @dataclass
@@ -32,18 +30,6 @@ class RunRow:
             return None
         end = time.time() if self.status == "running" else (self.state.ended_t or self.state.last_t)
         return (end or self.state.started_t) - self.state.started_t
-
-
-def status_of(run: RunDir, state: RunState) -> str:
-    status = derive_status(state, lock_is_held(run.lock_path))
-    if status == "crashed" and state.events_seen == 0:
-        try:
-            age = time.time() - run.profile_path.stat().st_mtime
-        except FileNotFoundError:
-            age = STARTING_GRACE_S
-        if age < STARTING_GRACE_S:
-            return "starting"
-    return status
 
 
 class RunsIndex:
@@ -85,7 +71,7 @@ class RunsIndex:
             state, offset = listing_state(run)
             tail = EventTail(run.events_path)
             tail.offset = offset
-            rows.append(RunRow(run, state, status_of(run, state), tail))
+            rows.append(RunRow(run, state, run_status(run, state), tail))
         return rows
 
     def add(self, rows: list[RunRow]) -> None:
@@ -112,7 +98,7 @@ class RunsIndex:
                 grew = True
             changed |= grew
             if grew or row.status in ("running", "starting", "crashed"):
-                status = status_of(row.run, row.state)
+                status = run_status(row.run, row.state)
                 if status != row.status:
                     row.status = status
                     changed = True
@@ -142,7 +128,7 @@ class RunFollower:
         for event in new:
             fold_event(self.state, event)
         changed = bool(new)
-        status = status_of(self.run, self.state)
+        status = run_status(self.run, self.state)
         changed |= status != self.status
         self.status = status
         return changed

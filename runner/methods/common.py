@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from runner.callbacks import EventsCallback
-from runner.checkpoints import staging_dir
-from runner.events import EventWriter
-from runner.model import compute_dtype, load_base_for_training, lora_config
-from runner.profile import Profile
-from runner.rundir import RunDir
+from qlora_tui.runner.callbacks import EventsCallback
+from qlora_tui.runner.checkpoints import staging_dir
+from qlora_tui.runner.events import EventWriter
+from qlora_tui.runner.model import compute_dtype, load_base_for_training, lora_config
+from qlora_tui.runner.profile import Profile
+from qlora_tui.runner.rundir import RunDir
 
 
 def trainer_arguments(profile: Profile, output_dir: str, has_eval: bool) -> dict[str, Any]:

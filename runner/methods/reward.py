@@ -5,17 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from runner.callbacks import EventsCallback
-from runner.events import EventWriter
-from runner.methods.common import (
+from qlora_tui.runner.callbacks import EventsCallback
+from qlora_tui.runner.events import EventWriter
+from qlora_tui.runner.methods.common import (
     conversational_dataset,
     events_callback,
     load_policy,
     output_dir,
     trainer_arguments,
 )
-from runner.model import trainable_weights_kept
-from runner.rundir import RunDir
+from qlora_tui.runner.model import trainable_weights_kept
+from qlora_tui.runner.rundir import RunDir
 
 
 def build_reward_trainer(prepared: Any, run: RunDir, writer: EventWriter,

@@ -11,29 +11,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner.callbacks import EventsCallback
-from runner.errors import RunError
-from runner.events import EventWriter
-from runner.methods.common import (
+from qlora_tui.runner.callbacks import EventsCallback
+from qlora_tui.runner.errors import RunError
+from qlora_tui.runner.events import EventWriter
+from qlora_tui.runner.methods.common import (
     conversational_dataset,
     events_callback,
     load_policy,
     output_dir,
     trainer_arguments,
 )
-from runner.model import load_base_for_training, trainable_weights_kept
-from runner.rundir import RunDir
+from qlora_tui.runner.model import load_base_for_training, trainable_weights_kept
+from qlora_tui.runner.rundir import RunDir
 
 
 def resolve_reward_model(prepared: Any, home: Path) -> tuple[str, Path]:
     """The registered reward model the profile names; it must score the same base model."""
-    from registry.errors import RegistryError
-    from registry.store import open_store
+    from qlora_tui.core.errors import UserFacingError
+    from qlora_tui.registry.store import open_store
 
     ref = prepared.profile.method.reward_model
     try:
         version = open_store(home).get(ref)
-    except RegistryError as err:
+    except UserFacingError as err:
         raise RunError(f"method.reward_model: {err.message}", hint=err.hint) from None
     if version.kind != "reward":
         raise RunError(f"method.reward_model: {version.ref} is a {version.kind!r} version, not a reward model",

@@ -19,7 +19,7 @@ TINY = "builtin:tiny-llama"
 
 
 def tiny_dir(home: Path) -> Path:
-    from runner.builtin import ensure_builtin_model
+    from qlora_tui.core.builtin import ensure_builtin_model
 
     return ensure_builtin_model(home, TINY)
 

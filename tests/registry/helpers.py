@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tui.cli import main
+from qlora_tui.tui.cli import main
 
 
 @dataclass

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from registry.compare import compare_generate
-from registry.store import open_store
+from qlora_tui.registry.compare import compare_generate
+from qlora_tui.registry.store import open_store
 from tests.registry.conftest import tiny_dir
 from tests.registry.helpers import cli, snapshot
 
@@ -36,8 +36,8 @@ def test_batched_rows_equal_separate_generate_calls(ops_home: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from registry.compare import prompt_text
-    from registry.quant import bnb_config, training_quant
+    from qlora_tui.registry.compare import prompt_text
+    from qlora_tui.registry.quant import bnb_config, training_quant
 
     store = open_store(ops_home)
     seen: dict[int, list[str]] = {}
@@ -47,7 +47,7 @@ def test_batched_rows_equal_separate_generate_calls(ops_home: Path) -> None:
         if answer.text:  # text arrived row by row as it grew, ending with the answer
             assert seen[row][-1] == answer.text and len(seen[row]) > 1
     version = store.get("quick@1")
-    quant = training_quant(version, ops_home)
+    quant = training_quant(version)
     tokenizer = AutoTokenizer.from_pretrained(version.path)
     ids = tokenizer(prompt_text(tokenizer, PROMPT), return_tensors="pt", add_special_tokens=False)
     for answer in answers:
@@ -69,8 +69,8 @@ def test_sampling_is_repeatable_with_a_seed(ops_home: Path) -> None:
 
 def test_bad_compare_requests(ops_copy: Path, gpt2: tuple[Path, Path], tmp_path: Path,
                               capsys: pytest.CaptureFixture[str]) -> None:
-    from registry.importer import import_adapter
-    from registry.merge import merge_version
+    from qlora_tui.registry.importer import import_adapter
+    from qlora_tui.registry.merge import merge_version
 
     store = open_store(ops_copy)
     import_adapter(store, gpt2[1], "g")
@@ -97,7 +97,7 @@ def test_stacked_rows_equal_peft_mixed_batches(model_home: Path, peft_adapters: 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from registry.lorabatch import stacked_rows
+    from qlora_tui.registry.lorabatch import stacked_rows
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir(model_home), dtype=torch.float32)
     model = PeftModel.from_pretrained(model, str(peft_adapters["lora"]), adapter_name="a0")
@@ -123,10 +123,10 @@ def test_dora_adapters_are_compared_through_peft_mixed_batches(home: Path, peft_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from registry.compare import prompt_text
-    from registry.importer import import_adapter
-    from registry.lora import read_adapter_config
-    from registry.lorabatch import configs_allow_stacking
+    from qlora_tui.registry.compare import prompt_text
+    from qlora_tui.registry.importer import import_adapter
+    from qlora_tui.registry.lora import read_adapter_config
+    from qlora_tui.registry.lorabatch import configs_allow_stacking
 
     store = open_store(home)
     import_adapter(store, peft_adapters["dora"], "dora")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.store import open_store
+from qlora_tui.registry.store import open_store
 from tests.registry.conftest import tiny_dir
 from tests.registry.helpers import cli, snapshot
 

@@ -7,18 +7,17 @@ import pkgutil
 import subprocess
 import sys
 
-import registry
+import qlora_tui.registry
 
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "trl", "safetensors", "huggingface_hub", "textual")
 
 
 def test_no_registry_module_imports_heavy_libraries() -> None:
-    modules = sorted(f"registry.{m.name}" for m in pkgutil.iter_modules(registry.__path__))
-    assert {"registry.store", "registry.merge", "registry.compare", "registry.push", "registry.worker"} <= set(
-        modules)
+    modules = sorted(f"qlora_tui.registry.{m.name}" for m in pkgutil.iter_modules(qlora_tui.registry.__path__))
+    assert {f"qlora_tui.registry.{m}" for m in ("store", "merge", "compare", "push", "worker")} <= set(modules)
     code = (
         "import importlib, json, sys\n"
-        f"for name in {modules + ['tui.commands.registry_ops']!r}: importlib.import_module(name)\n"
+        f"for name in {modules + ['qlora_tui.tui.commands.registry_ops']!r}: importlib.import_module(name)\n"
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from registry.integrity import gc
-from registry.staging import work_area
-from registry.store import NewVersion, open_store
+from qlora_tui.registry.integrity import gc
+from qlora_tui.registry.staging import work_area
+from qlora_tui.registry.store import NewVersion, open_store
 from tests.registry.helpers import cli, snapshot
 
 PROFILE_A = 'name = "demo"\n[lora]\nr = 8\nalpha = 16\n[train]\nlr = 0.001\nmax_steps = 10\n'
@@ -134,7 +134,7 @@ def test_gc_removes_leftovers_but_not_work_in_progress(filled: Path, capsys: pyt
     (orphan / "adapter_model.safetensors").write_bytes(b"x" * 100)
     outside = filled.parent / ".merged.partial"  # a merge that died while writing next to its output
     code = (
-        "import os, sys; from pathlib import Path; from registry.staging import work_area\n"
+        "import os, sys; from pathlib import Path; from qlora_tui.registry.staging import work_area\n"
         "with work_area(Path(sys.argv[1]), 'merge') as area:\n"
         "    area.path.mkdir(); area.track(Path(sys.argv[2])); Path(sys.argv[2]).mkdir()\n"
         "    os._exit(9)\n"

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from registry.merge import merge_version
-from registry.store import NewVersion, open_store
-from registry.tensors import INDEX_NAME
+from qlora_tui.registry.merge import merge_version
+from qlora_tui.registry.store import NewVersion, open_store
+from qlora_tui.registry.tensors import INDEX_NAME
 from tests.registry.conftest import tiny_dir
 from tests.registry.helpers import cli, snapshot
 
@@ -36,7 +36,7 @@ def peft_merged(base_dir: Path, adapter_dir: Path, dtype: Any = None) -> dict[st
 
 
 def import_into(home: Path, source: Path, name: str, base: str | None = None) -> str:
-    from registry.importer import import_adapter
+    from qlora_tui.registry.importer import import_adapter
 
     return import_adapter(open_store(home), source, name, base=base).ref
 
@@ -127,9 +127,9 @@ def test_nf4_roundtrip_reproduces_the_weights_the_4bit_base_used_in_training(tra
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    from registry.quant import bnb_config, quantize_roundtrip, training_quant
+    from qlora_tui.registry.quant import bnb_config, quantize_roundtrip, training_quant
 
-    quant = training_quant(open_store(trained_copy).get("quick@1"), trained_copy)
+    quant = training_quant(open_store(trained_copy).get("quick@1"))
     base = tiny_dir(trained_copy)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, quantization_config=bnb_config(quant))
     layer = model.model.layers[1].mlp.down_proj

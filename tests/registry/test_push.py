@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from registry.modelcard import model_card
-from registry.store import NewVersion, open_store
+from qlora_tui.registry.modelcard import model_card
+from qlora_tui.registry.store import NewVersion, open_store
 from tests.registry.helpers import cli, snapshot
 from tests.registry.hubserver import HubServer
 

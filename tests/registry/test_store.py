@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from registry.errors import NotFoundError, RegistryError
-from registry.hashing import sha256_file
-from registry.store import NewVersion, Store, open_store, parse_ref
+from qlora_tui.core.hashing import sha256_file
+from qlora_tui.registry.errors import NotFoundError, RegistryError
+from qlora_tui.registry.store import NewVersion, Store, open_store, parse_ref
 
 
 def adapter_dir(tmp_path: Path, name: str = "src", content: bytes = b"weights") -> Path:
@@ -104,7 +104,7 @@ def test_concurrent_adds_get_distinct_numbers(tmp_path: Path) -> None:
     home = tmp_path / "home"
     source = adapter_dir(tmp_path)
     code = (
-        "import sys; from pathlib import Path; from registry.store import NewVersion, open_store\n"
+        "import sys; from pathlib import Path; from qlora_tui.registry.store import NewVersion, open_store\n"
         "store = open_store(Path(sys.argv[1]))\n"
         "for _ in range(5): store.add('demo', Path(sys.argv[2]), NewVersion(base_model='m'))\n"
     )

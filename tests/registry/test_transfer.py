@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from registry.store import open_store
-from registry.transfer import MANIFEST
+from qlora_tui.registry.store import open_store
+from qlora_tui.registry.transfer import MANIFEST
 from tests.registry.helpers import cli, snapshot
 
 
@@ -42,14 +42,14 @@ def test_round_trip_to_a_second_home_keeps_metadata(trained_copy: Path, tmp_path
 
 
 def _meta(base: str) -> object:
-    from registry.store import NewVersion
+    from qlora_tui.registry.store import NewVersion
 
     return NewVersion(base_model=base)
 
 
 def test_lineage_travels_when_parent_and_child_go_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                                           ) -> None:
-    from registry.store import NewVersion
+    from qlora_tui.registry.store import NewVersion
 
     home, other = tmp_path / "a", tmp_path / "b"
     folder = tmp_path / "src"
@@ -70,7 +70,7 @@ def test_lineage_travels_when_parent_and_child_go_together(tmp_path: Path, capsy
 
 def test_a_child_alone_links_only_to_a_parent_with_the_same_files(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from registry.store import NewVersion
+    from qlora_tui.registry.store import NewVersion
 
     folder = tmp_path / "src"
     folder.mkdir()
@@ -176,7 +176,7 @@ def test_a_file_that_is_not_a_tar_is_named(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_merged_models_are_not_exported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from registry.store import NewVersion
+    from qlora_tui.registry.store import NewVersion
 
     home = tmp_path / "home"
     folder = tmp_path / "merged"

@@ -1,4 +1,4 @@
-"""`python -m registry.worker`: what the app runs in a child process; stdout carries only JSON lines."""
+"""`python -m qlora_tui.registry.worker`: what the app runs in a child process; stdout carries only JSON lines."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from registry.store import open_store
+from qlora_tui.registry.store import open_store
 from tests.registry.helpers import cli
 
 PROMPT = "Add the two numbers.\n\n12 and 5"
 
 
 def worker(home: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "registry.worker", "--home", str(home), *args],
+    return subprocess.Popen([sys.executable, "-m", "qlora_tui.registry.worker", "--home", str(home), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

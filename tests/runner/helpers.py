@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from runner.events import read_events
-from runner.rundir import RunDir
+from qlora_tui.runner.events import read_events
+from qlora_tui.runner.rundir import RunDir
 
 
 def events_of(run: RunDir, kind: str | None = None) -> list[dict[str, Any]]:

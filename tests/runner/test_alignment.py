@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from registry.store import open_store
-from runner.launch import PROFILE_HEADER
-from runner.profile import Profile, dumps_profile, load_profile
-from runner.rundir import create_run, list_runs, summarize
+from qlora_tui.registry.store import open_store
+from qlora_tui.runner.launch import PROFILE_HEADER
+from qlora_tui.runner.profile import Profile, dumps_profile, load_profile
+from qlora_tui.runner.rundir import create_run, list_runs, summarize
 from tests.conftest import ROOT, run_to_end
 from tests.runner.helpers import events_of
 
@@ -75,11 +75,11 @@ def test_preference_run_starts_from_the_sft_weights_not_a_fresh_lora(aligned_hom
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from runner.alignment_eval import answer_logps
-    from runner.builtin import builtin_model_dir
-    from runner.data import read_rows
-    from runner.preference_data import to_alignment_examples
-    from runner.profile import DataSection
+    from qlora_tui.core.builtin import builtin_model_dir
+    from qlora_tui.runner.alignment_eval import answer_logps
+    from qlora_tui.runner.data import read_rows
+    from qlora_tui.runner.preference_data import to_alignment_examples
+    from qlora_tui.runner.profile import DataSection
 
     run = run_named(aligned_home, "dpo-on-sft")
     (baseline,) = events_of(run, "alignment_baseline")
@@ -153,7 +153,7 @@ def test_rl_against_the_reward_model_raises_reward_with_kl_control(aligned_home:
 
 
 def test_rlhf_refuses_a_version_that_is_not_a_reward_model(aligned_home: Path, tmp_path: Path) -> None:
-    from runner.__main__ import main as runner_main
+    from qlora_tui.runner.__main__ import main as runner_main
 
     home = tmp_path / "home"
     shutil.copytree(aligned_home, home, symlinks=True)
@@ -166,7 +166,7 @@ def test_rlhf_refuses_a_version_that_is_not_a_reward_model(aligned_home: Path, t
 
 
 def test_bad_preference_file_fails_with_file_and_line_before_training(home: Path, tmp_path: Path) -> None:
-    from runner.__main__ import main as runner_main
+    from qlora_tui.runner.__main__ import main as runner_main
 
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n')

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from registry.store import open_store
-from runner.__main__ import main as runner_main
-from runner.launch import PROFILE_HEADER
-from runner.profile import Profile, dumps_profile
-from runner.rundir import RunDir, create_run, list_runs, summarize
+from qlora_tui.registry.store import open_store
+from qlora_tui.runner.__main__ import main as runner_main
+from qlora_tui.runner.launch import PROFILE_HEADER
+from qlora_tui.runner.profile import Profile, dumps_profile
+from qlora_tui.runner.rundir import RunDir, create_run, list_runs, summarize
 from tests.conftest import _start_with_env, quick_profile, wait_for_exit
 from tests.runner.helpers import events_of
 
-CLI = [sys.executable, "-c", "import sys; from tui.cli import main; sys.exit(main(sys.argv[1:]))"]
+CLI = [sys.executable, "-c", "import sys; from qlora_tui.tui.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.data import data_fingerprint, read_rows, to_sft_examples
-from runner.errors import DataError
-from runner.profile import DataSection
+from qlora_tui.runner.data import data_fingerprint, read_rows, to_sft_examples
+from qlora_tui.runner.errors import DataError
+from qlora_tui.runner.profile import DataSection
 
 
 def jsonl(path: Path, rows: list[object]) -> Path:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import ModelError, ProfileError
-from runner.estimate import (
+from qlora_tui.core.device import detect_gpu
+from qlora_tui.core.errors import ModelError
+from qlora_tui.runner.errors import ProfileError
+from qlora_tui.runner.estimate import (
     MemoryPlan,
-    detect_gpu,
     estimate_profile,
     format_plan,
     lora_modules,
@@ -21,11 +22,11 @@ from runner.estimate import (
     quantized_weight_bytes,
     trainable_tensors,
 )
-from runner.known_models import KNOWN_CONFIGS, find_model_config, known_config, model_shape
-from runner.profile import Profile, load_profile
+from qlora_tui.runner.known_models import KNOWN_CONFIGS, find_model_config, known_config, model_shape
+from qlora_tui.runner.profile import Profile, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-c", "import sys; from tui.cli import main; sys.exit(main(sys.argv[1:]))"]
+CLI = [sys.executable, "-c", "import sys; from qlora_tui.tui.cli import main; sys.exit(main(sys.argv[1:]))"]
 HEAVY = ("torch", "transformers", "peft", "trl", "bitsandbytes")
 
 
@@ -319,7 +320,7 @@ def test_an_unknown_architecture_is_counted_as_llama_shaped(tmp_path: Path) -> N
 
 
 def test_importing_the_estimator_loads_no_heavy_library() -> None:
-    code = ("import sys, runner.estimate, runner.known_models; "
+    code = ("import sys, qlora_tui.runner.estimate, qlora_tui.runner.known_models; "
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runner.events import EventTail, EventWriter, fold_events, read_events
+from qlora_tui.runner.events import EventTail, EventWriter, fold_events, read_events
 
 
 def test_writer_continues_sequence_after_reopen(tmp_path: Path) -> None:

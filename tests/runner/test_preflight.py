@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from runner.builtin import builtin_model_dir
-from runner.data import ConvertedData, Example
-from runner.errors import DataError
-from runner.preflight import FALLBACK_CHAT_TEMPLATE, IGNORE, prepare_tokenizer, tokenize_all, tokenize_example
+from qlora_tui.core.builtin import builtin_model_dir
+from qlora_tui.runner.data import ConvertedData, Example
+from qlora_tui.runner.errors import DataError
+from qlora_tui.runner.preflight import FALLBACK_CHAT_TEMPLATE, IGNORE, prepare_tokenizer, tokenize_all, tokenize_example
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import ProfileError
-from runner.profile import Profile, load_profile, parse_field_text, save_profile
+from qlora_tui.runner.errors import ProfileError
+from qlora_tui.runner.profile import Profile, load_profile, parse_field_text, save_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 

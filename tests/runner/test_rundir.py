@@ -10,14 +10,25 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import RunError
-from runner.events import EventWriter
-from runner.rundir import acquire_lock, create_run, find_run, list_runs, lock_is_held, summarize
+from qlora_tui.runner.errors import RunError
+from qlora_tui.runner.events import EventWriter
+from qlora_tui.runner.rundir import (
+    STARTING_GRACE_S,
+    acquire_lock,
+    create_run,
+    find_run,
+    list_runs,
+    lock_is_held,
+    summarize,
+)
 
 
 def test_status_follows_lock_and_terminal_event(tmp_path: Path) -> None:
     run = create_run(tmp_path, 'name = "x"\n', "x")
-    assert summarize(run).status == "crashed"  # no lock, no terminal event
+    assert summarize(run).status == "starting"  # made a moment ago: its runner may not have locked it yet
+    old = time.time() - 2 * STARTING_GRACE_S
+    os.utime(run.profile_path, (old, old))
+    assert summarize(run).status == "crashed"  # no lock, no terminal event, and long enough ago
     fd = acquire_lock(run.lock_path)
     try:
         assert run.is_running() and summarize(run).status == "running"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.estimate import MemoryPlan, estimate_profile
-from runner.profile import Profile, load_profile, save_profile
-from runner.shipped import find_profile, list_profiles, shipped_profiles_dir
+from qlora_tui.runner.estimate import MemoryPlan, estimate_profile
+from qlora_tui.runner.profile import Profile, load_profile, save_profile
+from qlora_tui.runner.shipped import find_profile, list_profiles, shipped_profiles_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = sorted((ROOT / "profiles").glob("*.toml"))

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from registry.store import open_store
-from runner.launch import resume_run
-from runner.rundir import summarize
+from qlora_tui.registry.store import open_store
+from qlora_tui.runner.launch import resume_run
+from qlora_tui.runner.rundir import summarize
 from tests.conftest import _start_with_env, quick_profile, run_to_end, wait_for_exit
 from tests.runner.helpers import events_of, last_step, wait_until
 
@@ -88,7 +88,7 @@ def test_truncated_latest_checkpoint_is_skipped_once(home: Path) -> None:
 
 
 def test_resume_refuses_when_the_data_changed_naming_both_fingerprints(home: Path, tmp_path: Path) -> None:
-    from runner.builtin import builtin_asset
+    from qlora_tui.core.builtin import builtin_asset
 
     data = tmp_path / "train.jsonl"
     data.write_bytes(builtin_asset("demo-instructions").read_bytes())

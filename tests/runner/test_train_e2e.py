@@ -1,4 +1,4 @@
-"""A real QLoRA run through `python -m runner`, checked through its events and the registry."""
+"""A real QLoRA run through `python -m qlora_tui.runner`, checked through its events and the registry."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from registry.store import open_store
-from runner.builtin import builtin_model_dir
-from runner.rundir import list_runs, summarize
+from qlora_tui.core.builtin import builtin_model_dir
+from qlora_tui.registry.store import open_store
+from qlora_tui.runner.rundir import list_runs, summarize
 from tests.runner.helpers import events_of
 
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from registry.records import AdapterVersion, NewVersion
-from registry.store import Store, open_store
+from qlora_tui.registry.records import AdapterVersion, NewVersion
+from qlora_tui.registry.store import Store, open_store
 
 BASE_T = 1767268800.0  # 2026-01-01 12:00:00 UTC: every time on screen derives from it
 DONE_RUN = "20260101-120000-demo-a1b2"

@@ -13,17 +13,17 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Select, SelectionList, Static, Tree
 
-from registry.store import open_store
-from runner.profile import load_profile
-from runner.rundir import list_runs, summarize
+from qlora_tui.registry.store import open_store
+from qlora_tui.runner.profile import load_profile
+from qlora_tui.runner.rundir import list_runs, summarize
+from qlora_tui.tui.app import QloraApp, make_app
+from qlora_tui.tui.screens.compare import AnswerPane, CompareScreen
+from qlora_tui.tui.screens.monitor import MonitorScreen
+from qlora_tui.tui.screens.new_run import NewRunScreen, field_id
+from qlora_tui.tui.screens.registry import RegistryScreen
+from qlora_tui.tui.screens.runs import COLUMNS, RunsScreen
+from qlora_tui.tui.widgets.chart import LineChart
 from tests.conftest import quick_profile, run_to_end
-from tui.app import QloraApp, make_app
-from tui.screens.compare import AnswerPane, CompareScreen
-from tui.screens.monitor import MonitorScreen
-from tui.screens.new_run import NewRunScreen, field_id
-from tui.screens.registry import RegistryScreen
-from tui.screens.runs import COLUMNS, RunsScreen
-from tui.widgets.chart import LineChart
 
 SIZE = (120, 40)
 
@@ -81,7 +81,7 @@ async def test_runs_screen_lists_the_runs_and_opens_a_monitor_with_the_curve(tra
         assert len(chart.series[0].points) == 60
         assert "registered quick@1" in text_of(app, "#run-status")
         assert "no GPU: CPU run" in text_of(app, "#gpu-panel")
-        rendered = "\n".join(line.plain for line in __import__("tui.widgets.chart", fromlist=["plot"]).plot(
+        rendered = "\n".join(line.plain for line in __import__("qlora_tui.tui.widgets.chart", fromlist=["plot"]).plot(
             chart.series, 60, 10))
         assert any(ch in rendered for ch in "⠁⠂⠄⡀⢀⣀⠉⠒")  # braille dots: a curve was drawn
         await pilot.press("escape")
@@ -188,7 +188,7 @@ async def test_launch_from_new_run_watch_it_finish_and_find_the_adapter(home: Pa
 
 async def test_quit_and_reopen_while_a_run_goes_on_shows_the_same_history(home: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from runner.launch import start_run
+    from qlora_tui.runner.launch import start_run
 
     monkeypatch.setenv("QLORA_TUI_STEP_DELAY", "0.3")
     run, proc = start_run(home, quick_profile("long", max_steps=60), detach=True)
@@ -224,7 +224,7 @@ async def test_quit_and_reopen_while_a_run_goes_on_shows_the_same_history(home: 
 
 
 async def test_stop_and_resume_from_the_runs_screen(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runner.launch import start_run
+    from qlora_tui.runner.launch import start_run
 
     monkeypatch.setenv("QLORA_TUI_STEP_DELAY", "0.2")
     run, proc = start_run(home, quick_profile("stoppable", max_steps=30), detach=True)
@@ -323,7 +323,7 @@ def test_the_app_process_never_imports_torch(trained_home: Path) -> None:
     code = """
 import asyncio, sys
 from pathlib import Path
-from tui.app import make_app
+from qlora_tui.tui.app import make_app
 
 async def main():
     app = make_app(Path(sys.argv[1]))
@@ -342,8 +342,8 @@ asyncio.run(main())
 
 
 def test_runs_table_cells_follow_the_runs_index(trained_home: Path) -> None:
-    from tui.screens.runs import row_cells
-    from tui.watch import RunsIndex
+    from qlora_tui.tui.screens.runs import row_cells
+    from qlora_tui.tui.watch import RunsIndex
 
     index = RunsIndex(trained_home)
     assert index.poll()

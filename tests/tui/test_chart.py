@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from tui.widgets.chart import Decimator, Series, plot
+from qlora_tui.tui.widgets.chart import Decimator, Series, plot
 
 
 def curve(n: int) -> list[tuple[float, float]]:

@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runner.profile import save_profile
-from runner.rundir import list_runs
+from qlora_tui.runner.profile import save_profile
+from qlora_tui.runner.rundir import list_runs
 from tests.conftest import quick_profile
 from tests.runner.helpers import last_step, wait_until
 
-CLI = [sys.executable, "-c", "import sys; from tui.cli import main; sys.exit(main(sys.argv[1:]))"]
+CLI = [sys.executable, "-c", "import sys; from qlora_tui.tui.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 def cli(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300,
@@ -74,7 +74,7 @@ def test_adapters_and_show(trained_home: Path) -> None:
 
 
 def test_listing_commands_do_not_import_torch(trained_home: Path) -> None:
-    code = ("import sys, io, contextlib; from tui.cli import main\n"
+    code = ("import sys, io, contextlib; from qlora_tui.tui.cli import main\n"
             "for args in (['runs'], ['adapters'], ['show', 'quick'], ['runs', '--json']):\n"
             "    with contextlib.redirect_stdout(io.StringIO()): main(['--home', sys.argv[1], *args])\n"
             "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'bitsandbytes', 'datasets') "

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from textual.widgets import Static
 
-from registry.store import Store
+from qlora_tui.registry.store import Store
+from qlora_tui.tui.app import make_app
+from qlora_tui.tui.screens.registry import RegistryScreen
+from qlora_tui.tui.screens.runs import RunsScreen
 from tests.tui.fixtures import build_demo_home
-from tui.app import make_app
-from tui.screens.registry import RegistryScreen
-from tui.screens.runs import RunsScreen
 
 
 async def test_a_worker_that_raises_is_a_notification_not_a_crash(tmp_path: Path,

@@ -10,10 +10,10 @@ from pathlib import Path
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
+from qlora_tui.tui.app import make_app
+from qlora_tui.tui.screens.monitor import MonitorScreen
+from qlora_tui.tui.screens.runs import COLUMNS, RunsScreen
 from tests.tui.fixtures import CRASHED_RUN, build_demo_home, step_fields
-from tui.app import make_app
-from tui.screens.monitor import MonitorScreen
-from tui.screens.runs import COLUMNS, RunsScreen
 
 
 async def until(pilot: Pilot[None], condition: Callable[[], bool], what: str, timeout: float = 10) -> None:

@@ -20,15 +20,15 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Log, Select, SelectionList, Static
 
-from runner.estimate import detect_gpu
+from qlora_tui.core.device import detect_gpu
+from qlora_tui.tui.app import QloraApp, make_app
+from qlora_tui.tui.screens.compare import CompareScreen
+from qlora_tui.tui.screens.help import HelpScreen
+from qlora_tui.tui.screens.monitor import MonitorScreen
+from qlora_tui.tui.screens.new_run import NewRunScreen
+from qlora_tui.tui.screens.registry import RegistryScreen
+from qlora_tui.tui.screens.runs import RunsScreen
 from tests.tui.fixtures import build_demo_home
-from tui.app import QloraApp, make_app
-from tui.screens.compare import CompareScreen
-from tui.screens.help import HelpScreen
-from tui.screens.monitor import MonitorScreen
-from tui.screens.new_run import NewRunScreen
-from tui.screens.registry import RegistryScreen
-from tui.screens.runs import RunsScreen
 
 SIZES = {"80x24": (80, 24), "120x40": (120, 40)}
 size_param = pytest.mark.parametrize("size", list(SIZES.values()), ids=list(SIZES))

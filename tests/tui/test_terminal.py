@@ -29,7 +29,7 @@ def app_command() -> tuple[str, list[str]]:
     script = Path(sys.executable).with_name("qlora-tui")
     if script.exists():
         return str(script), []
-    return sys.executable, ["-c", "import sys; from tui.cli import main; sys.exit(main())"]
+    return sys.executable, ["-c", "import sys; from qlora_tui.tui.cli import main; sys.exit(main())"]
 
 
 class Terminal:

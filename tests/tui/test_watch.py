@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runner.events import parse_block
-from runner.rundir import LIST_HEAD_BYTES, LIST_TAIL_BYTES, RunDir, listing_state
+from qlora_tui.runner.events import parse_block
+from qlora_tui.runner.rundir import LIST_HEAD_BYTES, LIST_TAIL_BYTES, RunDir, listing_state
+from qlora_tui.tui.watch import RunFollower, RunsIndex
 from tests.tui.fixtures import EventLog, long_run_lines, step_fields, write_run
-from tui.watch import RunFollower, RunsIndex
 
 RUN_ID = "20260101-120000-watch-0001"
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tui.format import number, size, table, timestamp
+from qlora_tui.tui.format import number, size, table, timestamp
 
 
 def print_json(value: Any) -> None:
@@ -15,7 +15,7 @@ def print_json(value: Any) -> None:
 
 
 def cmd_adapters(args: argparse.Namespace, home: Path) -> int:
-    from registry.store import open_store
+    from qlora_tui.registry.store import open_store
 
     versions = open_store(home).list_versions(args.name)
     if args.json:
@@ -33,7 +33,7 @@ def cmd_adapters(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_show(args: argparse.Namespace, home: Path) -> int:
-    from registry.store import open_store
+    from qlora_tui.registry.store import open_store
 
     store = open_store(home)
     version = store.get(args.ref)

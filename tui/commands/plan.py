@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runner.errors import QloraError
-from tui.format import table
+from qlora_tui.core.errors import UserFacingError
+from qlora_tui.tui.format import table
 
 
 def print_json(value: Any) -> None:
@@ -16,10 +16,9 @@ def print_json(value: Any) -> None:
 
 
 def cmd_estimate(args: argparse.Namespace, home: Path) -> int:
-    from runner.estimate import estimate_profile, format_plan
-
-    from runner.profile import load_profile
-    from runner.shipped import find_profile
+    from qlora_tui.runner.estimate import estimate_profile, format_plan
+    from qlora_tui.runner.profile import load_profile
+    from qlora_tui.runner.shipped import find_profile
 
     profile = load_profile(find_profile(args.profile, home))
     plan = estimate_profile(profile, home, gpu_gb=args.gpu_gb, batch_size=args.batch_size,
@@ -32,8 +31,8 @@ def cmd_estimate(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_profiles(args: argparse.Namespace, home: Path) -> int:
-    from runner.profile import load_profile
-    from runner.shipped import list_profiles
+    from qlora_tui.runner.profile import load_profile
+    from qlora_tui.runner.shipped import list_profiles
 
     rows = []
     for origin, path in list_profiles(home):
@@ -41,7 +40,7 @@ def cmd_profiles(args: argparse.Namespace, home: Path) -> int:
             p = load_profile(path)
             rows.append({"name": path.stem, "origin": origin, "path": str(path), "model": p.model.id,
                          "method": p.train.method, "valid": True, "error": None})
-        except QloraError as err:
+        except UserFacingError as err:
             rows.append({"name": path.stem, "origin": origin, "path": str(path), "model": "", "method": "",
                          "valid": False, "error": err.message})
     if args.json:

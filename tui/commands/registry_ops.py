@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from registry.errors import IntegrityError
-from tui.format import number, size
+from qlora_tui.registry.errors import IntegrityError
+from qlora_tui.tui.format import number, size
 
 
 def print_json(value: Any) -> None:
@@ -21,7 +21,7 @@ def print_json(value: Any) -> None:
 
 
 def _store(home: Path) -> Any:
-    from registry.store import open_store
+    from qlora_tui.registry.store import open_store
 
     return open_store(home)
 
@@ -45,7 +45,7 @@ def _shown(value: Any) -> str:
 
 
 def cmd_diff(args: argparse.Namespace, home: Path) -> int:
-    from registry.diff import diff_versions
+    from qlora_tui.registry.diff import diff_versions
 
     store = _store(home)
     a, b = store.get(args.a), store.get(args.b)
@@ -67,7 +67,7 @@ def cmd_diff(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, home: Path) -> int:
-    from registry.integrity import verify
+    from qlora_tui.registry.integrity import verify
 
     reports = verify(_store(home), args.ref)
     if args.json:
@@ -102,7 +102,7 @@ def cmd_delete(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_gc(args: argparse.Namespace, home: Path) -> int:
-    from registry.integrity import gc
+    from qlora_tui.registry.integrity import gc
 
     report = gc(_store(home))
     for path in report.removed:
@@ -112,14 +112,14 @@ def cmd_gc(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_import(args: argparse.Namespace, home: Path) -> int:
-    from registry.errors import RegistryError
+    from qlora_tui.registry.errors import RegistryError
 
     source = Path(args.source)
     store = _store(home)
     if source.is_file():
         if args.base:
             raise RegistryError("--base applies to an adapter directory; an export archive carries its base model")
-        from registry.transfer import import_archive
+        from qlora_tui.registry.transfer import import_archive
 
         for item in import_archive(store, source, name=args.name):
             if item.already_present:
@@ -132,7 +132,7 @@ def cmd_import(args: argparse.Namespace, home: Path) -> int:
                             hint="import takes a PEFT adapter directory or a .tar made by qlora-tui export")
     if not args.name:
         raise RegistryError(f"{source}: importing an adapter directory needs --name NAME")
-    from registry.importer import import_adapter
+    from qlora_tui.registry.importer import import_adapter
 
     version = import_adapter(store, source, args.name, base=args.base, method=args.method)
     print(f"imported {source} as {version.ref} (base model {version.base_model}, "
@@ -141,7 +141,7 @@ def cmd_import(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_export(args: argparse.Namespace, home: Path) -> int:
-    from registry.transfer import export_versions
+    from qlora_tui.registry.transfer import export_versions
 
     versions = export_versions(_store(home), args.refs, Path(args.file), force=args.force)
     print(f"exported {', '.join(v.ref for v in versions)} to {args.file}")
@@ -153,7 +153,7 @@ def _progress(message: str, fraction: float) -> None:
 
 
 def cmd_merge(args: argparse.Namespace, home: Path) -> int:
-    from registry.merge import merge_version
+    from qlora_tui.registry.merge import merge_version
 
     result = merge_version(_store(home), args.ref, Path(args.out), dtype=args.dtype, base_weights=args.base_weights,
                            force=args.force, name=args.name, check=not args.no_check,
@@ -174,7 +174,7 @@ def cmd_merge(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, home: Path) -> int:
-    from registry.compare import compare_generate
+    from qlora_tui.registry.compare import compare_generate
 
     answers = compare_generate(_store(home), args.refs, args.prompt, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, top_p=args.top_p, seed=args.seed,
@@ -189,7 +189,7 @@ def cmd_compare(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_push(args: argparse.Namespace, home: Path) -> int:
-    from registry.push import push_version
+    from qlora_tui.registry.push import push_version
 
     record = push_version(_store(home), args.ref, args.repo, private=args.private, merged=args.merged)
     if args.json:

@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner.errors import QloraError
-from tui.format import number, table, timestamp
+from qlora_tui.runner.errors import QloraError
+from qlora_tui.runner.rundir import STATUSES
+from qlora_tui.tui.format import number, table, timestamp
 
 
 def print_json(value: Any) -> None:
@@ -18,16 +19,16 @@ def print_json(value: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace, home: Path) -> int:
-    from runner.launch import start_run
-    from runner.profile import load_profile
-    from runner.shipped import find_profile
+    from qlora_tui.runner.launch import start_run
+    from qlora_tui.runner.profile import load_profile
+    from qlora_tui.runner.shipped import find_profile
 
     profile = load_profile(find_profile(args.profile, home))
     if args.name:
-        from runner.profile import NAME_PATTERN
+        from qlora_tui.core.names import NAME_RULE, is_valid_name
 
-        if not NAME_PATTERN.match(args.name):
-            raise QloraError(f"--name: use letters, digits, '.', '_' or '-'; got {args.name!r}")
+        if not is_valid_name(args.name):
+            raise QloraError(f"--name: use {NAME_RULE}; got {args.name!r}")
         profile.name = args.name
     run, proc = start_run(home, profile, detach=args.detach)
     if args.detach:
@@ -35,14 +36,14 @@ def cmd_run(args: argparse.Namespace, home: Path) -> int:
         print(f"started in the background (pid {proc.pid}); follow it with: qlora-tui  or  qlora-tui runs",
               file=sys.stderr)
         return 0
-    from tui.follow import follow_run
+    from qlora_tui.tui.follow import follow_run
 
     return follow_run(run, proc)
 
 
 def cmd_resume(args: argparse.Namespace, home: Path) -> int:
-    from runner.launch import resume_run
-    from runner.rundir import find_run, summarize
+    from qlora_tui.runner.launch import resume_run
+    from qlora_tui.runner.rundir import find_run, summarize
 
     run = find_run(home, args.run_id)
     summary = summarize(run)
@@ -55,13 +56,13 @@ def cmd_resume(args: argparse.Namespace, home: Path) -> int:
         print(run.run_id)
         print(f"resumed in the background (pid {proc.pid})", file=sys.stderr)
         return 0
-    from tui.follow import follow_run
+    from qlora_tui.tui.follow import follow_run
 
     return follow_run(run, proc, resumed=True)
 
 
 def cmd_stop(args: argparse.Namespace, home: Path) -> int:
-    from runner.rundir import find_run, summarize
+    from qlora_tui.runner.rundir import find_run, summarize
 
     run = find_run(home, args.run_id)
     if not run.is_running():
@@ -103,7 +104,7 @@ def _profile_name(run: Any) -> str:
 
 
 def cmd_runs(args: argparse.Namespace, home: Path) -> int:
-    from runner.rundir import list_runs, summarize
+    from qlora_tui.runner.rundir import list_runs, summarize
 
     rows = [run_row(summarize(r, full=False)) for r in list_runs(home)]
     if args.status:
@@ -131,7 +132,7 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("runs", help="list runs with their status")
-    p.add_argument("--status", choices=("running", "done", "stopped", "failed", "crashed"))
+    p.add_argument("--status", choices=STATUSES)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
 

@@ -1,6 +1,6 @@
 """Compare: the base model and chosen adapter versions answer one prompt side by side, as the text arrives.
 
-Generation runs in a child process (`python -m registry.worker compare`), one
+Generation runs in a child process (`python -m qlora_tui.registry.worker compare`), one
 batched generate call for all rows; each pane fills from the streamed lines.
 """
 
@@ -18,9 +18,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, SelectionList, Static, TextArea
 from textual.worker import Worker
 
-from registry.store import open_store
-from tui.jobs import run_worker
-from tui.screens.failures import ShowsWorkerErrors
+from qlora_tui.registry.store import open_store
+from qlora_tui.tui.jobs import run_worker
+from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 
 
 class AnswerPane(Vertical):

@@ -17,14 +17,14 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Log, Static
 
-from runner.errors import QloraError
-from runner.rundir import RunDir
-from tui.gpu import Gpus
-from tui.screens.failures import ShowsWorkerErrors
-from tui.watch import RunFollower
-from tui.widgets.cards import MetricCards
-from tui.widgets.chart import LineChart, Series
-from tui.widgets.gpu_panel import GpuPanel
+from qlora_tui.core.device import Gpus
+from qlora_tui.core.errors import UserFacingError
+from qlora_tui.runner.rundir import RunDir
+from qlora_tui.tui.screens.failures import ShowsWorkerErrors
+from qlora_tui.tui.watch import RunFollower
+from qlora_tui.tui.widgets.cards import MetricCards
+from qlora_tui.tui.widgets.chart import LineChart, Series
+from qlora_tui.tui.widgets.gpu_panel import GpuPanel
 
 POLL_S = 0.5
 GPU_POLL_S = 2.0
@@ -153,5 +153,5 @@ class MonitorScreen(ShowsWorkerErrors, Screen[None]):
     def action_resume(self) -> None:
         try:
             self.app.resume_run(self.run)  # type: ignore[attr-defined]
-        except QloraError as err:
+        except UserFacingError as err:
             self.notify(err.message, severity="error")

@@ -20,10 +20,11 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Checkbox, Footer, Header, Input, Label, Select, Static
 
-from runner.errors import QloraError
-from runner.home import user_profiles_dir
-from runner.launch import start_run
-from runner.profile import (
+from qlora_tui.core.errors import UserFacingError
+from qlora_tui.core.home import user_profiles_dir
+from qlora_tui.runner.errors import QloraError
+from qlora_tui.runner.launch import start_run
+from qlora_tui.runner.profile import (
     SECTIONS,
     Profile,
     check_profile_name,
@@ -32,9 +33,9 @@ from runner.profile import (
     profile_from_dict,
     save_profile,
 )
-from runner.shipped import list_profiles
-from tui.screens.dialogs import AskText
-from tui.screens.failures import ShowsWorkerErrors
+from qlora_tui.runner.shipped import list_profiles
+from qlora_tui.tui.screens.dialogs import AskText
+from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 
 TOP_FIELDS = ("name", "description")
 
@@ -136,7 +137,7 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
         self._loaded_from = str(event.value)
         try:
             profile = load_profile(Path(str(event.value)))
-        except QloraError as err:
+        except UserFacingError as err:
             self.notify(err.message, severity="error", timeout=10)
             return
         await self.load(profile)
@@ -203,7 +204,7 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
             else:
                 checked = parse_field_text(section, key, value) if isinstance(value, str) else value
                 setattr(getattr(self.profile, section), key, checked)
-        except QloraError as err:
+        except UserFacingError as err:
             self._set_error(section, key, err.message)
             self.update_plan()  # the status line must stop saying "valid"
             return
@@ -262,7 +263,7 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
         status = self.query_one("#form-status", Static)
         try:
             profile = self.current_profile()
-        except QloraError as err:
+        except UserFacingError as err:
             status.update(f"[red]{err.message}[/red]")
             return
         status.update("[green]profile is valid[/green]")
@@ -270,12 +271,12 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
 
     @work(thread=True, exclusive=True, group="estimate", exit_on_error=False)
     def estimate(self, profile: Profile, card_gb: float | None) -> None:
-        from runner.estimate import estimate_profile
+        from qlora_tui.runner.estimate import estimate_profile
 
         try:
             plan = estimate_profile(profile, self.app.home, gpu_gb=card_gb)  # type: ignore[attr-defined]
             self.post_message(self.PlanReady(compact_plan(plan), plan.fits))
-        except QloraError as err:
+        except UserFacingError as err:
             self.post_message(self.PlanReady(f"no memory plan: {err.message}", None))
 
     def on_new_run_screen_plan_ready(self, message: PlanReady) -> None:
@@ -300,7 +301,7 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
     def action_save(self) -> None:
         try:
             profile = self.current_profile()
-        except QloraError as err:
+        except UserFacingError as err:
             self.notify(err.message, severity="error", timeout=10)
             return
 
@@ -319,7 +320,7 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
         try:
             profile = self.current_profile()
             run, _proc = start_run(self.app.home, profile, detach=True)  # type: ignore[attr-defined]
-        except QloraError as err:
+        except UserFacingError as err:
             self.notify(err.message, severity="error", timeout=10)
             return
         self.notify(f"launched {run.run_id} in the background")

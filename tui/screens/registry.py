@@ -20,13 +20,13 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar, Static, Tree
 from textual.worker import Worker
 
-from registry.errors import RegistryError
-from registry.records import AdapterVersion
-from registry.store import open_store
-from tui.format import number, size, timestamp
-from tui.jobs import run_worker
-from tui.screens.dialogs import AskMerge, AskPush, Confirm, MergeOptions, PushOptions
-from tui.screens.failures import ShowsWorkerErrors
+from qlora_tui.registry.errors import RegistryError
+from qlora_tui.registry.records import AdapterVersion
+from qlora_tui.registry.store import open_store
+from qlora_tui.tui.format import number, size, timestamp
+from qlora_tui.tui.jobs import run_worker
+from qlora_tui.tui.screens.dialogs import AskMerge, AskPush, Confirm, MergeOptions, PushOptions
+from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 
 
 def details_text(version: AdapterVersion, lineage: list[str]) -> Text:
@@ -260,7 +260,7 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
 
     @work(thread=True, exclusive=True, group="registry-job", exit_on_error=False)
     def push(self, ref: str, options: PushOptions) -> None:
-        from registry.push import push_version
+        from qlora_tui.registry.push import push_version
 
         self.post_message(self.JobProgress(f"pushing {ref} to {options.repo}...", None))
         try:
@@ -301,7 +301,7 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
 
     @work(thread=True, exclusive=True, group="registry-job", exit_on_error=False)
     def verify(self, ref: str) -> None:
-        from registry.integrity import verify
+        from qlora_tui.registry.integrity import verify
 
         try:
             (report,) = verify(self.store, ref)

@@ -12,11 +12,11 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from runner.errors import QloraError
-from runner.rundir import RunDir
-from tui.format import duration, number
-from tui.screens.failures import ShowsWorkerErrors
-from tui.watch import RunRow, RunsIndex
+from qlora_tui.core.errors import UserFacingError
+from qlora_tui.runner.rundir import RunDir
+from qlora_tui.tui.format import duration, number
+from qlora_tui.tui.screens.failures import ShowsWorkerErrors
+from qlora_tui.tui.watch import RunRow, RunsIndex
 
 # The id column shows the id's last part: unique enough to read, and the CLI takes it (`qlora-tui stop e5f6`);
 # the monitor shows the whole id. With the short start time the table fits 80 columns.
@@ -178,5 +178,5 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
         if row is not None:
             try:
                 self.app.resume_run(row.run)  # type: ignore[attr-defined]
-            except QloraError as err:
+            except UserFacingError as err:
                 self.notify(err.message, severity="error")

@@ -6,8 +6,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from runner.events import RunState
-from tui.format import duration, number
+from qlora_tui.runner.events import RunState
+from qlora_tui.tui.format import duration, number
 
 
 def card_values(state: RunState) -> list[tuple[str, str]]:

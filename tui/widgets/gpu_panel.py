@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from tui.gpu import GpuReading
+from qlora_tui.core.device import GpuReading
 
 
 def gpu_text(readings: list[GpuReading], available: bool) -> Text:

@@ -14,7 +14,8 @@ import shutil
 import uuid
 from pathlib import Path
 
-from runner.home import models_dir
+from qlora_tui.core.errors import ModelError
+from qlora_tui.core.home import models_dir
 
 BUILTIN_PREFIX = "builtin:"
 TINY_NAME = "tiny-llama"
@@ -51,8 +52,6 @@ def builtin_names() -> list[str]:
 
 
 def builtin_model_dir(home: Path, model_id: str) -> Path:
-    from runner.errors import ModelError
-
     name = model_id[len(BUILTIN_PREFIX):]
     if name != TINY_NAME:
         raise ModelError(f"model.id: unknown built-in model {model_id!r}; "

@@ -1,0 +1,155 @@
+"""The device probe: GPUs as NVML sees them (what people watch with nvidia-smi; no torch), and what torch
+itself runs on (imported only by the processes that train, merge or generate)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any
+
+GB = 1e9
+
+
+@dataclass
+class GpuReading:
+    index: int
+    name: str
+    utilization_pct: float
+    memory_used_gb: float
+    memory_total_gb: float
+    temperature_c: float
+    power_w: float | None
+    power_limit_w: float | None
+
+
+def _open_nvml() -> Any:
+    """pynvml, initialised; None without the library, a driver or a device (all mean "no GPU here")."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:
+        return None
+
+
+def _name(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Gpus:
+    """Opens NVML on first use (a monitor on screen), once; read() is cheap enough to call every couple of seconds.
+
+    Opening NVML takes tens of ms without a GPU and can take more with one, so
+    the app does not pay for it before its first paint.
+    """
+
+    def __init__(self) -> None:
+        self._nvml: Any = None
+        self._opened = False
+        self.error = ""
+
+    def _open(self) -> Any:
+        if not self._opened:
+            self._opened = True
+            self._nvml = _open_nvml()
+            if self._nvml is None:
+                self.error = "NVML is not available"
+        return self._nvml
+
+    @property
+    def available(self) -> bool:
+        return self._open() is not None and self.count() > 0
+
+    def count(self) -> int:
+        try:
+            return int(self._nvml.nvmlDeviceGetCount()) if self._open() else 0
+        except Exception:
+            return 0
+
+    def read(self) -> list[GpuReading]:
+        """Every GPU of the box (not only the visible ones: a distributed run may use all of them)."""
+        if not self._open():
+            return []
+        nv, out = self._nvml, []
+        for i in range(self.count()):
+            try:
+                handle = nv.nvmlDeviceGetHandleByIndex(i)
+                name = nv.nvmlDeviceGetName(handle)
+                memory = nv.nvmlDeviceGetMemoryInfo(handle)
+                util = nv.nvmlDeviceGetUtilizationRates(handle)
+                temp = nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU)
+                try:
+                    power = nv.nvmlDeviceGetPowerUsage(handle) / 1000
+                    limit = nv.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000
+                except Exception:
+                    power = limit = None
+            except Exception as err:
+                self.error = str(err)
+                continue
+            out.append(GpuReading(i, _name(name), float(util.gpu), memory.used / GB, memory.total / GB, float(temp),
+                                  power, limit))
+        return out
+
+
+def visible_gpu_indices() -> list[int] | None:
+    """NVML indices named by CUDA_VISIBLE_DEVICES; None when it is unset (all), [] when it hides every GPU."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return None
+    out = []
+    for part in visible.split(","):
+        part = part.strip()
+        if not part.isdigit():
+            break  # "", "-1" or a UUID: no GPU for us from here on, or one we can't map cheaply
+        out.append(int(part))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def detect_gpu() -> tuple[str, float] | None:
+    """(name, total GB) of the GPU a run would use (first of CUDA_VISIBLE_DEVICES), or None without one."""
+    visible = visible_gpu_indices()
+    if visible == []:
+        return None
+    nv = _open_nvml()
+    if nv is None:
+        return None
+    try:
+        handle = nv.nvmlDeviceGetHandleByIndex(visible[0] if visible else 0)
+        name, total = nv.nvmlDeviceGetName(handle), nv.nvmlDeviceGetMemoryInfo(handle).total
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            nv.nvmlShutdown()
+    return _name(name), total / GB
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def describe_torch_device() -> str:
+    """What this process trains on, as the start event and the registry record it."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return f"cuda: {props.name} ({props.total_memory / 1024**3:.0f} GiB)"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def torch_gpu_memory() -> dict[str, float]:
+    """This process's allocated and peak GPU memory in GiB (empty on the CPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    gib = 1024 ** 3
+    return {"gpu_mem_gb": round(torch.cuda.memory_allocated() / gib, 3),
+            "gpu_mem_peak_gb": round(torch.cuda.max_memory_allocated() / gib, 3)}
