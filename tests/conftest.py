@@ -23,6 +23,20 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_PROFILE = ROOT / "profiles" / "demo.toml"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked cuda run only where torch sees a CUDA device; elsewhere they are skipped, saying why."""
+    if not any(item.get_closest_marker("cuda") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; torch sees none on this machine")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
 def quick_profile(name: str = "quick", max_steps: int = 30, **train: object) -> Profile:
     """The demo profile cut short, for tests that need a real but brief run."""
     profile = load_profile(DEMO_PROFILE)
