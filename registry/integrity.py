@@ -7,7 +7,8 @@ from pathlib import Path
 
 from qlora_tui.core.hashing import sha256_file
 from qlora_tui.registry.records import AdapterVersion
-from qlora_tui.registry.staging import remove_tree, sweep_dead_areas
+from qlora_tui.registry.sidecars import record_files, version_dirs
+from qlora_tui.registry.staging import sweep_dead_areas
 from qlora_tui.registry.store import Store
 
 
@@ -67,45 +68,29 @@ def verify(store: Store, ref: str | None = None) -> list[VerifyReport]:
 
 @dataclass
 class GcReport:
-    """What `gc` removed, and how many bytes that freed."""
+    """What `gc` removed and freed, and what it found unindexed but complete-looking and left alone."""
 
     removed: list[Path] = field(default_factory=list)
     freed_bytes: int = 0
-
-
-def _size(path: Path) -> int:
-    if path.is_symlink() or path.is_file():
-        return path.lstat().st_size
-    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    unindexed: list[Path] = field(default_factory=list)
 
 
 def gc(store: Store) -> GcReport:
-    """Remove what interrupted adds, imports, merges and deletes left: dead work areas and unindexed version dirs.
+    """Remove what interrupted adds, imports, merges and deletes left, and only that.
 
-    Work in progress is safe: live work areas are locked by their process, and
-    the directory scan runs inside a write transaction, which adds also hold
-    while they rename a version into place.
+    Only a dead work area (its process gone, its lock free) proves that a path
+    is a leftover: its marker names the paths it was creating or removing, and
+    those are removed unless the index holds them. A version directory or
+    record that the index lacks but no dead work area claims looks complete: it
+    is reported, never removed (`qlora-tui registry rebuild` adds it back).
     """
     report = GcReport()
-    sizes: dict[Path, int] = {}
-    if store.tmp_root.is_dir():
-        sizes = {p: _size(p) for p in store.tmp_root.iterdir()}
-    registered = {v.path.resolve() for v in store.list_versions() if not store.is_stored(v)}
-    for path in sweep_dead_areas(store.tmp_root, keep=lambda p: p.resolve() in registered):
+    versions = store.list_versions()  # refuses a damaged index before anything is touched
+    indexed = {v.path.resolve() for v in versions} | {store.record_path(v).resolve() for v in versions}
+    for path, size in sweep_dead_areas(store.tmp_root, keep=lambda p: p.resolve() in indexed):
         report.removed.append(path)
-        report.freed_bytes += sizes.get(path, 0)
-    if not store.adapters_root.is_dir():
-        return report
-    with store.write_transaction() as conn:
-        indexed = {(r["name"], str(r["number"])) for r in conn.execute("SELECT name, number FROM versions")}
-        for name_dir in sorted(store.adapters_root.iterdir()):
-            if not name_dir.is_dir() or name_dir.is_symlink():
-                continue
-            for version_dir in sorted(name_dir.iterdir()):
-                if (name_dir.name, version_dir.name) not in indexed:
-                    report.freed_bytes += _size(version_dir)
-                    remove_tree(version_dir)
-                    report.removed.append(version_dir)
-            if not any(name_dir.iterdir()):
-                name_dir.rmdir()
+        report.freed_bytes += size
+    known = {(v.name, v.number) for v in versions}
+    on_disk = [(n, k, p) for n, k, p in version_dirs(store.adapters_root) + record_files(store.adapters_root)]
+    report.unindexed = sorted({p for n, k, p in on_disk if (n, k) not in known})
     return report

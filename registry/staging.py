@@ -121,10 +121,16 @@ def _area_is_dead(lock_path: Path) -> bool:
     return True
 
 
-def sweep_dead_areas(tmp_root: Path, keep: Callable[[Path], bool] = lambda path: False) -> list[Path]:
-    """Remove the work areas of processes that died, and their outside directories unless `keep` says a
-    directory is in use (registered); returns what was removed."""
-    removed: list[Path] = []
+def tree_size(path: Path) -> int:
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def sweep_dead_areas(tmp_root: Path, keep: Callable[[Path], bool] = lambda path: False) -> list[tuple[Path, int]]:
+    """Remove the work areas of processes that died, and the paths they named unless `keep` says a path is
+    in use (registered); returns what was removed, with its size in bytes."""
+    removed: list[tuple[Path, int]] = []
     if not tmp_root.is_dir():
         return removed
     locked_ids = set()
@@ -140,8 +146,9 @@ def sweep_dead_areas(tmp_root: Path, keep: Callable[[Path], bool] = lambda path:
                 targets += [Path(p) for p in json.loads(marker.read_text()).get("outside", [])]
         for target in targets:
             if (target.exists() or target.is_symlink()) and not keep(target):
+                size = tree_size(target)
                 remove_tree(target)
-                removed.append(target)
+                removed.append((target, size))
         marker.unlink(missing_ok=True)
         lock_path.unlink(missing_ok=True)
     now = time.time()
@@ -154,6 +161,7 @@ def sweep_dead_areas(tmp_root: Path, keep: Callable[[Path], bool] = lambda path:
         except FileNotFoundError:
             continue
         if age > STRAY_AGE_S:
+            size = tree_size(entry)
             remove_tree(entry)
-            removed.append(entry)
+            removed.append((entry, size))
     return removed

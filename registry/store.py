@@ -3,23 +3,30 @@
 An add copies into a temporary directory inside the registry, hashes, renames
 into place and commits the index row in one `BEGIN IMMEDIATE` transaction that
 also allocates the number; until that commit the version is invisible, and
-`gc` sweeps whatever an interrupted add left behind.
+`gc` sweeps whatever an interrupted add left behind. Every change also writes
+the versions' records beside their directories (registry/sidecars.py), so a
+lost index is rebuilt from the files (registry/rebuild.py), never mistaken for
+an empty registry.
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import os
 import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from qlora_tui.core.hashing import hash_tree
+from qlora_tui.core.home import registry_dir
+from qlora_tui.core.testhooks import kill_point
 from qlora_tui.registry.errors import NotFoundError, RegistryError
 from qlora_tui.registry.records import (
     KINDS,
@@ -31,65 +38,54 @@ from qlora_tui.registry.records import (
     check_name,
     parse_ref,
 )
+from qlora_tui.registry.schema import SCHEMA_VERSION, check_readable, migrate
+from qlora_tui.registry.sidecars import (
+    FORMAT,
+    name_path,
+    record_files,
+    record_path,
+    version_dirs,
+    write_json,
+)
 from qlora_tui.registry.staging import make_read_only, remove_tree, work_area
 
 __all__ = [
-    "KINDS", "AdapterVersion", "FileEntry", "NewVersion", "Push", "Store", "check_name",
+    "KINDS", "AdapterVersion", "DamagedRegistryError", "FileEntry", "NewVersion", "Push", "Store", "check_name",
     "open_store", "parse_ref", "remove_tree",
 ]
 
-SCHEMA_VERSION = 1
+REBUILD_HINT = "qlora-tui registry rebuild recreates the index from the stored versions"
+RECORDS_SINCE = 2  # the schema version from which every version has its record beside its directory
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS names (
-    name TEXT PRIMARY KEY,
-    next_number INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS versions (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    created REAL NOT NULL,
-    base_model TEXT NOT NULL,
-    base_revision TEXT NOT NULL DEFAULT '',
-    method TEXT NOT NULL DEFAULT '',
-    profile TEXT NOT NULL DEFAULT '',
-    dataset TEXT NOT NULL DEFAULT '',
-    dataset_fingerprint TEXT NOT NULL DEFAULT '',
-    metrics TEXT NOT NULL DEFAULT '{}',
-    parent_id INTEGER REFERENCES versions(id),
-    library_versions TEXT NOT NULL DEFAULT '{}',
-    size_bytes INTEGER NOT NULL DEFAULT 0,
-    run_id TEXT NOT NULL DEFAULT '',
-    location TEXT NOT NULL,
-    extra TEXT NOT NULL DEFAULT '{}',
-    UNIQUE (name, number)
-);
-CREATE TABLE IF NOT EXISTS files (
-    version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
-    path TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    PRIMARY KEY (version_id, path)
-);
-CREATE TABLE IF NOT EXISTS aliases (
-    name TEXT NOT NULL,
-    alias TEXT NOT NULL,
-    version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
-    PRIMARY KEY (name, alias)
-);
-CREATE TABLE IF NOT EXISTS pushes (
-    id INTEGER PRIMARY KEY,
-    version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
-    repo TEXT NOT NULL,
-    commit_id TEXT NOT NULL DEFAULT '',
-    url TEXT NOT NULL DEFAULT '',
-    merged INTEGER NOT NULL DEFAULT 0,
-    pushed REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS versions_parent ON versions(parent_id);
-"""
+
+class DamagedRegistryError(RegistryError):
+    """The index is missing, empty or unreadable while versions are stored: never to be read as empty."""
+
+    kind = "damaged_registry"
+
+
+def explain_sqlite_error(err: sqlite3.Error, db_path: Path) -> RegistryError:
+    """An SQLite error as the one line a user can act on."""
+    text = str(err)
+    lowered = text.lower()
+    if "locked" in lowered or "busy" in lowered:
+        return RegistryError(f"{db_path}: the registry is busy ({text})",
+                             hint="another qlora-tui is writing to it; try again in a moment")
+    if "disk is full" in lowered or "disk i/o" in lowered:
+        return RegistryError(f"{db_path}: cannot write the registry index ({text}); nothing was changed",
+                             hint="free some space on that disk and try again")
+    if "readonly" in lowered or "read-only" in lowered:
+        return RegistryError(f"{db_path}: the registry is read-only here ({text})",
+                             hint="reads work; changes need write access to the registry folder")
+    return DamagedRegistryError(f"{db_path}: the registry index is unreadable ({text})", hint=REBUILD_HINT)
+
+
+def explain_os_error(err: OSError, what: str) -> RegistryError:
+    """A failed file operation as one line; a full disk is named as such."""
+    if err.errno == errno.ENOSPC:
+        return RegistryError(f"{what}: no space left on the device; nothing was registered",
+                             hint="free some space (qlora-tui gc removes leftovers of interrupted work) and retry")
+    return RegistryError(f"{what}: {err.strerror or err} ({err.filename or ''})".replace(" ()", ""))
 
 
 class Store:
@@ -100,36 +96,98 @@ class Store:
         self.adapters_root = self.root / "adapters"
         self.tmp_root = self.root / ".tmp"
         self.db_path = self.root / "index.sqlite"
-        self._ready = False
+        self._checked = False  # schema version read (and migrated) once per Store
 
     # ------------------------------------------------------------ plumbing
 
-    def _connect(self) -> sqlite3.Connection:
-        self.root.mkdir(parents=True, exist_ok=True)
+    def stored_versions_on_disk(self) -> int:
+        """How many versions the registry's files hold (directories or records), whatever the index says."""
+        keys = {(n, k) for n, k, _ in version_dirs(self.adapters_root)}
+        keys |= {(n, k) for n, k, _ in record_files(self.adapters_root)}
+        return len(keys)
+
+    def check_index_present(self) -> None:
+        """Refuse to treat a missing or empty index as an empty registry when versions are stored."""
+        try:
+            size = self.db_path.stat().st_size
+        except FileNotFoundError:
+            size = None
+        except NotADirectoryError:
+            raise RegistryError(f"{self.root}: not a directory") from None
+        if size:
+            return
+        stored = self.stored_versions_on_disk()
+        if stored:
+            state = "missing" if size is None else "empty (0 bytes)"
+            raise DamagedRegistryError(
+                f"{self.db_path}: the registry index is {state}, but {stored} stored version(s) exist under "
+                f"{self.adapters_root}; nothing was changed", hint=REBUILD_HINT)
+
+    def _open_writable(self) -> sqlite3.Connection:
+        self.check_index_present()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise explain_os_error(err, f"registry {self.root}") from None
         conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA foreign_keys = ON")
-        if not self._ready:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.executescript(SCHEMA)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self._ready = True
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if not self._checked:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                if 0 < migrate(conn, str(self.db_path)) < RECORDS_SINCE:
+                    self._backfill_records(conn)
+                self._checked = True
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        """Reads never write (no PRAGMA writes, no schema): they never wait behind a writer, and they work on a
+        registry this user may only read."""
+        if not self.db_path.exists():
+            return self._open_writable()  # first use: make the index (or say why not)
+        self.check_index_present()
+        conn = sqlite3.connect(f"file:{quote(str(self.db_path))}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            if not self._checked:
+                if check_readable(conn, str(self.db_path)) < SCHEMA_VERSION:
+                    conn.close()
+                    # Migrate once; a read-only registry keeps its older schema, and reads still work on it.
+                    with suppress(sqlite3.OperationalError):
+                        self._open_writable().close()
+                    conn = sqlite3.connect(f"file:{quote(str(self.db_path))}?mode=ro", uri=True, timeout=30,
+                                           isolation_level=None)
+                    conn.row_factory = sqlite3.Row
+                self._checked = True
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     @contextmanager
-    def connection(self) -> Iterator[sqlite3.Connection]:
-        """A connection for reads (WAL lets them run beside a writer), closed at the end of the block."""
-        conn = self._connect()
+    def connection(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection (read-only unless `write`), closed at the end of the block; SQLite errors come out as
+        RegistryErrors a user can read."""
+        try:
+            conn = self._open_writable() if write else self._open_readonly()
+        except sqlite3.Error as err:
+            raise explain_sqlite_error(err, self.db_path) from None
         try:
             yield conn
+        except sqlite3.Error as err:
+            raise explain_sqlite_error(err, self.db_path) from None
         finally:
             conn.close()
 
     @contextmanager
     def write_transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception: one writer at a time, all or nothing."""
-        with self.connection() as conn:
+        with self.connection(write=True) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -142,15 +200,60 @@ class Store:
         path = Path(location)
         return path if path.is_absolute() else self.root / path
 
+    def record_path(self, version: AdapterVersion) -> Path:
+        return record_path(self.adapters_root, version.name, version.number)
+
+    # ------------------------------------------------------------ records beside the directories
+
+    def _write_records(self, conn: sqlite3.Connection, version_ids: list[int], names: list[str]) -> None:
+        """Write the records of these versions and names as the open transaction has them."""
+        for version_id in version_ids:
+            version = self._load(conn, "v.id = ?", (version_id,))
+            record = version.to_json() | {"format": FORMAT, "location": self._location_of(conn, version_id)}
+            for key in ("path", "aliases", "ref"):
+                record.pop(key, None)
+            write_json(record_path(self.adapters_root, version.name, version.number), record)
+        for name in names:
+            row = conn.execute("SELECT next_number FROM names WHERE name = ?", (name,)).fetchone()
+            aliases = {r["alias"]: r["number"] for r in conn.execute(
+                "SELECT a.alias, v.number FROM aliases a JOIN versions v ON v.id = a.version_id WHERE a.name = ? "
+                "ORDER BY a.alias", (name,))}
+            write_json(name_path(self.adapters_root, name),
+                       {"format": FORMAT, "name": name, "next_number": row["next_number"] if row else 1,
+                        "aliases": aliases})
+
+    def _backfill_records(self, conn: sqlite3.Connection) -> None:
+        """Write the records an index from before records existed lacks, so it too can be rebuilt."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [int(r["id"]) for r in conn.execute("SELECT id FROM versions")]
+            names = [str(r["name"]) for r in conn.execute("SELECT name FROM names")]
+            self._write_records(conn, ids, names)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _location_of(conn: sqlite3.Connection, version_id: int) -> str:
+        return str(conn.execute("SELECT location FROM versions WHERE id = ?", (version_id,)).fetchone()["location"])
+
+    def _next_free_number(self, conn: sqlite3.Connection, name: str) -> int:
+        """The name's next number, past any directory or record already on disk (never overwrite one)."""
+        row = conn.execute("SELECT next_number FROM names WHERE name = ?", (name,)).fetchone()
+        number = row["next_number"] if row else 1
+        while (self.adapters_root / name / str(number)).exists() or \
+                record_path(self.adapters_root, name, number).exists():
+            number += 1
+        return number
+
     # ------------------------------------------------------------ writes
 
-    def add(self, name: str, source: Path, meta: NewVersion, *, copy: bool = True,
-            fault: str = "") -> AdapterVersion:
+    def add(self, name: str, source: Path, meta: NewVersion, *, copy: bool = True) -> AdapterVersion:
         """Register the directory `source` as the next version of `name`.
 
         With copy=False the files stay where they are (a merged model can be
         hundreds of GB) and only their hashes enter the index.
-        `fault` exists for tests that prove an interrupted add leaves nothing.
         """
         check_name(name)
         if meta.kind not in KINDS:
@@ -159,39 +262,34 @@ class Store:
         if not source.is_dir():
             raise RegistryError(f"{source}: not a directory")
         parent_id = self.get(meta.parent).id if meta.parent else None
-        with work_area(self.tmp_root, "add") as area:
-            staging = area.path
-            try:
-                if copy:
-                    shutil.copytree(source, staging, symlinks=True)
-                    files = hash_tree(staging)
-                else:
-                    files = hash_tree(source)
-            except ValueError as err:
-                raise RegistryError(str(err)) from None
-            if fault == "after-copy":
-                raise RegistryError("fault injected after copy")
-            final: Path | None = None
-            try:
+        try:
+            with work_area(self.tmp_root, "add") as area:
+                staging = area.path
+                try:
+                    if copy:
+                        shutil.copytree(source, staging, symlinks=True)
+                        files = hash_tree(staging)
+                    else:
+                        files = hash_tree(source)
+                except ValueError as err:
+                    raise RegistryError(str(err)) from None
+                kill_point("registry.add.after-copy")
                 with self.write_transaction() as conn:
-                    row = conn.execute("SELECT next_number FROM names WHERE name = ?", (name,)).fetchone()
-                    number = row["next_number"] if row else 1
+                    number = self._next_free_number(conn, name)
                     conn.execute(
                         "INSERT INTO names(name, next_number) VALUES (?, ?) "
                         "ON CONFLICT(name) DO UPDATE SET next_number = excluded.next_number",
                         (name, number + 1),
                     )
+                    final = self.adapters_root / name / str(number)
+                    area.track(final)  # until the commit, a crash leaves it to gc
+                    area.track(record_path(self.adapters_root, name, number))
                     if copy:
-                        final = self.adapters_root / name / str(number)
                         final.parent.mkdir(parents=True, exist_ok=True)
-                        if final.exists():  # leftover of an add that died after its rename
-                            remove_tree(final)
                         os.rename(staging, final)
                         location = final.relative_to(self.root).as_posix()
                     else:
                         location = str(source.resolve())
-                    if fault == "before-commit":
-                        raise RegistryError("fault injected before commit")
                     cur = conn.execute(
                         "INSERT INTO versions(name, number, kind, created, base_model, base_revision, method,"
                         " profile, dataset, dataset_fingerprint, metrics, parent_id, library_versions, size_bytes,"
@@ -205,11 +303,13 @@ class Store:
                         "INSERT INTO files(version_id, path, size, sha256) VALUES (?,?,?,?)",
                         [(cur.lastrowid, p, s, h) for p, s, h in files],
                     )
-            except BaseException:
-                if final is not None and final.exists():
-                    remove_tree(final)
-                raise
-        if final is not None:
+                    self._write_records(conn, [int(cur.lastrowid or 0)], [name])
+                    kill_point("registry.add.before-commit")
+                area.untrack(final)
+                area.untrack(record_path(self.adapters_root, name, number))
+        except OSError as err:
+            raise explain_os_error(err, f"adding {name} to the registry") from None
+        if copy:
             make_read_only(final)
         return self.get(f"{name}@{number}")
 
@@ -221,6 +321,7 @@ class Store:
             conn.execute("INSERT INTO aliases(name, alias, version_id) VALUES (?, ?, ?) "
                          "ON CONFLICT(name, alias) DO UPDATE SET version_id = excluded.version_id",
                          (version.name, alias, version.id))
+            self._write_records(conn, [], [version.name])
         return self.get(version.ref)
 
     def remove_alias(self, name: str, alias: str) -> AdapterVersion:
@@ -228,6 +329,7 @@ class Store:
         version = self.get(f"{check_name(name)}@{check_alias(alias)}")
         with self.write_transaction() as conn:
             conn.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", (name, alias))
+            self._write_records(conn, [], [name])
         return self.get(version.ref)
 
     def record_push(self, ref: str, *, repo: str, commit_id: str, url: str, merged: bool) -> AdapterVersion:
@@ -236,6 +338,7 @@ class Store:
         with self.write_transaction() as conn:
             conn.execute("INSERT INTO pushes(version_id, repo, commit_id, url, merged, pushed) VALUES (?,?,?,?,?,?)",
                          (version.id, repo, commit_id, url, int(merged), time.time()))
+            self._write_records(conn, [version.id], [])
         return self.get(version.ref)
 
     def delete(self, ref: str, *, force: bool = False) -> tuple[AdapterVersion, list[str]]:
@@ -254,16 +357,20 @@ class Store:
             raise RegistryError(
                 f"{version.ref}: {', '.join(c.ref for c in children)} derive from it; deleting it would cut "
                 "their lineage", hint=f"delete those first, or pass --force to delete {version.ref} anyway")
-        with self.write_transaction() as conn:
-            for child in children:
-                row = conn.execute("SELECT extra FROM versions WHERE id = ?", (child.id,)).fetchone()
-                extra = {**json.loads(row["extra"]), "parent_deleted": version.ref}
-                conn.execute("UPDATE versions SET parent_id = NULL, extra = ? WHERE id = ?",
-                             (json.dumps(extra), child.id))
-            conn.execute("DELETE FROM versions WHERE id = ?", (version.id,))
-        # Index first, files second: a crash in between leaves an unindexed directory, which gc removes.
-        if self.is_stored(version):
-            remove_tree(version.path)
+        # The work area names what goes; a crash after the commit leaves it to gc, and its end removes it.
+        with work_area(self.tmp_root, "delete") as area:
+            if self.is_stored(version):
+                area.track(version.path)
+            area.track(self.record_path(version))
+            with self.write_transaction() as conn:
+                for child in children:
+                    row = conn.execute("SELECT extra FROM versions WHERE id = ?", (child.id,)).fetchone()
+                    extra = {**json.loads(row["extra"]), "parent_deleted": version.ref}
+                    conn.execute("UPDATE versions SET parent_id = NULL, extra = ? WHERE id = ?",
+                                 (json.dumps(extra), child.id))
+                conn.execute("DELETE FROM versions WHERE id = ?", (version.id,))
+                self._write_records(conn, [c.id for c in children], [version.name])
+            kill_point("registry.delete.after-commit")
         return version, [c.ref for c in children]
 
     def is_stored(self, version: AdapterVersion) -> bool:
@@ -301,22 +408,39 @@ class Store:
         """Resolve NAME, NAME@N or NAME@ALIAS; unknown ones get the close matches named."""
         name, selector = parse_ref(ref)
         with self.connection() as conn:
-            base = "SELECT v.*, p.name AS parent_name, p.number AS parent_number FROM versions v " \
-                   "LEFT JOIN versions p ON p.id = v.parent_id WHERE v.name = ?"
             if selector is None:
-                row = conn.execute(base + " ORDER BY v.number DESC LIMIT 1", (name,)).fetchone()
+                where, args = "v.name = ? ORDER BY v.number DESC LIMIT 1", (name,)
             elif selector.isdigit():
-                row = conn.execute(base + " AND v.number = ?", (name, int(selector))).fetchone()
+                where, args = "v.name = ? AND v.number = ?", (name, int(selector))
             else:
-                row = conn.execute(base + " AND v.id = (SELECT version_id FROM aliases WHERE name = ? AND alias = ?)",
-                                   (name, name, selector)).fetchone()
-            if row is None:
-                raise self._not_found(conn, ref, name, selector)
-            aliases = [r["alias"] for r in conn.execute(
-                "SELECT alias FROM aliases WHERE version_id = ? ORDER BY alias", (row["id"],))]
-            version = self._from_row(row, aliases)
-            self._load_details(conn, version)
-            return version
+                where = "v.name = ? AND v.id = (SELECT version_id FROM aliases WHERE name = ? AND alias = ?)"
+                args = (name, name, selector)
+            try:
+                return self._load(conn, where, args)
+            except LookupError:
+                raise self._not_found(conn, ref, name, selector) from None
+
+    def find_by_run(self, run_id: str) -> AdapterVersion | None:
+        """The version a training run registered (a run registers once), or None."""
+        if not run_id:
+            return None
+        with self.connection() as conn:
+            try:
+                return self._load(conn, "v.run_id = ? AND v.kind != 'merged' ORDER BY v.id LIMIT 1", (run_id,))
+            except LookupError:
+                return None
+
+    def _load(self, conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> AdapterVersion:
+        """One version with aliases, files and pushes, as `conn` sees it (inside a transaction, too)."""
+        row = conn.execute("SELECT v.*, p.name AS parent_name, p.number AS parent_number FROM versions v "
+                           "LEFT JOIN versions p ON p.id = v.parent_id WHERE " + where, args).fetchone()
+        if row is None:
+            raise LookupError(where)
+        aliases = [r["alias"] for r in conn.execute(
+            "SELECT alias FROM aliases WHERE version_id = ? ORDER BY alias", (row["id"],))]
+        version = self._from_row(row, aliases)
+        self._load_details(conn, version)
+        return version
 
     def children(self, ref: str) -> list[AdapterVersion]:
         """The versions whose parent is this one (a DPO run on top of it, its merged models), without file lists."""
@@ -372,4 +496,5 @@ class Store:
 
 def open_store(home: Path) -> Store:
     """The store of a data home: <home>/registry."""
-    return Store(Path(home) / "registry")
+    return Store(registry_dir(Path(home)))
+

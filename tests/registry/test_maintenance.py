@@ -127,11 +127,12 @@ def test_delete_refuses_parents_unless_forced(filled: Path, capsys: pytest.Captu
     assert store.add("demo", adapter_dir(filled.parent, "d"), NewVersion(base_model="m")).ref == "demo@3"
 
 
-def test_gc_removes_leftovers_but_not_work_in_progress(filled: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_gc_removes_dead_work_only_and_keeps_what_looks_complete(filled: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     store = open_store(filled)
-    orphan = store.adapters_root / "demo" / "9"  # an add that died after its rename, before its commit
-    orphan.mkdir()
-    (orphan / "adapter_model.safetensors").write_bytes(b"x" * 100)
+    unclaimed = store.adapters_root / "demo" / "9"  # no dead work area names it: it may be someone's version
+    unclaimed.mkdir()
+    (unclaimed / "adapter_model.safetensors").write_bytes(b"x" * 100)
     outside = filled.parent / ".merged.partial"  # a merge that died while writing next to its output
     code = (
         "import os, sys; from pathlib import Path; from qlora_tui.registry.staging import work_area\n"
@@ -145,9 +146,10 @@ def test_gc_removes_leftovers_but_not_work_in_progress(filled: Path, capsys: pyt
         live.path.mkdir()
         result = cli(capsys, filled, "gc")
         assert live.path.exists()
-    assert result.code == 0 and f"removed {orphan}" in result.out and f"removed {outside}" in result.out
-    assert "gc: 3 leftovers removed" in result.out
-    assert not orphan.exists() and not outside.exists() and list(store.tmp_root.iterdir()) == []
+    assert result.code == 0 and f"removed {outside}" in result.out and "gc: 2 leftovers removed" in result.out
+    assert f"removed {unclaimed}" not in result.out and unclaimed.exists()
+    assert "kept 1 stored version file(s) the index lacks" in result.out and f"  {unclaimed}\n" in result.out
+    assert not outside.exists() and list(store.tmp_root.iterdir()) == []
     assert [v.ref for v in store.list_versions()] == ["demo@1", "demo@2", "other@1"]
     assert gc(store).removed == []
 

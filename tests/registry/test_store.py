@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from qlora_tui.core.hashing import sha256_file
+from qlora_tui.core.testhooks import KILL_AT_ENV
 from qlora_tui.registry.errors import NotFoundError, RegistryError
+from qlora_tui.registry.integrity import gc
 from qlora_tui.registry.store import NewVersion, Store, open_store, parse_ref
 
 
@@ -72,23 +74,24 @@ def test_refs_and_not_found_messages(tmp_path: Path) -> None:
     assert err.value.hint == "it has demo@1"
 
 
-def test_failed_add_before_commit_leaves_nothing_and_keeps_numbering(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
-    source = adapter_dir(tmp_path)
-    with pytest.raises(RegistryError, match="fault injected before commit"):
-        store.add("demo", source, meta(), fault="before-commit")
-    assert store.list_versions() == []
-    assert not (store.adapters_root / "demo" / "1").exists()
+ADD_IN_CHILD = (
+    "import sys; from pathlib import Path; from qlora_tui.registry.store import NewVersion, open_store\n"
+    "open_store(Path(sys.argv[1])).add('demo', Path(sys.argv[2]), NewVersion(base_model='m'))\n"
+)
+
+
+@pytest.mark.parametrize("point", ["registry.add.after-copy", "registry.add.before-commit"])
+def test_an_add_killed_midway_leaves_no_version_and_gc_clears_it(tmp_path: Path, point: str) -> None:
+    home, source = tmp_path / "home", adapter_dir(tmp_path)
+    child = subprocess.run([sys.executable, "-c", ADD_IN_CHILD, str(home), str(source)],
+                           env={**os.environ, KILL_AT_ENV: point})
+    assert child.returncode == -9  # killed at that point, as kill -9 would
+    store = open_store(home)
+    assert store.list_versions() == [] and store.names() == []
+    removed = gc(store).removed
+    assert removed and not (store.adapters_root / "demo" / "1").exists()
     assert list(store.tmp_root.iterdir()) == []
     assert store.add("demo", source, meta()).ref == "demo@1"
-
-
-def test_interrupted_copy_is_invisible(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
-    with pytest.raises(RegistryError, match="fault injected after copy"):
-        store.add("demo", adapter_dir(tmp_path), meta(), fault="after-copy")
-    assert store.list_versions() == [] and store.names() == []
-    assert not (store.adapters_root / "demo").exists()
 
 
 def test_unknown_parent_and_bad_name_are_refused(tmp_path: Path) -> None:

@@ -108,6 +108,28 @@ def cmd_gc(args: argparse.Namespace, home: Path) -> int:
     for path in report.removed:
         print(f"removed {path}")
     print(f"gc: {len(report.removed)} leftovers removed, {size(report.freed_bytes)} freed")
+    if report.unindexed:
+        print(f"kept {len(report.unindexed)} stored version file(s) the index lacks (they look complete):")
+        for path in report.unindexed:
+            print(f"  {path}")
+        print("  qlora-tui registry rebuild adds them back to the index")
+    return 0
+
+
+def cmd_registry_rebuild(args: argparse.Namespace, home: Path) -> int:
+    from qlora_tui.registry.rebuild import rebuild_index
+
+    report = rebuild_index(_store(home), force=args.force)
+    print(f"rebuilt the index: {len(report.versions)} version(s)" +
+          (f" ({', '.join(report.versions)})" if report.versions else ""))
+    if report.recovered:
+        print(f"  from their directories alone (training metadata lost): {', '.join(report.recovered)}")
+    for line in report.skipped:
+        print(f"  not put back: {line}")
+    if report.missing_files:
+        print(f"  files missing: {', '.join(report.missing_files)} (qlora-tui verify names them)")
+    if report.old_index:
+        print(f"  the previous index was kept as {report.old_index}")
     return 0
 
 
@@ -229,6 +251,12 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("gc", help="remove leftovers of interrupted adds, imports, merges and deletes")
     p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("registry", help="registry maintenance: rebuild the index from the stored versions")
+    registry_sub = p.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
+    r = registry_sub.add_parser("rebuild", help="recreate a lost, emptied or damaged index from the version files")
+    r.add_argument("--force", action="store_true", help="rebuild even a healthy index (stop other qlora-tui work)")
+    r.set_defaults(func=cmd_registry_rebuild)
 
     p = sub.add_parser("import", help="register a PEFT LoRA directory made elsewhere, or versions from an export .tar")
     p.add_argument("source", help="adapter directory (adapter_config.json + adapter_model.safetensors) or FILE.tar")
