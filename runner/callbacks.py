@@ -16,6 +16,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from qlora_tui.core.device import torch_gpu_memory
+from qlora_tui.core.testhooks import kill_point
 from qlora_tui.runner import checkpoints
 from qlora_tui.runner.events import EventWriter
 from qlora_tui.runner.rundir import RunDir
@@ -104,6 +105,7 @@ class EventsCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         final = checkpoints.finalize(self.run.checkpoints_path, state.global_step, self.keep)
         self.writer.write("checkpoint", step=state.global_step, path=str(final))
+        kill_point(f"runner.after-checkpoint.step-{state.global_step}")
 
 
 def _fault_step() -> int | None:

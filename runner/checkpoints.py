@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qlora_tui.core.hashing import hash_tree, sha256_file
+from qlora_tui.core.testhooks import kill_point
 from qlora_tui.runner.errors import CheckpointError
 
 MANIFEST = "manifest.json"
@@ -64,6 +65,7 @@ def finalize(checkpoints: Path, step: int, keep: int) -> Path:
         shutil.rmtree(staged, ignore_errors=True)
         raise CheckpointError(f"step {step}: adapter weights are not finite (NaN or inf); the checkpoint was "
                               "discarded", hint="lower train.lr or check the data for broken rows")
+    kill_point("runner.checkpoint.before-manifest")
     files = [{"path": p, "size": s, "sha256": h} for p, s, h in hash_tree(staged)]
     manifest = {"step": step, "created": time.time(), "files": files}
     tmp = staged / f".{MANIFEST}.tmp"

@@ -29,7 +29,9 @@ def runner_command(run: RunDir, resume: bool, lock_fd: int | None) -> list[str]:
 
 def spawn(run: RunDir, *, resume: bool = False, detach: bool = True, env: dict[str, str] | None = None,
           lock_fd: int | None = None) -> subprocess.Popen[bytes]:
-    """Start `python -m qlora_tui.runner RUN_DIR`; detached runs get their own session so closing SSH doesn't end them.
+    """Start `python -m qlora_tui.runner RUN_DIR` in its own session, so neither closing SSH nor the terminal's
+    Ctrl-C reaches it directly: a foreground run is followed (tui/follow.py forwards Ctrl-C as a graceful stop)
+    and survives a hang-up like a detached one. `detach` is kept for callers that say which they mean.
 
     `lock_fd` is the run's lock when the caller already holds it; it is handed over and closed here.
     """
@@ -46,7 +48,7 @@ def spawn(run: RunDir, *, resume: bool = False, detach: bool = True, env: dict[s
             stdout=log,
             stderr=subprocess.STDOUT,
             pass_fds=(fd,),
-            start_new_session=detach,
+            start_new_session=True,
             env=child_env,
             cwd=str(run.path),
         )

@@ -17,6 +17,7 @@ from typing import Any
 
 from qlora_tui.core.device import describe_torch_device
 from qlora_tui.core.models import BaseModel, revision_changed
+from qlora_tui.core.testhooks import kill_point
 from qlora_tui.core.versions import library_versions
 from qlora_tui.runner import checkpoints
 from qlora_tui.runner.data import data_fingerprint, read_rows, to_sft_examples
@@ -57,6 +58,8 @@ class Prepared:
 def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
                  stop_signalled: Callable[[], bool]) -> None:
     profile = load_profile(run.profile_path)
+    if resume and finish_if_registered(run, home, writer):
+        return
     writer.write("log", level="info", message=f"preparing {profile.name}: checking the model and reading the data")
     prepared = prepare(profile, home, writer)
 
@@ -93,7 +96,13 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the events already hold them
     baseline = alignment_baseline(run, prepared, trainer, writer, resumed=resume_from is not None)
     started = time.monotonic()
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if resume_from is not None and checkpoint_is_final(resume_from):
+        # Training already reached its last step: train no step past it, just save and register.
+        writer.write("log", level="info", message=f"{resume_from.name} is the run's last step: saving and "
+                                                  "registering without training further")
+        load_final_checkpoint(trainer, resume_from)
+    else:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     if callback.nonfinite is not None:
         step, value = callback.nonfinite
@@ -114,8 +123,43 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
         metrics.update(alignment_after(prepared, trainer, baseline, writer))
     adapter = save_adapter(trainer, prepared.tokenizer, run)
     ref = register(home, run, prepared, adapter, metrics)
+    kill_point("runner.after-register")
     writer.write("done", step=trainer.state.global_step, adapter_path=str(ref.path), registry_ref=ref.ref,
                  summary=metrics)
+
+
+def finish_if_registered(run: RunDir, home: Path, writer: EventWriter) -> bool:
+    """A run that registered its adapter but died before its `done` event: write that event, train nothing.
+
+    Registration is once per run (the version records the run id), so a resume
+    never trains and registers the same training a second time.
+    """
+    from qlora_tui.registry.store import open_store
+
+    version = open_store(home).find_by_run(run.run_id)
+    if version is None:
+        return False
+    writer.write("log", level="info", message=f"this run already registered {version.ref} before it was "
+                                              "interrupted: nothing is trained again")
+    writer.write("done", step=int(version.metrics.get("steps") or 0), adapter_path=str(version.path),
+                 registry_ref=version.ref, summary=version.metrics)
+    return True
+
+
+def checkpoint_is_final(checkpoint: Path) -> bool:
+    """True when the checkpoint's trainer state is at its last step (the schedule has nothing left)."""
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    return bool(state.max_steps) and state.global_step >= state.max_steps
+
+
+def load_final_checkpoint(trainer: Any, checkpoint: Path) -> None:
+    """The checkpoint's adapter weights and trainer state (its loss history for the metrics), without a step."""
+    from transformers import TrainerState
+
+    trainer._load_from_checkpoint(str(checkpoint))  # noqa: SLF001 - the Trainer's own loader for its checkpoints
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
 
 
 def prepare(profile: Profile, home: Path, writer: EventWriter) -> Prepared:
@@ -321,4 +365,8 @@ def register(home: Path, run: RunDir, prepared: Prepared, adapter: Path, metrics
                "lora": adapter_lora_shape(adapter) or lora_shape(profile), "train_rows": len(prepared.train_data),
                **({"alignment_slice": prepared.measure_slice} if prepared.measure_slice else {})},
     )
-    return open_store(home).add(profile.name, adapter, meta)
+    store = open_store(home)
+    existing = store.find_by_run(run.run_id)
+    if existing is not None:  # registered before a crash: once per run
+        return existing
+    return store.add(profile.name, adapter, meta)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -48,13 +49,35 @@ def quick_profile(name: str = "quick", max_steps: int = 30, **train: object) -> 
     return profile
 
 
-def wait_for_exit(run: RunDir, proc: subprocess.Popen[bytes], timeout: float = 300) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        log = run.log_path.read_text()
-        raise AssertionError(f"run {run.run_id} did not finish in {timeout}s; log:\n{log}") from None
+IDLE_LIMIT_S = 600.0  # a run that writes nothing (no event, no log line) for this long is stuck
+
+
+def progress_mark(run: RunDir) -> tuple[int, int]:
+    """Bytes written so far to the run's event log and runner.log: grows while the run makes progress."""
+    sizes = []
+    for path in (run.events_path, run.log_path):
+        try:
+            sizes.append(path.stat().st_size)
+        except FileNotFoundError:
+            sizes.append(0)
+    return sizes[0], sizes[1]
+
+
+def wait_for_exit(run: RunDir, proc: subprocess.Popen[bytes], idle_limit: float = IDLE_LIMIT_S) -> int:
+    """Wait for the runner to exit for as long as it makes progress; fail only once it has written nothing
+    for `idle_limit` seconds (a loaded machine is slow, a stuck run is silent)."""
+    mark, last_change = progress_mark(run), time.monotonic()
+    while True:
+        try:
+            return proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            now_mark = progress_mark(run)
+            if now_mark != mark:
+                mark, last_change = now_mark, time.monotonic()
+            elif time.monotonic() - last_change > idle_limit:
+                proc.kill()
+                log = run.log_path.read_text() if run.log_path.exists() else ""
+                raise AssertionError(f"run {run.run_id} wrote nothing for {idle_limit:.0f}s; log:\n{log}") from None
 
 
 def run_to_end(home: Path, profile: Profile, env: dict[str, str] | None = None) -> RunDir:

@@ -1,11 +1,14 @@
 """Printing a run's progress in the terminal while `qlora-tui run` waits for it.
 
-Ctrl-C reaches the training process too (same process group), which turns it
-into a graceful stop; we keep reading until it has checkpointed and exited.
+The training process runs in its own session, so a hang-up of this terminal
+ends only this printer and the run goes on (as a detached one would). Ctrl-C
+here is forwarded to it as a graceful stop, a second one kills it; we keep
+reading until it has checkpointed and exited.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -110,6 +113,7 @@ def follow_run(run: RunDir, proc: subprocess.Popen[bytes], resumed: bool = False
                 proc.kill()
                 raise
             interrupted = True
+            proc.send_signal(signal.SIGINT)
             printer._line("stopping: finishing the step and saving a checkpoint (Ctrl-C again to kill)")
     if state.terminal is None:
         tail_lines = "\n".join(run.log_tail(15))
