@@ -25,3 +25,21 @@ class ModelError(UserFacingError):
     """A base model that cannot be found, read or used as asked."""
 
     kind = "model"
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """True when `err` (or what caused it) is a full disk, whichever library raised it: an OSError with ENOSPC,
+    or a wrapper that only kept the message (safetensors' SafetensorError, torch's writer errors)."""
+    import errno
+
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return True
+        text = str(current)
+        if "No space left on device" in text or "os error 28" in text or "disk is full" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False

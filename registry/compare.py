@@ -20,7 +20,7 @@ from qlora_tui.core.models import revision_changed
 from qlora_tui.core.quant import torch_dtype
 from qlora_tui.registry.basemodel import VersionBase, version_base
 from qlora_tui.registry.errors import RegistryError
-from qlora_tui.registry.lora import read_adapter_config
+from qlora_tui.registry.lora import check_adapter_files, read_adapter_config
 from qlora_tui.registry.lorabatch import BASE_ROW, configs_allow_stacking, stacked_rows
 from qlora_tui.registry.quant import bnb_config, training_quant
 from qlora_tui.registry.records import AdapterVersion
@@ -117,6 +117,7 @@ def resolve_versions(store: Store, refs: list[str]) -> list[AdapterVersion]:
         version = store.get(ref)
         if version.kind != "adapter":
             raise RegistryError(f"{version.ref} is a {version.kind} version; compare takes causal-LM adapters")
+        check_adapter_files(version.path, version.ref)  # before 20 s of loading the base, not after
         if version.id not in {v.id for v in versions}:
             versions.append(version)
     return versions

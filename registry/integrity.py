@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlora_tui.core.hashing import sha256_file
+from qlora_tui.registry.lora import pickled_files
 from qlora_tui.registry.records import AdapterVersion
 from qlora_tui.registry.sidecars import record_files, version_dirs
 from qlora_tui.registry.staging import sweep_dead_areas
@@ -17,7 +18,7 @@ class FileProblem:
     """One file that no longer matches what the index recorded."""
 
     path: str
-    problem: str  # "missing", "changed" or "unexpected"
+    problem: str  # "missing", "changed", "unexpected" or "unsafe" (pickled weights)
     detail: str = ""
 
 
@@ -52,6 +53,8 @@ def verify_version(version: AdapterVersion) -> VerifyReport:
         if digest != entry.sha256:
             report.problems.append(FileProblem(entry.path, "changed",
                                                f"sha256 {digest[:12]}..., recorded {entry.sha256[:12]}..."))
+    for unsafe in pickled_files(sorted(recorded)):
+        report.problems.append(FileProblem(unsafe, "unsafe", "pickled weights; qlora-tui takes safetensors only"))
     if version.path.is_dir():
         for path in sorted(version.path.rglob("*")):
             rel = path.relative_to(version.path).as_posix()

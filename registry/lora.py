@@ -50,6 +50,34 @@ class AdapterPlan:
     fallback_reason: str = ""
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+SAFETENSORS_RULE = "the registry takes safetensors only (pickle files can run code when loaded)"
+CONVERT_HINT = "convert it: load it with PEFT and save_pretrained(safe_serialization=True)"
+
+
+def pickled_files(paths: list[str]) -> list[str]:
+    """The pickled weight files among these relative paths (refused on every way into the registry)."""
+    return [p for p in paths if p.lower().endswith(PICKLE_SUFFIXES)]
+
+
+def check_adapter_files(adapter_dir: Path, ref: str) -> None:
+    """Before anything is loaded: the version's directory holds a LoRA config and safetensors weights, and no
+    pickled weights; otherwise say which, naming the version."""
+    if not adapter_dir.is_dir():
+        raise InvalidAdapterError(f"{ref}: its directory {adapter_dir} is missing",
+                                  hint=f"qlora-tui verify {ref}; restore it from an export, or delete the version")
+    present = [p.relative_to(adapter_dir).as_posix() for p in adapter_dir.rglob("*") if p.is_file()]
+    unsafe = pickled_files(present)
+    if unsafe:
+        raise InvalidAdapterError(f"{ref}: holds pickled weights ({', '.join(unsafe)}); {SAFETENSORS_RULE}",
+                                  hint=CONVERT_HINT)
+    for needed in (CONFIG_NAME, WEIGHTS_NAME):
+        if needed not in present:
+            raise InvalidAdapterError(f"{ref}: {needed} is missing from {adapter_dir}",
+                                      hint=f"qlora-tui verify {ref}; restore it from an export, or delete the "
+                                           "version")
+
+
 def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
     """adapter_config.json, checked to be a LoRA config with a usable rank and alpha."""
     path = adapter_dir / CONFIG_NAME
@@ -111,10 +139,8 @@ def plan_adapter(adapter_dir: Path, base: dict[str, TensorInfo], base_name: str)
     weights = adapter_dir / WEIGHTS_NAME
     if not weights.is_file():
         if (adapter_dir / "adapter_model.bin").exists():
-            raise InvalidAdapterError(f"{adapter_dir}: only adapter_model.bin; the registry takes safetensors "
-                                      "(pickle files can run code when loaded)",
-                                      hint="convert it: load it with PEFT and save_pretrained(safe_serialization="
-                                           "True)")
+            raise InvalidAdapterError(f"{adapter_dir}: only adapter_model.bin; {SAFETENSORS_RULE}",
+                                      hint=CONVERT_HINT)
         raise InvalidAdapterError(f"{adapter_dir}: no {WEIGHTS_NAME}")
     tensors = read_header(weights)
     pairs: dict[str, dict[str, TensorInfo]] = {}

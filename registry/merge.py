@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from qlora_tui.core.quant import DTYPE_NAMES, torch_dtype
+from qlora_tui.core.testhooks import kill_point
 from qlora_tui.core.versions import MERGE_LIBRARIES, library_versions
 from qlora_tui.registry.basemodel import version_base
 from qlora_tui.registry.errors import RegistryError
 from qlora_tui.registry.fidelity import Fidelity
-from qlora_tui.registry.lora import AdapterPlan, plan_adapter, read_adapter_config
+from qlora_tui.registry.lora import AdapterPlan, check_adapter_files, plan_adapter, read_adapter_config
 from qlora_tui.registry.quant import TrainingQuant, training_quant
 from qlora_tui.registry.records import AdapterVersion, NewVersion, check_name
 from qlora_tui.registry.staging import remove_tree, work_area
@@ -111,6 +112,7 @@ def merge_version(store: Store, ref: str, out_dir: Path, *, dtype: str = "bf16",
     quant = training_quant(adapter)
     chosen = _choose_base_weights(adapter, base_weights, quant)
     merged_name = check_name(name or f"{adapter.name}-merged", "merged model name")
+    check_adapter_files(adapter.path, adapter.ref)
     read_adapter_config(adapter.path)
     report(f"resolving base model {adapter.base_model}", 0.01)
     resolved = version_base(store, adapter)
@@ -142,6 +144,7 @@ def merge_version(store: Store, ref: str, out_dir: Path, *, dtype: str = "bf16",
             fidelity = check_fidelity(base_dir, adapter.path, partial, quant, dtype,
                                       lambda message, fraction: report(message, 0.7 + 0.25 * fraction))
         report("registering the merged model", 0.96)
+        kill_point("registry.merge.before-register")
         if out.exists():
             remove_tree(out)  # checked above: empty, or --force
         area.track(out)

@@ -12,7 +12,6 @@ an empty registry.
 from __future__ import annotations
 
 import difflib
-import errno
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from qlora_tui.core.errors import is_disk_full
 from qlora_tui.core.hashing import hash_tree
 from qlora_tui.core.home import registry_dir
 from qlora_tui.core.testhooks import kill_point
@@ -82,7 +82,7 @@ def explain_sqlite_error(err: sqlite3.Error, db_path: Path) -> RegistryError:
 
 def explain_os_error(err: OSError, what: str) -> RegistryError:
     """A failed file operation as one line; a full disk is named as such."""
-    if err.errno == errno.ENOSPC:
+    if is_disk_full(err):
         return RegistryError(f"{what}: no space left on the device; nothing was registered",
                              hint="free some space (qlora-tui gc removes leftovers of interrupted work) and retry")
     return RegistryError(f"{what}: {err.strerror or err} ({err.filename or ''})".replace(" ()", ""))

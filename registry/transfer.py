@@ -12,14 +12,16 @@ import io
 import json
 import os
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from qlora_tui.registry.errors import IntegrityError, RegistryError
+from qlora_tui.registry.errors import IntegrityError, InvalidAdapterError, RegistryError
+from qlora_tui.registry.lora import CONVERT_HINT, SAFETENSORS_RULE, pickled_files
 from qlora_tui.registry.records import AdapterVersion, NewVersion, check_name
 from qlora_tui.registry.staging import work_area
-from qlora_tui.registry.store import Store
+from qlora_tui.registry.store import Store, explain_os_error
 
 MANIFEST = "qlora-tui-export.json"
 FORMAT = 1
@@ -44,6 +46,11 @@ def export_versions(store: Store, refs: list[str], target: Path, *, force: bool 
     target = Path(target)
     if target.exists() and not force:
         raise RegistryError(f"{target} exists", hint="choose another file name, or pass --force to overwrite it")
+    if target.is_dir():
+        raise RegistryError(f"{target} is a directory; name the archive file to write (e.g. {target}/export.tar)")
+    if not target.parent.is_dir():
+        raise RegistryError(f"{target}: the folder {target.parent} does not exist",
+                            hint=f"create it first (mkdir -p {target.parent}) or choose another place")
     versions = []
     for ref in refs:
         version = store.get(ref)
@@ -58,23 +65,30 @@ def export_versions(store: Store, refs: list[str], target: Path, *, force: bool 
         for v in versions]}
     partial = target.with_name(f".{target.name}.partial")
     try:
-        with tarfile.open(partial, _mode(target)) as tar:
-            data = json.dumps(manifest, indent=1).encode()
-            info = tarfile.TarInfo(MANIFEST)
-            info.size = len(data)
-            info.mtime = int(versions[0].created) if versions else 0
-            tar.addfile(info, io.BytesIO(data))
-            for version in versions:
-                for entry in version.files:
-                    source = version.path / entry.path
-                    if not source.is_file():
-                        raise IntegrityError(f"{version.ref}: {entry.path} is missing from {version.path}",
-                                             hint=f"qlora-tui verify {version.ref}")
-                    tar.add(source, arcname=f"{version.name}/{version.number}/{entry.path}", recursive=False)
-        os.replace(partial, target)
+        _write_archive(partial, target, manifest, versions)
+    except OSError as err:
+        raise explain_os_error(err, f"exporting to {target}") from None
     finally:
         partial.unlink(missing_ok=True)
     return versions
+
+
+def _write_archive(partial: Path, target: Path, manifest: dict[str, Any], versions: list[AdapterVersion]) -> None:
+    """The tar written under a hidden name, renamed into place once complete."""
+    with tarfile.open(partial, _mode(target)) as tar:
+        data = json.dumps(manifest, indent=1).encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(data)
+        info.mtime = int(versions[0].created) if versions else 0
+        tar.addfile(info, io.BytesIO(data))
+        for version in versions:
+            for entry in version.files:
+                source = version.path / entry.path
+                if not source.is_file():
+                    raise IntegrityError(f"{version.ref}: {entry.path} is missing from {version.path}",
+                                         hint=f"qlora-tui verify {version.ref}")
+                tar.add(source, arcname=f"{version.name}/{version.number}/{entry.path}", recursive=False)
+    os.replace(partial, target)
 
 
 def _safe_relative(archive: Path, path: str) -> str:
@@ -115,6 +129,13 @@ def _read_manifest(archive: Path, tar: tarfile.TarFile, members: dict[str, tarfi
                     raise TypeError(f"sha256 of {f['path']} is not a string")
     except (ValueError, KeyError, TypeError) as err:
         raise RegistryError(f"{archive}: {MANIFEST} is not readable ({err})") from None
+    for v in versions:
+        paths = [f["path"] for f in v["files"]]
+        unsafe = pickled_files(paths)
+        if unsafe:
+            raise InvalidAdapterError(f"{archive}: {v['name']}@{v.get('version', '?')} holds pickled weights "
+                                      f"({', '.join(unsafe)}); {SAFETENSORS_RULE}; nothing was imported",
+                                      hint=CONVERT_HINT)
     return versions
 
 
@@ -142,38 +163,49 @@ def import_archive(store: Store, archive: Path, *, name: str | None = None) -> l
         tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the `with tar` below
     except (tarfile.TarError, OSError) as err:
         raise RegistryError(f"{archive}: not a tar archive ({err})") from None
-    with tar:
-        members = {}
-        for member in tar.getmembers():
-            _check_member(archive, member)
-            members[member.name.rstrip("/")] = member
-        entries = _read_manifest(archive, tar, members)
-        if name is not None and len(entries) != 1:
-            raise RegistryError(f"--name applies to an archive of one version; {archive} holds {len(entries)}")
-        listed = {MANIFEST} | {f"{e['dir']}/{f['path']}" for e in entries for f in e["files"]}
-        unlisted = [n for n, m in members.items() if m.isfile() and n not in listed]
-        if unlisted:
-            raise RegistryError(f"{archive}: {unlisted[0]} is not listed in {MANIFEST}; refused")
-        with work_area(store.tmp_root, "import") as area:
-            # Every file is extracted and checked before any version is added, so a damaged archive adds nothing.
-            staged = []
-            for index, entry in enumerate(entries):
-                folder = area.path / str(index)
-                for f in entry["files"]:
-                    member = members.get(f"{entry['dir']}/{f['path']}")
-                    if member is None or not member.isfile():
-                        raise RegistryError(f"{archive}: {entry['dir']}/{f['path']} is listed in {MANIFEST} but "
-                                            "missing")
-                    _extract(archive, tar, member, folder / f["path"], f)
-                folder.mkdir(parents=True, exist_ok=True)
-                staged.append((entry, folder))
-            new_refs: dict[str, str] = {}
-            out = []
-            for entry, folder in staged:
-                imported = _add_one(store, archive, entry, folder, name or entry["name"], new_refs)
-                new_refs[entry["ref"]] = imported.version.ref
-                out.append(imported)
-            return out
+    try:
+        with tar:
+            return _import_from(store, archive, tar, name)
+    except (tarfile.TarError, EOFError, zlib.error) as err:  # a truncated or corrupted archive, found mid-read
+        raise RegistryError(f"{archive}: the archive is truncated or damaged ({err or type(err).__name__}); "
+                            "nothing was imported", hint="copy or export it again") from None
+    except OSError as err:
+        raise explain_os_error(err, f"importing {archive}") from None
+
+
+def _import_from(store: Store, archive: Path, tar: tarfile.TarFile, name: str | None) -> list[ImportedVersion]:
+    """Check every member, read the manifest, extract and hash everything, then add each version."""
+    members = {}
+    for member in tar.getmembers():
+        _check_member(archive, member)
+        members[member.name.rstrip("/")] = member
+    entries = _read_manifest(archive, tar, members)
+    if name is not None and len(entries) != 1:
+        raise RegistryError(f"--name applies to an archive of one version; {archive} holds {len(entries)}")
+    listed = {MANIFEST} | {f"{e['dir']}/{f['path']}" for e in entries for f in e["files"]}
+    unlisted = [n for n, m in members.items() if m.isfile() and n not in listed]
+    if unlisted:
+        raise RegistryError(f"{archive}: {unlisted[0]} is not listed in {MANIFEST}; refused")
+    with work_area(store.tmp_root, "import") as area:
+        # Every file is extracted and checked before any version is added, so a damaged archive adds nothing.
+        staged = []
+        for index, entry in enumerate(entries):
+            folder = area.path / str(index)
+            for f in entry["files"]:
+                member = members.get(f"{entry['dir']}/{f['path']}")
+                if member is None or not member.isfile():
+                    raise RegistryError(f"{archive}: {entry['dir']}/{f['path']} is listed in {MANIFEST} but "
+                                        "missing")
+                _extract(archive, tar, member, folder / f["path"], f)
+            folder.mkdir(parents=True, exist_ok=True)
+            staged.append((entry, folder))
+        new_refs: dict[str, str] = {}
+        out = []
+        for entry, folder in staged:
+            imported = _add_one(store, archive, entry, folder, name or entry["name"], new_refs)
+            new_refs[entry["ref"]] = imported.version.ref
+            out.append(imported)
+        return out
 
 
 def _same_files(version: AdapterVersion, files: list[dict[str, Any]]) -> bool:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from qlora_tui.core.errors import UserFacingError
+from qlora_tui.core.errors import UserFacingError, is_disk_full
 from qlora_tui.core.home import data_home
 
 
@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         emit("error", message=f"{args.job} interrupted; nothing was registered", hint="", kind="interrupted")
     except Exception as err:  # the app must get a line, not a silent exit, whatever failed
+        if is_disk_full(err):
+            emit("error", message=f"{args.job}: no space left on the device; nothing was registered",
+                 hint="free some space on that disk and try again", kind="disk_full")
+            return 1
         emit("error", message=f"{args.job} failed: {type(err).__name__}: {err}",
              hint="the worker's stderr has the traceback", kind="internal")
         import traceback

@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from types import FrameType
 
-from qlora_tui.core.errors import UserFacingError
+from qlora_tui.core.errors import UserFacingError, is_disk_full
 from qlora_tui.runner.events import EventWriter
 from qlora_tui.runner.rundir import RunDir, acquire_lock, write_lock_body
 
@@ -60,6 +60,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as err:  # anything else is our bug or the environment's: keep the traceback in the log
         traceback.print_exc()
+        if is_disk_full(err):
+            # Most often mid-checkpoint: drop the half-written one (which also frees its space), so the event can
+            # be written and resume starts from the newest complete checkpoint.
+            from qlora_tui.runner.checkpoints import clear_staging
+
+            clear_staging(run.checkpoints_path)
+            writer.write("error", kind="disk_full",
+                         message=f"no space left on the device under {run.path}: training stopped; the complete "
+                                 "checkpoints written before are kept",
+                         hint=f"free some space on that disk, then: qlora-tui resume {run.run_id}")
+            return 1
+        if isinstance(err, OSError):
+            writer.write("error", kind="os", message=f"{err.strerror or err}: {err.filename or run.path}",
+                         hint=f"the traceback is in {run.log_path}")
+            return 1
         writer.write("error", kind="internal", message=f"{type(err).__name__}: {err}",
                      hint=f"the traceback is in {run.log_path}")
         return 1

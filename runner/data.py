@@ -115,7 +115,10 @@ def _read_local(path: Path) -> RawData:
     if suffix not in readers:
         raise DataError(f"data.path: {path}: unsupported file type {suffix or '(none)'}; "
                         "use .jsonl, .json, .csv or .parquet")
-    rows = readers[suffix](path)
+    try:
+        rows = readers[suffix](path)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     return RawData(str(path), rows, sha256_file(path)[:16])
 
 
@@ -133,6 +136,18 @@ def _read_jsonl(path: Path) -> list[Row]:
                 raise DataError(f"{path}:{number}: each line must be a JSON object, got {type(value).__name__}")
             rows.append(Row(f"{path}:{number}", value))
     return rows
+
+
+def _not_utf8(path: Path) -> DataError:
+    """Where a text file stops being UTF-8: its line and byte offset."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        return DataError(f"{path}:{line}: not UTF-8 text (byte offset {err.start}: {err.reason})",
+                         hint="save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > NEW")
+    return DataError(f"{path}: not UTF-8 text")
 
 
 def _read_json(path: Path) -> list[Row]:

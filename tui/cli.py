@@ -7,11 +7,12 @@ operations that need torch import it inside their own functions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 
-from qlora_tui.core.errors import UserFacingError
+from qlora_tui.core.errors import UserFacingError, is_disk_full
 from qlora_tui.core.home import data_home
 from qlora_tui.tui.commands import adapters, plan, registry_ops, runs
 
@@ -54,3 +55,43 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as err:
+        if is_disk_full(err):
+            print("error: no space left on the device; what was being written is not kept", file=sys.stderr)
+            print("hint: free some space on that disk (qlora-tui gc removes leftovers) and try again",
+                  file=sys.stderr)
+            return 2
+        if isinstance(err, OSError):  # what the environment refused: say which file and why, in words
+            where = f"{err.filename}: " if err.filename else ""
+            print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+            print("hint: check that the path exists and that you may read and write there", file=sys.stderr)
+            return 2
+        # A bug of ours: one line here, the traceback in a file.
+        log = write_crash_log(args)
+        print(f"error: internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(
+            ": "), file=sys.stderr)
+        print(f"hint: the traceback is in {log}; please report it with that file", file=sys.stderr)
+        return 70
+
+
+def write_crash_log(args: argparse.Namespace) -> Path:
+    """The current exception's traceback in a file: under the data home's logs/ when it can be written, else
+    in the temporary directory."""
+    import tempfile
+    import time
+    import traceback
+
+    text = f"qlora-tui {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}"
+    name = f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    candidates = []
+    with contextlib.suppress(Exception):
+        candidates.append(data_home(args.home) / "logs")
+    candidates.append(Path(tempfile.gettempdir()))
+    for folder in candidates:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+            return folder / name
+        except OSError:
+            continue
+    return Path("(nowhere: no writable folder)")
