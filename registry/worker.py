@@ -72,7 +72,8 @@ def run_job(args: argparse.Namespace, emit: Emitter) -> dict[str, Any]:
     answers = compare_generate(
         store, args.refs, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_p=args.top_p, seed=args.seed, on_progress=emit.progress,
-        on_text=lambda row, label, text: emit("text", row=row, label=label, text=text))
+        on_text=lambda row, label, text: emit("text", row=row, label=label, text=text),
+        on_warning=lambda message: emit("warning", message=message))
     return {"answers": [a.to_json() for a in answers]}
 
 

@@ -183,6 +183,8 @@ def cmd_merge(args: argparse.Namespace, home: Path) -> int:
     if args.json:
         print_json(result.to_json())
         return 0
+    if result.warning and args.quiet:  # otherwise it was printed as it happened
+        print(f"warning: {result.warning}", file=sys.stderr)
     print(f"merged {result.adapter.ref} into {result.version.base_model} ({result.dtype}, base weights "
           f"{result.base_weights}, {result.method}) in {result.seconds:.1f} s")
     if result.note:
@@ -200,7 +202,8 @@ def cmd_compare(args: argparse.Namespace, home: Path) -> int:
 
     answers = compare_generate(_store(home), args.refs, args.prompt, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                               on_progress=None if args.json else _progress)
+                               on_progress=None if args.json else _progress,
+                               on_warning=lambda message: print(f"warning: {message}", file=sys.stderr))
     if args.json:
         print_json([a.to_json() for a in answers])
         return 0
