@@ -1,7 +1,8 @@
 """The memory plan of a profile: what a run will hold on the GPU, component by component, before it is launched.
 
-Counts come from the model's config alone (no weights), so the plan is instant
-and works offline; the app redraws it as the user edits the New-run form.
+Shapes come from the weights' safetensors headers when they are at hand, else
+from the config (never the tensor data), so the plan is instant and works
+offline; the app redraws it as the user edits the New-run form.
 This module must stay importable without torch, transformers, peft, trl or
 bitsandbytes. docs/memory-estimator.md says where every number comes from.
 """
@@ -16,8 +17,10 @@ from typing import Any
 from qlora_tui.core.device import detect_gpu
 from qlora_tui.core.errors import ModelError
 from qlora_tui.runner.errors import ProfileError
-from qlora_tui.runner.known_models import Linear, ModelShape, find_model_config, model_shape
+from qlora_tui.runner.known_models import find_model_config
+from qlora_tui.runner.model_shape import Linear, ModelShape, Stacked
 from qlora_tui.runner.profile import Profile
+from qlora_tui.runner.weight_shapes import count_model
 
 GB = 1e9  # plans speak decimal gigabytes, the unit of "a 7B model is 14 GB in 16-bit"
 CUDA_OVERHEAD_GB = 0.75  # CUDA context, cuBLAS workspace and loaded kernels
@@ -34,20 +37,20 @@ ROWS_PER_EXAMPLE = {"sft": 1, "dpo": 2, "orpo": 2, "kto": 2, "reward": 2, "rlhf"
 # ---------------------------------------------------------------- LoRA
 
 
-def lora_modules(shape: ModelShape, targets: list[str], model_id: str) -> tuple[list[Linear], list[str]]:
-    """The linear layers LoRA adapts ("all-linear": every one; the output head is never among them)."""
+Adapted = Linear | Stacked
+
+
+def lora_modules(shape: ModelShape, targets: list[str], model_id: str) -> list[Adapted]:
+    """What LoRA adapts: named nn.Linear modules, or "all-linear": every block linear (never the output head)
+    and, for the MoE families PEFT converts, the experts and routers as target parameters."""
     if targets == ["all-linear"]:
-        return list(shape.linears), []
-    chosen = [linear for linear in shape.linears if linear.name in targets]
+        return [*shape.linears, *(s for s in shape.stacked if s.all_linear)]
     missing = [t for t in targets if t not in shape.module_names()]
-    if not missing:
-        return chosen, []
-    if not shape.assumed:
+    if missing:
         raise ModelError(f"lora.target_modules: {model_id} has no module named "
-                         f"{', '.join(repr(m) for m in missing)}; it has: {', '.join(shape.module_names())}")
-    guessed = [Linear(name, shape.hidden, shape.hidden, shape.layers) for name in missing]
-    return chosen + guessed, [f"{', '.join(missing)}: not known for this architecture; counted as "
-                              f"{shape.hidden}x{shape.hidden} per layer"]
+                         f"{', '.join(repr(m) for m in missing)}; it has: {', '.join(shape.module_names())}",
+                         hint='name some of those, or use ["all-linear"]')
+    return [linear for linear in shape.linears if linear.name in targets]
 
 
 @dataclass(frozen=True)
@@ -63,16 +66,27 @@ class Trainable:
         return self.rows * self.cols * self.count
 
 
-def trainable_tensors(shape: ModelShape, modules: list[Linear], profile: Profile) -> list[Trainable]:
-    """Every trainable tensor: LoRA A (r x in) and B (out x r), DoRA magnitudes, and biases lora.bias trains."""
+def trainable_tensors(shape: ModelShape, modules: list[Adapted], profile: Profile) -> list[Trainable]:
+    """Every trainable tensor: LoRA A (r x in) and B (out x r), DoRA magnitudes, and biases lora.bias trains.
+
+    PEFT gives a stack of E experts one A of (r * E) x in and one B of out x (r * E), r doubled on gate_up_proj.
+    """
     r, lora = profile.lora.r, profile.lora
+    stacks = [m.name for m in modules if isinstance(m, Stacked)]
+    if stacks and (lora.use_dora or lora.dropout):
+        field, what = ("lora.use_dora", "DoRA") if lora.use_dora else ("lora.dropout", "LoRA dropout")
+        raise ModelError(f"{field}: PEFT cannot apply {what} to {', '.join(stacks)}: mixture-of-experts "
+                         "parameters, not nn.Linear modules, which all-linear adapts for this model",
+                         hint=f"set {field} = {'false' if lora.use_dora else '0'}, or name linear modules in "
+                              "lora.target_modules")
     tensors: list[Trainable] = []
     for m in modules:
-        tensors += [Trainable(r, m.in_features, m.count), Trainable(m.out_features, r, m.count)]
+        rank = r * m.experts * m.lora_rank_factor if isinstance(m, Stacked) else r
+        tensors += [Trainable(rank, m.in_features, m.count), Trainable(m.out_features, rank, m.count)]
         if lora.use_dora:
             tensors.append(Trainable(1, m.out_features, m.count))
     with_bias = shape.linears if lora.bias == "all" else modules if lora.bias == "lora_only" else ()
-    tensors += [Trainable(1, m.out_features, m.count) for m in with_bias if m.bias]
+    tensors += [Trainable(1, m.out_features, m.count) for m in with_bias if isinstance(m, Linear) and m.bias]
     return tensors
 
 
@@ -125,8 +139,10 @@ class MemoryPlan:
     profile_name: str
     model_id: str
     config_source: str
+    shape_source: str
     model_type: str
     total_params: int
+    active_params: int  # per token: all of them for a dense model, the routed experts only for a mixture of experts
     quantized_params: int
     trainable_params: int
     quantization: str
@@ -173,7 +189,8 @@ def compute_bytes(profile: Profile) -> tuple[int, str]:
     return 2, {"bf16": "bf16", "fp16": "fp16"}.get(choice, "bf16/fp16 (auto)")
 
 
-def quantized_weight_bytes(linears: tuple[Linear, ...], bits: int | str, double_quant: bool) -> tuple[float, float]:
+def quantized_weight_bytes(linears: tuple[Linear, ...] | list[Linear], bits: int | str,
+                           double_quant: bool) -> tuple[float, float]:
     """(bytes of quantized weights, bytes of their quantization constants) for the blocks' linear layers."""
     data = consts = 0.0
     for m in linears:
@@ -191,17 +208,19 @@ def estimate_profile(profile: Profile, home: Path, gpu_gb: float | None = None, 
                      seq_len: int | None = None) -> MemoryPlan:
     """The memory plan of `profile`; `gpu_gb` (else the detected GPU) decides `fits`, None when neither is known.
 
-    `home` is the data home the run would use; the plan needs nothing from it, since even the built-in
-    model's shape is known without building it.
+    `home` is the data home the run would use: the built-in model's weights are read there when built (its
+    shape is known without them). Raises ModelError saying why when the model cannot be counted.
     """
     for flag, value in (("--batch-size", batch_size), ("--seq-len", seq_len), ("--gpu-gb", gpu_gb)):
         if value is not None and (isinstance(value, bool) or value <= 0):
             raise ProfileError(f"{flag}: must be a positive number, got {value}")
-    config = find_model_config(profile.model.id, profile.model.revision)
-    shape = model_shape(config.values)
+    config = find_model_config(profile.model.id, profile.model.revision, home=home)
+    counted = count_model(profile.model.id, profile.model.revision, config, home)
+    shape = counted.shape
     batch = batch_size or profile.train.batch_size
     seq = seq_len or profile.train.max_seq_len
-    modules, notes = lora_modules(shape, profile.lora.target_modules, profile.model.id)
+    modules = lora_modules(shape, profile.lora.target_modules, profile.model.id)
+    notes = list(counted.notes)
     tensors = trainable_tensors(shape, modules, profile)
     trainable = sum(t.params for t in tensors)
     nbytes, dtype_name = compute_bytes(profile)
@@ -226,15 +245,15 @@ def estimate_profile(profile: Profile, home: Path, gpu_gb: float | None = None, 
     total = sum(c.gb for c in components if c.counted)
     unused = next(c for c in activations if c.name.startswith("activations") and not c.counted)
     used = next(c for c in activations if c.in_use)
-    notes += _plan_notes(profile, rows, eager_extra, dtype_name)
+    notes += _plan_notes(profile, shape, rows, eager_extra, dtype_name)
 
     detected = None if gpu_gb is not None else detect_gpu()
     card_gb = gpu_gb if gpu_gb is not None else (detected[1] if detected else None)
     headroom = None if card_gb is None else HEADROOM_SHARE * card_gb
     return MemoryPlan(
         profile_name=profile.name, model_id=profile.model.id, config_source=config.source,
-        model_type=shape.model_type + (" (unknown: counted as Llama-shaped)" if shape.assumed else ""),
-        total_params=shape.total_params,
+        shape_source=counted.source, model_type=shape.model_type, total_params=shape.total_params,
+        active_params=shape.active_params,
         quantized_params=shape.linear_weights if profile.quant.bits != "none" else 0,
         trainable_params=trainable, quantization=_quant_label(profile, dtype_name), method=profile.train.method,
         batch_size=batch, seq_len=seq, gradient_checkpointing=gc, components=components, total_gb=total,
@@ -244,7 +263,7 @@ def estimate_profile(profile: Profile, home: Path, gpu_gb: float | None = None, 
     )
 
 
-def _activation_components(shape: ModelShape, modules: list[Linear], profile: Profile, rows: int, seq: int,
+def _activation_components(shape: ModelShape, modules: list[Adapted], profile: Profile, rows: int, seq: int,
                            nbytes: int) -> tuple[list[Component], float]:
     """Activation lines with and without checkpointing (only the profile's one counted), logits; eager extra GB."""
     tokens = rows * seq
@@ -269,7 +288,7 @@ def _activation_components(shape: ModelShape, modules: list[Linear], profile: Pr
 
 
 def _weight_components(shape: ModelShape, profile: Profile, nbytes: int, dtype_name: str) -> list[Component]:
-    bits, unquantized = profile.quant.bits, shape.unquantized_params
+    bits, unquantized, stacked = profile.quant.bits, shape.unquantized_params, shape.stacked_params
     if bits == "none":
         return [Component("base: all weights", shape.total_params * nbytes / GB,
                           f"{_count(shape.total_params)} params in {dtype_name}, unquantized")]
@@ -278,38 +297,69 @@ def _weight_components(shape: ModelShape, profile: Profile, nbytes: int, dtype_n
         kind = profile.quant.type.upper()
         how = "double-quantized constants" if profile.quant.double_quant else "fp32 constants"
         note = (f"{_count(shape.linear_weights)} weights in {kind}, 0.5 bytes each + {how} "
-                f"({8 * consts / shape.linear_weights:.3f} bit/param)")
+                f"({8 * consts / max(1, shape.linear_weights):.3f} bit/param)")
     else:
         note = f"{_count(shape.linear_weights)} weights in int8, 1 byte each + fp32 row scales"
-    return [
-        Component(f"base: linear layers ({bits}-bit)", (data + consts) / GB, note),
-        Component("base: embeddings, head, norms", unquantized * nbytes / GB,
-                  f"{_count(unquantized)} params in {dtype_name}; bitsandbytes leaves them unquantized"),
+    out = [Component(f"base: linear layers ({bits}-bit)", (data + consts) / GB, note)]
+    if stacked:
+        out.append(Component("base: experts, routers", stacked * nbytes / GB,
+                             f"{_count(stacked)} params in {dtype_name}: MoE experts and routers are parameters, "
+                             f"not nn.Linear modules, and bitsandbytes quantizes only nn.Linear"))
+    out += [
+        Component("base: embeddings, head, norms", (unquantized - stacked) * nbytes / GB,
+                  f"{_count(unquantized - stacked)} params in {dtype_name}; bitsandbytes leaves them unquantized"),
         Component("fp32 upcast of those", unquantized * (4 - nbytes) / GB,
-                  "prepare_model_for_kbit_training casts every non-quantized param to fp32"),
+                  "prepare_model_for_kbit_training casts every non-quantized param to fp32"
+                  + (" (experts included)" if stacked else "")),
     ]
+    return out
 
 
-def _layer_activation_bytes(shape: ModelShape, modules: list[Linear], profile: Profile, tokens: int, seq: int,
+def _layer_activation_bytes(shape: ModelShape, modules: list[Adapted], profile: Profile, tokens: int, seq: int,
                             nbytes: int) -> tuple[float, float]:
     """(bytes one block keeps for backward, extra bytes one block's eager attention would add).
 
     Per token, in 16-bit: 11*h attention + 4*h norms, MLP 2*h + 8*i gated or 3*h + 4*i plain
-    (34*h for a GPT MLP of 4*h), after Korthikanti et al. 2022; LoRA adds its dropped-out input and r.
+    (34*h for a GPT MLP of 4*h), after Korthikanti et al. 2022; a mixture of experts runs its MLP once per
+    routed expert, plus the shared one. LoRA adds its dropped-out input and r per token, and LoRA on a stack
+    of experts materializes W + BA for the whole stack once per block.
     """
-    h, i, scale = shape.hidden, shape.intermediate, nbytes / 2
-    mlp = 2 * h + 8 * i if shape.gated_mlp else 3 * h + 4 * i
+    h, scale = shape.hidden, nbytes / 2
+    mlp = _mlp_bytes(h, shape.intermediate, shape.gated_mlp)
+    if shape.experts is not None:
+        e = shape.experts
+        moe = e.per_token * _mlp_bytes(h, e.intermediate, True) + 2 * e.count  # + the router's logits
+        moe += _mlp_bytes(h, e.shared_intermediate, True) if e.shared_intermediate else 0
+        mlp = (e.layers * moe + (shape.layers - e.layers) * mlp) / shape.layers
     per_token = (15 * h + mlp) * scale
     dropout = profile.lora.dropout > 0
+    linears = [m for m in modules if isinstance(m, Linear)]
     lora = sum(m.count * ((m.in_features * (nbytes + 1) if dropout else 0) + profile.lora.r * nbytes)
-               for m in modules) / shape.layers
+               for m in linears) / shape.layers
+    weight_bytes = nbytes if profile.quant.bits == "none" else 4  # experts are upcast to fp32 with a k-bit base
+    merged = sum(m.params * weight_bytes for m in modules if isinstance(m, Stacked)) / shape.layers
     eager = 5 * shape.heads * seq * scale  # softmax output, its dropout mask and output, per token
-    return tokens * (per_token + lora), tokens * eager
+    return tokens * (per_token + lora) + merged, tokens * eager
 
 
-def _plan_notes(profile: Profile, rows: int, eager_extra_gb: float, dtype_name: str) -> list[str]:
+def _mlp_bytes(h: int, i: int, gated: bool) -> float:
+    """16-bit bytes one token keeps in one MLP: its input, and the gate, up, activation and product (or up, act)."""
+    return 2 * h + 8 * i if gated else 3 * h + 4 * i
+
+
+def _plan_notes(profile: Profile, shape: ModelShape, rows: int, eager_extra_gb: float, dtype_name: str) -> list[str]:
     notes = [f"activations assume every row fills max_seq_len; PyTorch SDPA attention (eager attention would "
              f"add {eager_extra_gb:.2f} GB)"]
+    if shape.experts is not None:
+        e = shape.experts
+        shared = " and the shared expert" if e.shared_intermediate else ""
+        notes.append(f"mixture of experts: {e.count} experts in each of {e.layers} blocks, {e.per_token} routed per "
+                     f"token; all experts' weights are resident ({_count(shape.total_params)} params), activations "
+                     f"count the {e.per_token} routed ones{shared} ({_count(shape.active_params)} params per token)")
+    if profile.quant.bits != "none":
+        kept = "embeddings, output head, norms" + (", MoE experts and routers" if shape.stacked else "")
+        notes.append(f"quantized by bitsandbytes: the blocks' nn.Linear layers ({', '.join(shape.module_names())}); "
+                     f"kept in {dtype_name}: {kept}")
     if rows > 1:
         notes.append(f"train.method = {profile.train.method!r}: each batch row runs {rows} sequences")
     if profile.train.method == "rlhf":
@@ -362,10 +412,12 @@ def format_plan(plan: MemoryPlan) -> str:
     gc_word = "on" if plan.gradient_checkpointing else "off"
     rows_word = "row" if plan.batch_size == 1 else "rows"
     pct = 100 * plan.trainable_params / max(1, plan.total_params + plan.trainable_params)
+    active = f" ({_count(plan.active_params)} active per token)" if plan.active_params != plan.total_params else ""
     lines = [
         f"Memory plan for {plan.profile_name} (estimate; GB = 10^9 bytes)",
-        f"  model   {plan.model_id}: {_count(plan.total_params)} params, {plan.model_type}",
+        f"  model   {plan.model_id}: {_count(plan.total_params)} params{active}, {plan.model_type}",
         f"          config from {plan.config_source}",
+        f"          shapes from {plan.shape_source}",
         f"  quant   {plan.quantization}",
         f"  LoRA    {_count(plan.trainable_params)} trainable params ({pct:.2f}%) in "
         f"{', '.join(plan.lora_targets)}",
