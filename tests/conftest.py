@@ -24,8 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_PROFILE = ROOT / "profiles" / "demo.toml"
 
 
+TRAINING_FIXTURES = {"trained_home", "trained_copy", "ops_home", "ops_copy"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked cuda run only where torch sees a CUDA device; elsewhere they are skipped, saying why."""
+    """Tests that use a trained home are slow (the fixture trains once per session); tests marked cuda run only
+    where torch sees a CUDA device, and elsewhere are skipped, saying why."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     if not any(item.get_closest_marker("cuda") for item in items):
         return
     import torch

@@ -21,6 +21,8 @@ from qlora_tui.runner.rundir import create_run, list_runs, summarize
 from tests.conftest import ROOT, run_to_end
 from tests.runner.helpers import events_of
 
+pytestmark = pytest.mark.slow
+
 
 def preference_profile(name: str, method: str, steps: int, **method_options: object) -> Profile:
     profile = load_profile(ROOT / "profiles" / "demo-dpo.toml")

@@ -126,6 +126,7 @@ def test_failed_run_is_listed_with_its_error(home: Path) -> None:
     assert "missing-model: no such directory" in row["error"]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_no_poisoned_checkpoint(home: Path) -> None:
     run, proc = _start_with_env(home, quick_profile("nan", max_steps=20, save_steps=3),
                                 {"QLORA_TUI_FAULT": "nan_at_step=5"})

@@ -6,6 +6,7 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -15,6 +16,7 @@ from qlora_tui.runner.rundir import summarize
 from tests.conftest import _start_with_env, quick_profile, run_to_end, wait_for_exit
 from tests.runner.helpers import events_of, last_step, wait_until
 
+pytestmark = pytest.mark.slow
 SLOW = {"QLORA_TUI_STEP_DELAY": "0.15"}
 
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from qlora_tui.runner.profile import save_profile
 from qlora_tui.runner.rundir import list_runs
 from tests.conftest import quick_profile
@@ -22,6 +24,7 @@ def cli(home: Path, *args: str, env: dict[str, str] | None = None, timeout: floa
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_run_in_the_foreground_prints_progress_and_the_registry_ref(home: Path, tmp_path: Path) -> None:
     profile_path = save_profile(quick_profile("fg", max_steps=12), tmp_path / "fg.toml")
     result = cli(home, "run", str(profile_path))
@@ -33,6 +36,7 @@ def test_run_in_the_foreground_prints_progress_and_the_registry_ref(home: Path, 
     assert "done: registered fg@1\n  files: " + str(home / "registry" / "adapters" / "fg" / "1") in out
 
 
+@pytest.mark.slow
 def test_detach_stop_wait_and_resume(home: Path, tmp_path: Path) -> None:
     profile_path = save_profile(quick_profile("bg", max_steps=25), tmp_path / "bg.toml")
     slow = {"QLORA_TUI_STEP_DELAY": "0.15"}
