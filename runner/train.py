@@ -168,6 +168,12 @@ def prepare(profile: Profile, home: Path, writer: EventWriter) -> Prepared:
 
     base = resolve_base(profile, home)
     config = load_config(base, profile.model.trust_remote_code)
+    experts = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
+    if experts and profile.quant.bits != "none":
+        writer.write("log", level="warning", message=(
+            f"{profile.model.id} is a mixture of {experts} experts: transformers stores them as fused parameters "
+            f"that bitsandbytes does not quantize, so they load unquantized ({profile.quant.bits}-bit applies to "
+            "attention only); qlora-tui estimate shows the memory this takes"))
     parent_ref, parent_path = resolve_parent(profile, home)
     if parent_path is None:
         check_targets(profile, linear_module_names(config, profile.model.trust_remote_code))
