@@ -11,8 +11,10 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from qlora_tui.core.errors import UserFacingError, is_disk_full
 from qlora_tui.runner.events import EventWriter
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--lock-fd", type=int, default=None, help="an already locked runner.lock descriptor")
+    parser.add_argument("--processes", type=int, default=None, help="override dist.processes for this life")
     args = parser.parse_args(argv)
 
     run = RunDir(args.run_dir.resolve())
@@ -44,15 +47,32 @@ def main(argv: list[str] | None = None) -> int:
     lock_fd = args.lock_fd if args.lock_fd is not None else acquire_lock(run.lock_path)
     write_lock_body(lock_fd)
 
+    from qlora_tui.runner.dist_launch import launch_if_distributed
+
+    launched = launch_if_distributed(run, resume=args.resume, processes=args.processes)
+    if launched is not None:  # this process was the launcher of the run's processes, and they have ended
+        os.close(lock_fd)
+        return launched
+
     flag = StopFlag()
     signal.signal(signal.SIGTERM, flag.handle)
     signal.signal(signal.SIGINT, flag.handle)
 
     writer = EventWriter(run.events_path)
     try:
+        return train_and_report(run, home, writer, resume=args.resume, stop_signalled=flag)
+    finally:
+        writer.close()
+        os.close(lock_fd)  # only after the last event: a free lock with no terminal event means "crashed"
+
+
+def train_and_report(run: RunDir, home: Path, writer: EventWriter | Any, *, resume: bool,
+                     stop_signalled: Callable[[], bool]) -> int:
+    """Train, and turn every way it can end into an event and an exit code (shared by each rank's process)."""
+    try:
         from qlora_tui.runner.train import run_training
 
-        run_training(run, home, writer, resume=args.resume, stop_signalled=flag)
+        run_training(run, home, writer, resume=resume, stop_signalled=stop_signalled)
         return 0
     except UserFacingError as err:
         writer.write("error", kind=err.kind, message=err.message, hint=err.hint)
@@ -78,9 +98,6 @@ def main(argv: list[str] | None = None) -> int:
         writer.write("error", kind="internal", message=f"{type(err).__name__}: {err}",
                      hint=f"the traceback is in {run.log_path}")
         return 1
-    finally:
-        writer.close()
-        os.close(lock_fd)  # only after the last event: a free lock with no terminal event means "crashed"
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ class EventsCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.step_delay:
             time.sleep(self.step_delay)
-        if not self.stop_requested and (self.run.stop_requested() or self.stop_signalled()):
+        if not self.stop_requested and self.stop_wanted():
             self.stop_requested = True
             self.writer.write("log", level="info", message=f"stop requested: saving a checkpoint at step "
                                                             f"{state.global_step}")
@@ -97,8 +97,16 @@ class EventsCallback(TrainerCallback):
         self.last_log_time, self.last_step_logged = now, step
         if self.step_seconds is not None and state.max_steps:
             fields["eta_s"] = round(self.step_seconds * max(0, state.max_steps - step), 1)
-        fields.update(torch_gpu_memory())
+        fields.update(self.more_step_fields(fields))
         self.writer.write("step", step=step, max_steps=state.max_steps, **fields)
+
+    def stop_wanted(self) -> bool:
+        """Asked to stop: the stop file or a signal (a distributed run's ranks agree on it instead)."""
+        return self.run.stop_requested() or self.stop_signalled()
+
+    def more_step_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """What a step event adds to the trainer's log: GPU memory (a distributed run: every rank's, per GPU)."""
+        return torch_gpu_memory()
 
     # -------------------------------------------------------------- saves
 

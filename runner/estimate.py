@@ -17,6 +17,7 @@ from typing import Any
 from qlora_tui.core.device import detect_gpu
 from qlora_tui.core.errors import ModelError
 from qlora_tui.runner.errors import ProfileError
+from qlora_tui.runner.estimate_dist import per_gpu
 from qlora_tui.runner.known_models import find_model_config
 from qlora_tui.runner.model_shape import Linear, ModelShape, Stacked
 from qlora_tui.runner.profile import Profile
@@ -159,6 +160,7 @@ class MemoryPlan:
     fits: bool | None
     lora_targets: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    per_gpu: str = ""  # a distributed run: how its strategy spreads this plan over the GPUs (estimate_dist.py)
 
     @property
     def weights_gb(self) -> float:
@@ -250,7 +252,7 @@ def estimate_profile(profile: Profile, home: Path, gpu_gb: float | None = None, 
     detected = None if gpu_gb is not None else detect_gpu()
     card_gb = gpu_gb if gpu_gb is not None else (detected[1] if detected else None)
     headroom = None if card_gb is None else HEADROOM_SHARE * card_gb
-    return MemoryPlan(
+    return per_gpu(MemoryPlan(
         profile_name=profile.name, model_id=profile.model.id, config_source=config.source,
         shape_source=counted.source, model_type=shape.model_type, total_params=shape.total_params,
         active_params=shape.active_params,
@@ -260,7 +262,7 @@ def estimate_profile(profile: Profile, home: Path, gpu_gb: float | None = None, 
         total_gb_other_checkpointing=total - used.gb + unused.gb, gpu_name=detected[0] if detected else None,
         gpu_gb=card_gb, headroom_gb=headroom, fits=None if card_gb is None else total <= card_gb * (1 - HEADROOM_SHARE),
         lora_targets=sorted({m.name for m in modules}), notes=notes,
-    )
+    ), profile, shape.layers)
 
 
 def _activation_components(shape: ModelShape, modules: list[Adapted], profile: Profile, rows: int, seq: int,
@@ -423,6 +425,7 @@ def format_plan(plan: MemoryPlan) -> str:
         f"{', '.join(plan.lora_targets)}",
         f"  batch   {plan.batch_size} {rows_word} x {plan.seq_len:,} tokens ({plan.method}), "
         f"gradient checkpointing {gc_word}",
+        *([f"  per GPU {plan.per_gpu}"] if plan.per_gpu else []),
         "",
     ]
     rows = [(c.name + (" *" if c.in_use else ""), _gb(c.gb), c.note if c.counted else f"not in total: {c.note}")

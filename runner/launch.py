@@ -18,22 +18,25 @@ from qlora_tui.runner.rundir import RunDir, acquire_lock, create_locked_run, loc
 PROFILE_HEADER = "Frozen copy of the profile this run was started with; resume reads it."
 
 
-def runner_command(run: RunDir, resume: bool, lock_fd: int | None) -> list[str]:
+def runner_command(run: RunDir, resume: bool, lock_fd: int | None, processes: int | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "qlora_tui.runner", str(run.path)]
     if resume:
         cmd.append("--resume")
     if lock_fd is not None:
         cmd += ["--lock-fd", str(lock_fd)]
+    if processes is not None:
+        cmd += ["--processes", str(processes)]
     return cmd
 
 
 def spawn(run: RunDir, *, resume: bool = False, detach: bool = True, env: dict[str, str] | None = None,
-          lock_fd: int | None = None) -> subprocess.Popen[bytes]:
+          lock_fd: int | None = None, processes: int | None = None) -> subprocess.Popen[bytes]:
     """Start `python -m qlora_tui.runner RUN_DIR` in its own session, so neither closing SSH nor the terminal's
     Ctrl-C reaches it directly: a foreground run is followed (tui/follow.py forwards Ctrl-C as a graceful stop)
     and survives a hang-up like a detached one. `detach` is kept for callers that say which they mean.
 
     `lock_fd` is the run's lock when the caller already holds it; it is handed over and closed here.
+    `processes` overrides the profile's dist.processes for this life (a resume on another number of GPUs).
     """
     if lock_fd is None and lock_is_held(run.lock_path):
         raise RunError(f"run {run.run_id} is already running")
@@ -43,7 +46,7 @@ def spawn(run: RunDir, *, resume: bool = False, detach: bool = True, env: dict[s
         child_env = dict(os.environ if env is None else env)
         child_env.setdefault("PYTHONUNBUFFERED", "1")
         proc = subprocess.Popen(
-            runner_command(run, resume, fd),
+            runner_command(run, resume, fd, processes),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -63,7 +66,7 @@ def start_run(home: Path, profile: Profile, *, detach: bool = True) -> tuple[Run
     return run, spawn(run, detach=detach, lock_fd=fd)
 
 
-def resume_run(run: RunDir, *, detach: bool = True) -> subprocess.Popen[bytes]:
+def resume_run(run: RunDir, *, detach: bool = True, processes: int | None = None) -> subprocess.Popen[bytes]:
     if run.stop_path.exists():
         run.stop_path.unlink()
-    return spawn(run, resume=True, detach=detach)
+    return spawn(run, resume=True, detach=detach, processes=processes)

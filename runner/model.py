@@ -72,9 +72,12 @@ def compute_dtype(profile: Profile) -> Any:
     return torch_dtype(compute_dtype_name(profile))
 
 
-def quantization_config(profile: Profile) -> Any:
+def quantization_config(profile: Profile, sharded: bool = False) -> Any:
+    """bitsandbytes' config; `sharded` (FSDP-QLoRA) stores the 4-bit weights in the compute dtype so FSDP can
+    shard them with the rest of the model."""
     q = profile.quant
-    return bnb_config(q.bits, q.type, q.double_quant, q.compute_dtype)
+    storage = compute_dtype_name(profile) if sharded else "uint8"
+    return bnb_config(q.bits, q.type, q.double_quant, q.compute_dtype, quant_storage=storage)
 
 
 def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "CAUSAL_LM",
@@ -87,12 +90,16 @@ def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    quant = quantization_config(profile)
+    from qlora_tui.runner.distributed import sharded
+
+    fsdp = sharded()
+    quant = quantization_config(profile, sharded=fsdp)
     kwargs: dict[str, Any] = {"dtype": compute_dtype(profile),
                               "trust_remote_code": profile.model.trust_remote_code}
     if quant is not None:
         kwargs["quantization_config"] = quant
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not (fsdp and quant is None):
+        # each rank of a distributed run has set its own GPU; a 16-bit FSDP base loads on the CPU, FSDP moves it
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     auto_class: Any = AutoModelForCausalLM
     if task_type == "SEQ_CLS":
@@ -105,6 +112,8 @@ def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "
         raise ModelError(f"model.id: cannot load the weights of {base.model_id!r}: {first}") from None
     model.config.use_cache = False
     gc = profile.train.gradient_checkpointing
+    if fsdp:
+        return model  # no fp32 upcast (FSDP shards one dtype per unit); FSDP checkpoints activations itself
     if quant is not None:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -123,6 +123,20 @@ class MethodSection:
     temperature: float = spec(1.0, "number", "sampling temperature", min=0, min_exclusive=True, methods=("rlhf",))
 
 
+@dataclass
+class DistSection:
+    processes: int | str = spec(1, "processes", 'training processes on this box: "auto" (one per visible GPU, 1 on '
+                                'the CPU) or a number')
+    strategy: str = spec("ddp", "choice", "ddp: a whole (4-bit) copy per GPU; fsdp: the base sharded across GPUs",
+                         choices=("ddp", "fsdp"))
+    nodes: int = spec(1, "int", "boxes taking part; each runs qlora-tui run with its own node_rank", min=1)
+    node_rank: int = spec(0, "int", "this box's index; box 0 writes the events and registers the adapter", min=0)
+    master_addr: str = spec("127.0.0.1", "str", "address of box 0 that every box can reach")
+    master_port: int = spec(0, "int", "rendezvous port on box 0 (0: any free port, one box only)", min=0, max=65535)
+    timeout_s: int = spec(600, "int", "seconds a process waits for the others (to join, in each collective)",
+                          min=5)
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelSection,
     "quant": QuantSection,
@@ -130,6 +144,7 @@ SECTIONS: dict[str, type] = {
     "data": DataSection,
     "train": TrainSection,
     "method": MethodSection,
+    "dist": DistSection,
 }
 TOP_LEVEL_KEYS = ("name", "description")
 
@@ -144,6 +159,7 @@ class Profile:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     method: MethodSection = field(default_factory=MethodSection)
+    dist: DistSection = field(default_factory=DistSection)
     method_keys: tuple[str, ...] = ()  # the [method] keys the file set, so saving writes back only those
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,6 +229,12 @@ def check_value(path: str, meta: dict[str, Any], value: Any) -> Any:
         if value not in (4, 8, "none") or isinstance(value, bool):
             raise ProfileError(f'{path}: must be 4, 8 or "none"; got {_fmt(value)}')
         return value
+    if kind == "processes":
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ProfileError(f'{path}: must be "auto" or a positive number of processes; got {_fmt(value)}')
     if kind == "targets":
         if isinstance(value, str):
             value = [value]
@@ -320,6 +342,13 @@ def profile_from_dict(doc: dict[str, Any], source: str = "<profile>", text: str 
     if method == "rlhf" and not profile.method.reward_model:
         raise fail(ProfileError('method.reward_model: train.method = "rlhf" needs the registry ref of a reward model'),
                    "method", None)
+    dist = profile.dist
+    if dist.node_rank >= dist.nodes:
+        raise fail(ProfileError(f"dist.node_rank: must be below dist.nodes ({dist.nodes}); got {dist.node_rank}",
+                                hint="boxes are numbered 0 to nodes - 1"), "dist", "node_rank")
+    if dist.nodes > 1 and not dist.master_port:
+        raise fail(ProfileError("dist.master_port: several boxes need one fixed port that every box names; got 0",
+                                hint="set dist.master_port = 29500 (or any port free on box 0)"), "dist", "master_port")
     return profile
 
 

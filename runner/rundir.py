@@ -189,8 +189,8 @@ def derive_status(state: RunState, running: bool) -> str:
         return "done"
     if state.terminal == "stopped":
         return "stopped"
-    if state.terminal == "error":
-        return "failed"
+    if state.terminal == "error":  # a process killed under a distributed run's launcher is a crash, resumable
+        return "crashed" if state.error.get("kind") == "crashed" else "failed"
     return "crashed"
 
 

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qlora_tui.core.device import describe_torch_device
 from qlora_tui.core.models import BaseModel, revision_changed
 from qlora_tui.core.testhooks import kill_point
 from qlora_tui.core.versions import library_versions
-from qlora_tui.runner import checkpoints
+from qlora_tui.runner import checkpoints, distributed
 from qlora_tui.runner.data import data_fingerprint, read_rows, to_sft_examples
 from qlora_tui.runner.errors import NonFiniteLossError, RunError
 from qlora_tui.runner.events import EventWriter, read_events
@@ -58,7 +57,7 @@ class Prepared:
 def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
                  stop_signalled: Callable[[], bool]) -> None:
     profile = load_profile(run.profile_path)
-    if resume and finish_if_registered(run, home, writer):
+    if resume and distributed.from_main(lambda: finish_if_registered(run, home, writer)):
         return
     writer.write("log", level="info", message=f"preparing {profile.name}: checking the model and reading the data")
     prepared = prepare(profile, home, writer)
@@ -66,7 +65,8 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     resume_from = None
     if resume:
         check_unchanged_since_start(run, prepared)
-        resume_from, skipped = checkpoints.newest_valid(run.checkpoints_path)
+        distributed.keep_global_batch(run, profile, writer)
+        resume_from, skipped = distributed.choose_checkpoint(run)
         for s in skipped:
             writer.write("log", level="warning", message=f"skipped {s.name}: {s.reason}")
         if resume_from is None:
@@ -82,8 +82,9 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
         method=method, base_model=prepared.base.model_id, base_fingerprint=prepared.base.revision,
         dataset=profile.data.path, dataset_fingerprint=prepared.dataset_fingerprint,
         dataset_rows=prepared.dataset_rows, train_rows=len(prepared.train_data), eval_rows=len(prepared.eval_data),
-        lora_shape=lora_shape(profile), parent=prepared.parent_ref, device=describe_torch_device(),
-        library_versions=library_versions(), max_steps=planned_steps(profile, len(prepared.train_data)),
+        lora_shape=lora_shape(profile), parent=prepared.parent_ref, device=distributed.describe_device(),
+        dist=distributed.start_fields(profile), library_versions=library_versions(),
+        max_steps=planned_steps(profile, len(prepared.train_data), distributed.world_size()),
         resumed_from_step=resumed_step,
         reference=reference_description(prepared) if method in ("dpo", "orpo", "kto", "rlhf") else "",
     )
@@ -122,6 +123,8 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     if baseline is not None:
         metrics.update(alignment_after(prepared, trainer, baseline, writer))
     adapter = save_adapter(trainer, prepared.tokenizer, run)
+    if adapter is None:  # another rank of a distributed run: rank 0 saves and registers
+        return
     ref = register(home, run, prepared, adapter, metrics)
     kill_point("runner.after-register")
     writer.write("done", step=trainer.state.global_step, adapter_path=str(ref.path), registry_ref=ref.ref,
@@ -282,10 +285,10 @@ def split_eval(rows: list[Any], fraction: float, seed: int) -> tuple[list[Any], 
     return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
 
-def planned_steps(profile: Profile, train_rows: int) -> int:
+def planned_steps(profile: Profile, train_rows: int, processes: int = 1) -> int:
     if profile.train.max_steps:
         return profile.train.max_steps
-    batches = math.ceil(train_rows / profile.train.batch_size)
+    batches = math.ceil(train_rows / (profile.train.batch_size * processes))
     return max(1, math.ceil(batches / profile.train.grad_accum) * math.ceil(profile.train.epochs))
 
 
@@ -324,14 +327,17 @@ def final_metrics(trainer: Any, seconds: float) -> dict[str, Any]:
     return metrics
 
 
-def save_adapter(trainer: Any, tokenizer: Any, run: RunDir) -> Path:
+def save_adapter(trainer: Any, tokenizer: Any, run: RunDir) -> Path | None:
     """The final PEFT directory (weights, config, tokenizer with its chat template), written then renamed.
 
-    Only the trained adapter is saved: preference trainers keep a frozen "ref" copy beside it.
+    Only the trained adapter is saved: preference trainers keep a frozen "ref" copy beside it. In a
+    distributed run rank 0 writes it and every other rank returns None.
     """
     tmp = run.path / ".adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp, selected_adapters=["default"])
+    if distributed.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not distributed.save_adapter_weights(trainer, tmp):
+        return None
     tokenizer.save_pretrained(tmp)
     if not checkpoints.adapter_weights_finite(tmp):
         shutil.rmtree(tmp, ignore_errors=True)

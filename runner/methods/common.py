@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from qlora_tui.runner import distributed
 from qlora_tui.runner.callbacks import EventsCallback
 from qlora_tui.runner.checkpoints import staging_dir
 from qlora_tui.runner.events import EventWriter
@@ -52,6 +53,7 @@ def trainer_arguments(profile: Profile, output_dir: str, has_eval: bool) -> dict
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
+    args.update(distributed.trainer_arguments(profile))
     return args
 
 
@@ -61,7 +63,9 @@ def attach_lora(model: Any, profile: Profile, parent_path: Any, task_type: str =
 
     if parent_path is not None:
         return PeftModel.from_pretrained(model, str(parent_path), is_trainable=True)
-    return get_peft_model(model, lora_config(profile, task_type))
+    # FSDP-QLoRA: the LoRA stays in the base's storage dtype, as FSDP shards one dtype per unit
+    same_dtype = distributed.sharded() and profile.quant.bits == 4
+    return get_peft_model(model, lora_config(profile, task_type), autocast_adapter_dtype=not same_dtype)
 
 
 def load_policy(prepared: Any, writer: EventWriter, task_type: str = "CAUSAL_LM") -> Any:
@@ -80,8 +84,11 @@ def load_policy(prepared: Any, writer: EventWriter, task_type: str = "CAUSAL_LM"
 
 def events_callback(prepared: Any, run: RunDir, writer: EventWriter,
                     stop_signalled: Callable[[], bool]) -> EventsCallback:
-    return EventsCallback(writer, run, keep_checkpoints=prepared.profile.train.save_total_limit,
-                          stop_signalled=stop_signalled)
+    cls = EventsCallback
+    if distributed.active() is not None:
+        from qlora_tui.runner.dist_callbacks import DistributedEventsCallback as cls
+    return cls(writer, run, keep_checkpoints=prepared.profile.train.save_total_limit,
+               stop_signalled=stop_signalled)
 
 
 def output_dir(run: RunDir) -> str:

@@ -30,6 +30,9 @@ def cmd_run(args: argparse.Namespace, home: Path) -> int:
         if not is_valid_name(args.name):
             raise QloraError(f"--name: use {NAME_RULE}; got {args.name!r}")
         profile.name = args.name
+    check_distributed(profile, args.processes)
+    if args.processes is not None:
+        profile.dist.processes = args.processes
     run, proc = start_run(home, profile, detach=args.detach)
     if args.detach:
         print(run.run_id)
@@ -51,7 +54,7 @@ def cmd_resume(args: argparse.Namespace, home: Path) -> int:
         raise QloraError(f"run {run.run_id} is still running")
     if summary.status == "done":
         raise QloraError(f"run {run.run_id} is done (registered {summary.state.registry_ref}); nothing to resume")
-    proc = resume_run(run, detach=args.detach)
+    proc = resume_run(run, detach=args.detach, processes=args.processes)
     if args.detach:
         print(run.run_id)
         print(f"resumed in the background (pid {proc.pid})", file=sys.stderr)
@@ -59,6 +62,16 @@ def cmd_resume(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.tui.follow import follow_run
 
     return follow_run(run, proc, resumed=True)
+
+
+def check_distributed(profile: Any, processes: int | str | None) -> None:
+    """A run's processes, boxes and strategy checked on this box before the run is made (runner/dist_plan.py)."""
+    from qlora_tui.runner.dist_plan import check_port_free, plan_dist
+
+    dist = profile.dist
+    if (processes or dist.processes) == 1 and dist.nodes == 1 and dist.strategy == "ddp":
+        return
+    check_port_free(plan_dist(profile, processes=processes))
 
 
 def cmd_stop(args: argparse.Namespace, home: Path) -> int:
@@ -129,6 +142,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("profile", help="profile file, or the name of a shipped/user profile (e.g. demo)")
     p.add_argument("--detach", "-d", action="store_true", help="run in the background and print the run id")
     p.add_argument("--name", help="register the adapter under this name instead of the profile's")
+    p.add_argument("--processes", type=processes_arg, help='training processes on this box (overrides '
+                   'dist.processes): "auto" for one per GPU, or a number')
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("runs", help="list runs with their status")
@@ -145,4 +160,16 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("resume", help="continue a stopped or crashed run from its newest complete checkpoint")
     p.add_argument("run_id")
     p.add_argument("--detach", "-d", action="store_true")
+    p.add_argument("--processes", type=positive_int, help="resume on this many processes (DDP keeps the global "
+                   "batch by scaling train.grad_accum)")
     p.set_defaults(func=cmd_resume)
+
+
+def positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return int(text)
+
+
+def processes_arg(text: str) -> int | str:
+    return "auto" if text.strip() == "auto" else positive_int(text)

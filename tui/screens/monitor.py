@@ -47,8 +47,8 @@ def status_line(follower: RunFollower) -> Text:
         if s.error.get("hint"):
             text.append(f"\nhint: {s.error['hint']}", style="dim")
     elif status == "crashed":
-        text.append("\ncrashed: the process ended without a final event (its log is below); "
-                    "r resumes from the newest complete checkpoint", style="red")
+        why = s.error.get("message") or "the process ended without a final event (its log is below)"
+        text.append(f"\ncrashed: {why}; r resumes from the newest complete checkpoint", style="red")
     elif status == "stopped":
         text.append("\nstopped with a checkpoint; press r to resume", style="yellow")
     return text
