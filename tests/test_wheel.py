@@ -42,6 +42,6 @@ def test_the_wheel_installs_one_namespace_and_runs_the_demo_outside_the_checkout
     listed = run(venv / "bin" / "qlora-tui", "adapters", cwd=elsewhere, env=env)
     assert listed.stdout.splitlines()[1].startswith("demo@1")
     for bare in ("runner", "registry", "tui", "core"):  # no top-level name of ours was installed
-        found = subprocess.run([venv / "bin" / "python", "-c", f"import importlib.util as u; print(u.find_spec({bare!r}))"],
-                               cwd=elsewhere, capture_output=True, text=True)
+        probe = f"import importlib.util as u; print(u.find_spec({bare!r}))"
+        found = subprocess.run([venv / "bin" / "python", "-c", probe], cwd=elsewhere, capture_output=True, text=True)
         assert found.stdout.strip() == "None", bare
