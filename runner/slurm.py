@@ -63,7 +63,8 @@ def sbatch_script(profile: Profile, *, nodes: int, gpus_per_node: int, port: int
         *(f"#SBATCH {o}" for o in options),
         "",
         "set -euo pipefail",
-        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        # awk reads the whole list: `head -n 1` would close the pipe early, and pipefail turns that into exit 141
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | awk \'NR == 1\')',
         "export MASTER_ADDR",
         "QLORA_TUI_PROFILE=$(cat <<'QLORA_TUI_PROFILE_END'",
         body.rstrip("\n"),
