@@ -3,6 +3,9 @@
 on_log writes `step`/`eval` events and catches a non-finite loss (the
 Trainer's own NaN filter is switched off so we see it); on_step_end polls the
 stop file and signal flag; on_save completes the checkpoint the trainer staged.
+on_train_begin hooks a real-token counter onto the trained model, so every
+method's step events carry tokens/s, MFU and GPU memory (counted from this
+process's start: a resumed run counts from its resume).
 """
 
 from __future__ import annotations
