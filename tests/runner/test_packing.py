@@ -47,9 +47,9 @@ def sft_trainer(home: Path, tmp_path: Path) -> tuple[Any, Any]:
 
 def test_packed_forward_gives_each_row_the_loss_it_has_alone(sft_trainer: tuple[Any, Any]) -> None:
     prepared, trainer = sft_trainer
-    assert prepared.fast.packing and prepared.fast.attn_implementation == "sdpa"
+    assert prepared.fast.packing  # sdpa here; flash-attention where a GPU has it installed
     model = trainer.model
-    assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == prepared.fast.attn_implementation
     rows = prepared.train_data[:6]
     assert len({len(r.input_ids) for r in rows}) > 2, "rows of different lengths make the check mean something"
     batch = trainer.data_collator([{"input_ids": r.input_ids, "labels": r.labels} for r in rows])
