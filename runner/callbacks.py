@@ -18,7 +18,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from qlora_tui.core.device import torch_device_name, torch_gpu_memory
+from qlora_tui.core.device import process_gpu_memory_gib, torch_device_name, torch_gpu_memory
 from qlora_tui.core.gpu_peaks import mfu_pct
 from qlora_tui.runner import checkpoints
 from qlora_tui.runner.events import EventWriter
@@ -135,7 +135,8 @@ class EventsCallback(TrainerCallback):
         if self.memory_checked or self.memory_estimate_gb is None or not self.memory:
             return
         self.memory_checked = True
-        fields, warning = memory_comparison(self.memory_estimate_gb, self.memory, step)
+        fields, warning = memory_comparison(self.memory_estimate_gb, self.memory, step,
+                                            process_gpu_memory_gib(os.getpid()))
         self.writer.write("memory_check", **fields)
         if warning:
             self.writer.write("log", level="warning", message=warning)

@@ -100,21 +100,31 @@ def _card_gb() -> float | None:
     return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GB
 
 
-def memory_comparison(estimate_gb: float, memory: dict[str, Any], step: int) -> tuple[dict[str, Any], str | None]:
+def memory_comparison(estimate_gb: float, memory: dict[str, Any], step: int,
+                      process_gib: float | None = None) -> tuple[dict[str, Any], str | None]:
     """The `memory_check` event's fields, and a warning when the estimate is more than 15% off the peak.
 
-    The peak compared is torch's peak reserved memory, in GB like the plan; the plan also counts the
-    CUDA context (about 0.75 GB), which torch does not see.
+    The plan counts what nvidia-smi shows for the run: torch's tensors and the CUDA context with the
+    libraries' workspaces. Torch's peak reserved memory is the first part; NVML's view of this process
+    (`process_gib`, now) minus what torch holds now is the second. Where NVML cannot see the process,
+    the peak reserved is compared alone, and the event says so.
     """
     reserved = memory["gpu_mem_reserved_peak_gb"] * GIB / GB
     allocated = memory["gpu_mem_peak_gb"] * GIB / GB
-    off = (estimate_gb - reserved) / reserved if reserved > 0 else 0.0
-    fields = {"step": step, "estimate_gb": estimate_gb, "measured_peak_reserved_gb": round(reserved, 2),
-              "measured_peak_allocated_gb": round(allocated, 2), "off_pct": round(100 * off, 1)}
+    if process_gib is not None:
+        overhead = max(0.0, process_gib - memory.get("gpu_mem_reserved_gb", 0.0)) * GIB / GB
+        what = f"torch's peak reserved memory + {overhead:.2f} GB of CUDA context and workspaces (NVML)"
+    else:
+        overhead, what = 0.0, "torch's peak reserved memory (NVML cannot see this process: no CUDA context counted)"
+    measured = reserved + overhead
+    off = (estimate_gb - measured) / measured if measured > 0 else 0.0
+    fields = {"step": step, "estimate_gb": estimate_gb, "measured_peak_gb": round(measured, 2),
+              "measured_peak_reserved_gb": round(reserved, 2), "measured_peak_allocated_gb": round(allocated, 2),
+              "measured": what, "off_pct": round(100 * off, 1)}
     warning = None
     if abs(off) > MEMORY_TOLERANCE:
         side = "above" if off > 0 else "below"
         warning = (f"the memory estimate ({estimate_gb:.2f} GB) is {abs(off):.0%} {side} the measured peak "
-                   f"({reserved:.2f} GB reserved by torch after {step} steps); `qlora-tui estimate` lists the plan "
-                   "line by line")
+                   f"({measured:.2f} GB after {step} steps: {what}); `qlora-tui estimate` lists the plan line by "
+                   "line")
     return fields, warning
