@@ -144,12 +144,58 @@ def describe_torch_device() -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def torch_gpu_memory() -> dict[str, float]:
-    """This process's allocated and peak GPU memory in GiB (empty on the CPU)."""
+def torch_gpu_memory() -> dict[str, Any]:
+    """This process's GPU memory in GiB: allocated now, peak allocated and peak reserved (empty on the CPU).
+
+    The totals add every visible device; with more than one, `gpu_mem_devices` lists each. Reserved is what
+    torch's caching allocator held, the part of nvidia-smi's figure that a run's tensors account for.
+    """
     import torch
 
     if not torch.cuda.is_available():
         return {}
     gib = 1024 ** 3
-    return {"gpu_mem_gb": round(torch.cuda.memory_allocated() / gib, 3),
-            "gpu_mem_peak_gb": round(torch.cuda.max_memory_allocated() / gib, 3)}
+    devices = [{"device": i,
+                "allocated_gb": round(torch.cuda.memory_allocated(i) / gib, 3),
+                "reserved_gb": round(torch.cuda.memory_reserved(i) / gib, 3),
+                "peak_allocated_gb": round(torch.cuda.max_memory_allocated(i) / gib, 3),
+                "peak_reserved_gb": round(torch.cuda.max_memory_reserved(i) / gib, 3)}
+               for i in range(torch.cuda.device_count())]
+    out: dict[str, Any] = {
+        "gpu_mem_gb": round(sum(d["allocated_gb"] for d in devices), 3),
+        "gpu_mem_peak_gb": round(sum(d["peak_allocated_gb"] for d in devices), 3),
+        "gpu_mem_reserved_gb": round(sum(d["reserved_gb"] for d in devices), 3),
+        "gpu_mem_reserved_peak_gb": round(sum(d["peak_reserved_gb"] for d in devices), 3),
+    }
+    if len(devices) > 1:
+        out["gpu_mem_devices"] = devices
+    return out
+
+
+def process_gpu_memory_gib(pid: int) -> float | None:
+    """GiB of GPU memory NVML sees process `pid` hold on every GPU, CUDA context included (what nvidia-smi lists).
+
+    None when NVML cannot tell: no library or driver, or a container whose process ids NVML does not share.
+    """
+    nv = _open_nvml()
+    if nv is None:
+        return None
+    try:
+        used = [p.usedGpuMemory for i in range(nv.nvmlDeviceGetCount())
+                for p in nv.nvmlDeviceGetComputeRunningProcesses(nv.nvmlDeviceGetHandleByIndex(i))
+                if p.pid == pid and p.usedGpuMemory is not None]
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            nv.nvmlShutdown()
+    return sum(used) / 1024 ** 3 if used else None
+
+
+def torch_device_name() -> str | None:
+    """The name of the CUDA device this process trains on (for the peak-FLOPs table), None on the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return str(torch.cuda.get_device_name(torch.cuda.current_device()))

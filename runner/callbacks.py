@@ -3,6 +3,9 @@
 on_log writes `step`/`eval` events and catches a non-finite loss (the
 Trainer's own NaN filter is switched off so we see it); on_step_end polls the
 stop file and signal flag; on_save completes the checkpoint the trainer staged.
+on_train_begin hooks a real-token counter onto the trained model, so every
+method's step events carry tokens/s, MFU and GPU memory (counted from this
+process's start: a resumed run counts from its resume).
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from qlora_tui.core.device import torch_gpu_memory
+from qlora_tui.core.device import process_gpu_memory_gib, torch_device_name, torch_gpu_memory
+from qlora_tui.core.gpu_peaks import mfu_pct
 from qlora_tui.core.testhooks import kill_point
 from qlora_tui.runner import checkpoints
 from qlora_tui.runner.events import EventWriter
+from qlora_tui.runner.measure import MEMORY_CHECK_STEP, TokenCounter, matmul_params, memory_comparison
 from qlora_tui.runner.rundir import RunDir
 
 FAULT_ENV = "QLORA_TUI_FAULT"  # test hook: "nan_at_step=N" poisons a LoRA weight before step N
@@ -38,17 +43,36 @@ class EventsCallback(TrainerCallback):
         self.stop_requested = False
         self.nonfinite: tuple[int, float] | None = None
         self.last_log_time: float | None = None
-        self.last_tokens: float | None = None
         self.step_seconds: float | None = None
+        self.tokens = TokenCounter()
+        self.params = 0
+        self.device_name: str | None = None
+        self.train_began: float | None = None
+        self.train_seconds = 0.0
+        self.memory_estimate_gb: float | None = None  # set by the runner; compared once with the measured peak
+        self.memory_checked = False
+        self.memory: dict[str, Any] = {}
         self.last_step_logged = 0
         self.fault_step = _fault_step()
         self.step_delay = float(os.environ.get(STEP_DELAY_ENV, "0") or 0)
 
     # -------------------------------------------------------------- steps
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.last_log_time = time.monotonic()
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.last_log_time = self.train_began = time.monotonic()
         self.last_step_logged = state.global_step
+        if model is not None:
+            self.tokens.attach(model)
+            self.params = matmul_params(model)
+        self.device_name = torch_device_name()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.tokens.detach()
+        if self.train_began is not None:
+            self.train_seconds = time.monotonic() - self.train_began
+        self.tokens.take()
+        self.memory = torch_gpu_memory() or self.memory
+        self._check_memory(state.global_step)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if self.fault_step is not None and state.global_step + 1 == self.fault_step and model is not None:
@@ -86,19 +110,52 @@ class EventsCallback(TrainerCallback):
             control.should_save = False
         fields = {RENAMED.get(k, k): v for k, v in logs.items()}
         now = time.monotonic()
+        tokens = self.tokens.take()
         if self.last_log_time is not None and step > self.last_step_logged:
             seconds = (now - self.last_log_time) / (step - self.last_step_logged)
             self.step_seconds = seconds if self.step_seconds is None else 0.7 * self.step_seconds + 0.3 * seconds
-            tokens = logs.get("num_tokens")
-            if isinstance(tokens, (int, float)) and self.last_tokens is not None and now > self.last_log_time:
-                fields["tokens_per_s"] = round((tokens - self.last_tokens) / (now - self.last_log_time), 1)
-            if isinstance(tokens, (int, float)):
-                self.last_tokens = tokens
+            if tokens and now > self.last_log_time:
+                fields["tokens_per_s"] = round(tokens / (now - self.last_log_time), 1)
+                mfu = mfu_pct(self.params, fields["tokens_per_s"], self.device_name or "")
+                if mfu is not None:
+                    fields["mfu_pct"] = mfu
+        fields["tokens_seen"] = self.tokens.total
+        if self.tokens.total and self.train_began is not None and now > self.train_began:
+            fields["tokens_per_s_avg"] = round(self.tokens.total / (now - self.train_began), 1)
         self.last_log_time, self.last_step_logged = now, step
         if self.step_seconds is not None and state.max_steps:
             fields["eta_s"] = round(self.step_seconds * max(0, state.max_steps - step), 1)
-        fields.update(self.more_step_fields(fields))
+        self.memory = self.more_step_fields(fields)
+        fields.update(self.memory)
         self.writer.write("step", step=step, max_steps=state.max_steps, **fields)
+        if step >= MEMORY_CHECK_STEP:
+            self._check_memory(step)
+
+    def _check_memory(self, step: int) -> None:
+        """Once, on a GPU: the memory plan next to the measured peak, with a warning when it is >15% off."""
+        if self.memory_checked or self.memory_estimate_gb is None or not self.memory:
+            return
+        self.memory_checked = True
+        fields, warning = memory_comparison(self.memory_estimate_gb, self.memory, step,
+                                            process_gpu_memory_gib(os.getpid()))
+        self.writer.write("memory_check", **fields)
+        if warning:
+            self.writer.write("log", level="warning", message=warning)
+
+    def throughput_summary(self) -> dict[str, Any]:
+        """What the done event and the registered version record: average real tokens/s, MFU, peak memory."""
+        out: dict[str, Any] = {"tokens_trained": self.tokens.total}
+        if self.tokens.total and self.train_seconds > 0:
+            out["tokens_per_s_avg"] = round(self.tokens.total / self.train_seconds, 1)
+            mfu = mfu_pct(self.params, out["tokens_per_s_avg"], self.device_name or "")
+            if mfu is not None:
+                out["mfu_pct_avg"] = mfu
+        for key in ("gpu_mem_peak_gb", "gpu_mem_reserved_peak_gb"):
+            if key in self.memory:
+                out[key] = self.memory[key]
+        if self.memory_estimate_gb is not None:
+            out["memory_estimate_gb"] = self.memory_estimate_gb
+        return out
 
     def stop_wanted(self) -> bool:
         """Asked to stop: the stop file or a signal (a distributed run's ranks agree on it instead)."""

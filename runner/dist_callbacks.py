@@ -19,9 +19,10 @@ class DistributedEventsCallback(EventsCallback):
 
     def more_step_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
         out = distributed.memory_fields()
-        tokens = fields.get("tokens_per_s")  # counted over every rank by the trainer
+        tokens = fields.get("tokens_per_s")  # rank 0's real tokens: the counter hooks this rank's model
         if isinstance(tokens, (int, float)):
-            out["tokens_per_s_per_gpu"] = round(tokens / distributed.world_size(), 1)
+            out["tokens_per_s_per_gpu"] = tokens
+            out["tokens_per_s"] = round(tokens * distributed.world_size(), 1)
         return out
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -81,10 +81,11 @@ def quantization_config(profile: Profile, sharded: bool = False) -> Any:
 
 
 def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "CAUSAL_LM",
-                           pad_token_id: int | None = None) -> Any:
+                           pad_token_id: int | None = None, attn_implementation: str | None = None) -> Any:
     """The frozen base, quantized as the profile says, ready for k-bit training.
 
-    task_type SEQ_CLS loads it with a one-logit score head: the reward model.
+    task_type SEQ_CLS loads it with a one-logit score head: the reward model. attn_implementation is the
+    fast path's choice (None: transformers' default).
     """
     import torch
     from peft import prepare_model_for_kbit_training
@@ -98,6 +99,8 @@ def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "
                               "trust_remote_code": profile.model.trust_remote_code}
     if quant is not None:
         kwargs["quantization_config"] = quant
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if torch.cuda.is_available() and not (fsdp and quant is None):
         # each rank of a distributed run has set its own GPU; a 16-bit FSDP base loads on the CPU, FSDP moves it
         kwargs["device_map"] = {"": torch.cuda.current_device()}

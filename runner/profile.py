@@ -29,6 +29,7 @@ SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
 )
 LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
 
 def spec(default: Any, kind: str, help: str, **rules: Any) -> Any:
@@ -45,6 +46,8 @@ class ModelSection:
     revision: str = spec("", "str", "Hub revision (branch, tag or commit); empty for the default")
     trust_remote_code: bool = spec(False, "bool", "run custom code shipped with the model")
     adapter: str = spec("", "str", "registry ref (name@N) of an adapter to continue training")
+    attn_implementation: str = spec("auto", "choice", "attention kernel; auto: flash-attention when installed on a "
+                                    "GPU, else PyTorch's SDPA", choices=ATTN_IMPLEMENTATIONS)
 
 
 @dataclass
@@ -103,6 +106,10 @@ class TrainSection:
     save_total_limit: int = spec(2, "int", "complete checkpoints kept", min=1)
     logging_steps: int = spec(1, "int", "write a step event every N steps", min=1)
     eval_steps: int = spec(0, "int", "evaluate every N steps (0: at the end only)", min=0)
+    packing: bool = spec(True, "bool", "padding-free batches: rows concatenated, attention kept within each row "
+                         "(SFT; other methods pad)")
+    liger: bool = spec(True, "bool", "Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU) when liger-kernel is "
+                       "installed and a CUDA GPU is present")
 
 
 @dataclass

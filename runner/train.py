@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qlora_tui.core.device import cuda_available
 from qlora_tui.core.models import BaseModel, revision_changed
 from qlora_tui.core.testhooks import kill_point
 from qlora_tui.core.versions import library_versions
@@ -22,6 +23,8 @@ from qlora_tui.runner import checkpoints, distributed
 from qlora_tui.runner.data import data_fingerprint, read_rows, to_sft_examples
 from qlora_tui.runner.errors import NonFiniteLossError, RunError
 from qlora_tui.runner.events import EventWriter, read_events
+from qlora_tui.runner.fastpath import FastPath, choose_fast_path
+from qlora_tui.runner.measure import MEMORY_CHECK_STEP, memory_estimate
 from qlora_tui.runner.model import (
     check_targets,
     compute_dtype_name,
@@ -52,6 +55,7 @@ class Prepared:
     parent_path: Path | None
     measure_pairs: list[dict[str, Any]] = field(default_factory=list)  # pairs for the before/after alignment check
     measure_slice: str = ""
+    fast: FastPath | None = None  # attention kernel, packing and Liger, chosen before the weights load
 
 
 def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
@@ -77,6 +81,9 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     from qlora_tui.runner.methods.preference import reference_description
 
     method = profile.train.method
+    fast = prepared.fast
+    estimate_gb, estimate_note = memory_estimate(profile, home)
+    gpu = cuda_available()
     writer.write(
         "start", run_id=run.run_id, profile_name=profile.name, profile_digest=profile.digest(),
         method=method, base_model=prepared.base.model_id, base_fingerprint=prepared.base.revision,
@@ -87,13 +94,19 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
         max_steps=planned_steps(profile, len(prepared.train_data), distributed.world_size()),
         resumed_from_step=resumed_step,
         reference=reference_description(prepared) if method in ("dpo", "orpo", "kto", "rlhf") else "",
+        **(fast.as_event() if fast else {}), memory_estimate_gb=estimate_gb, memory_estimate_note=estimate_note,
+        memory_measured=f"peak after step {MEMORY_CHECK_STEP}, in a memory_check event" if gpu
+        else "not measured: CPU run (no GPU memory to compare with the estimate)",
     )
+    if fast:
+        writer.write("log", level="info", message=fast.summary())
 
     from transformers.trainer_callback import PrinterCallback
 
     from qlora_tui.runner.methods import build_trainer
 
     trainer, callback = build_trainer(prepared, run, writer, stop_signalled)
+    callback.memory_estimate_gb = estimate_gb if gpu else None
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the events already hold them
     baseline = alignment_baseline(run, prepared, trainer, writer, resumed=resume_from is not None)
     started = time.monotonic()
@@ -116,7 +129,7 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
                      message=f"stopped at step {trainer.state.global_step}; resume continues from there")
         return
 
-    metrics = final_metrics(trainer, time.monotonic() - started)
+    metrics = final_metrics(trainer, time.monotonic() - started) | callback.throughput_summary()
     if prepared.eval_data and method != "rlhf":
         evaluation = trainer.evaluate()  # the callback writes it as an `eval` event
         metrics["eval_loss"] = evaluation.get("eval_loss")
@@ -205,7 +218,7 @@ def prepare(profile: Profile, home: Path, writer: EventWriter) -> Prepared:
     for note in notes:
         writer.write("log", level="warning", message=note)
     return Prepared(profile, base, tokenizer, train_rows, eval_rows, data_fingerprint(raw, profile.data),
-                    len(raw.rows), parent_ref, parent_path, pairs, pairs_slice)
+                    len(raw.rows), parent_ref, parent_path, pairs, pairs_slice, choose_fast_path(profile, config))
 
 
 def measurement_pairs(raw: Any, profile: Profile, train_rows: list[Any],
@@ -375,6 +388,8 @@ def register(home: Path, run: RunDir, prepared: Prepared, adapter: Path, metrics
         extra={"quant": {"bits": profile.quant.bits, "type": profile.quant.type,
                          "double_quant": profile.quant.double_quant, "compute_dtype": compute_dtype_name(profile)},
                "lora": adapter_lora_shape(adapter) or lora_shape(profile), "train_rows": len(prepared.train_data),
+               "device": distributed.describe_device(),
+               **({"fast_path": prepared.fast.as_event()} if prepared.fast else {}),
                **({"alignment_slice": prepared.measure_slice} if prepared.measure_slice else {})},
     )
     store = open_store(home)

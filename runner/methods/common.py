@@ -9,13 +9,15 @@ from qlora_tui.runner import distributed
 from qlora_tui.runner.callbacks import EventsCallback
 from qlora_tui.runner.checkpoints import staging_dir
 from qlora_tui.runner.events import EventWriter
+from qlora_tui.runner.fastpath import FastPath, liger_arguments
 from qlora_tui.runner.model import compute_dtype, load_base_for_training, lora_config
 from qlora_tui.runner.profile import Profile
 from qlora_tui.runner.rundir import RunDir
 
 
-def trainer_arguments(profile: Profile, output_dir: str, has_eval: bool) -> dict[str, Any]:
-    """TrainingArguments shared by every method, from the profile's [train] section."""
+def trainer_arguments(profile: Profile, output_dir: str, has_eval: bool,
+                      fast: FastPath | None = None) -> dict[str, Any]:
+    """TrainingArguments shared by every method, from the profile's [train] section and the fast path's kernels."""
     import torch
 
     t = profile.train
@@ -52,6 +54,7 @@ def trainer_arguments(profile: Profile, output_dir: str, has_eval: bool) -> dict
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        **liger_arguments(fast),
     )
     args.update(distributed.trainer_arguments(profile))
     return args
@@ -75,11 +78,17 @@ def load_policy(prepared: Any, writer: EventWriter, task_type: str = "CAUSAL_LM"
     profile = prepared.profile
     set_seed(profile.train.seed)  # the LoRA init draws random numbers before the Trainer seeds anything
     model = load_base_for_training(profile, prepared.base, task_type=task_type,
-                                   pad_token_id=prepared.tokenizer.pad_token_id)
+                                   pad_token_id=prepared.tokenizer.pad_token_id,
+                                   attn_implementation=attention(prepared))
     if prepared.parent_path is not None:
         writer.write("log", level="info", message=f"continuing adapter {prepared.parent_ref}: its weights and "
                                                   "LoRA shape are used, [lora] is ignored")
     return attach_lora(model, profile, prepared.parent_path, task_type)
+
+
+def attention(prepared: Any) -> str | None:
+    """The attention kernel the fast path chose (None for a Prepared made without one: transformers decides)."""
+    return prepared.fast.attn_implementation if prepared.fast is not None else None
 
 
 def events_callback(prepared: Any, run: RunDir, writer: EventWriter,

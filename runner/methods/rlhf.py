@@ -15,6 +15,7 @@ from qlora_tui.runner.callbacks import EventsCallback
 from qlora_tui.runner.errors import RunError
 from qlora_tui.runner.events import EventWriter
 from qlora_tui.runner.methods.common import (
+    attention,
     conversational_dataset,
     events_callback,
     load_policy,
@@ -49,7 +50,7 @@ def load_reward_model(prepared: Any, adapter_dir: Path) -> Any:
     from peft import PeftModel
 
     base = load_base_for_training(prepared.profile, prepared.base, task_type="SEQ_CLS",
-                                  pad_token_id=prepared.tokenizer.pad_token_id)
+                                  pad_token_id=prepared.tokenizer.pad_token_id, attn_implementation=attention(prepared))
     model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
     model.eval()
     for param in model.parameters():
@@ -67,7 +68,7 @@ def build_rlhf_trainer(prepared: Any, run: RunDir, writer: EventWriter,
     writer.write("log", level="info", message=f"reward model: {reward_ref}; KL coefficient beta = {options.beta}")
     policy = load_policy(prepared, writer)
     reward_model = load_reward_model(prepared, reward_dir)
-    args = trainer_arguments(profile, output_dir(run), False)
+    args = trainer_arguments(profile, output_dir(run), False, prepared.fast)
     config = RLOOConfig(
         **args, num_generations=options.num_generations, max_completion_length=options.max_completion_len,
         temperature=options.temperature, beta=options.beta, log_completions=False,

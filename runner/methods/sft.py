@@ -1,4 +1,9 @@
-"""Supervised fine-tuning with TRL's SFTTrainer on rows the preflight tokenized."""
+"""Supervised fine-tuning with TRL's SFTTrainer on rows the preflight tokenized.
+
+With packing on, TRL's padding-free collator concatenates a batch's rows into
+one, labels included, with position ids restarting per row: the response-only
+labels made in the preflight train exactly as they would padded.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +23,17 @@ def build_sft_trainer(prepared: Any, run: RunDir, writer: EventWriter,
     from trl import SFTConfig, SFTTrainer
 
     profile = prepared.profile
+    packing = prepared.fast is not None and prepared.fast.packing
     model = load_policy(prepared, writer)
 
     def as_dataset(rows: list[Any]) -> Any:
         return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
 
     config = SFTConfig(
-        **trainer_arguments(profile, output_dir(run), bool(prepared.eval_data)),
-        max_length=profile.train.max_seq_len,
+        **trainer_arguments(profile, output_dir(run), bool(prepared.eval_data), prepared.fast),
+        # the preflight already cut rows at max_seq_len; TRL refuses a max_length it would not enforce padding-free
+        max_length=None if packing else profile.train.max_seq_len,
+        padding_free=packing,
         dataset_kwargs={"skip_prepare_dataset": True},
     )
     callback = events_callback(prepared, run, writer, stop_signalled)

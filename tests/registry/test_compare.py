@@ -32,10 +32,10 @@ def test_compare_answers_for_the_base_and_each_adapter(ops_home: Path, capsys: p
 
 def test_batched_rows_equal_separate_generate_calls(ops_home: Path) -> None:
     """The mixed-adapter batch changes nothing about each row: same greedy text as one call per adapter."""
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from qlora_tui.core.quant import torch_dtype
     from qlora_tui.registry.compare import prompt_text
     from qlora_tui.registry.quant import bnb_config, training_quant
 
@@ -50,12 +50,13 @@ def test_batched_rows_equal_separate_generate_calls(ops_home: Path) -> None:
     quant = training_quant(version)
     tokenizer = AutoTokenizer.from_pretrained(version.path)
     ids = tokenizer(prompt_text(tokenizer, PROMPT), return_tensors="pt", add_special_tokens=False)
-    for answer in answers:
-        model = AutoModelForCausalLM.from_pretrained(tiny_dir(ops_home), dtype=torch.float32,
+    for answer in answers:  # the base loaded as compare loads it: the training compute dtype, on the GPU if any
+        model = AutoModelForCausalLM.from_pretrained(tiny_dir(ops_home), dtype=torch_dtype(quant.compute_dtype),
                                                      quantization_config=bnb_config(quant))
         if answer.ref:
             model = PeftModel.from_pretrained(model, str(store.get(answer.ref).path))
-        out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(**ids.to(model.device), max_new_tokens=12, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
         alone = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
         assert alone == answer.text, answer.label
 
@@ -136,7 +137,10 @@ def test_dora_adapters_are_compared_through_peft_mixed_batches(home: Path, peft_
     assert [a.label for a in answers] == ["base", "dora@1", "plain@1"]
     tokenizer = AutoTokenizer.from_pretrained(store.get("dora").path)
     ids = tokenizer(prompt_text(tokenizer, PROMPT), return_tensors="pt", add_special_tokens=False)
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir(home), dtype=torch.float32)
+    on_gpu = torch.cuda.is_available()  # compare loads an unquantized base in bf16 on a GPU, fp32 on the CPU
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir(home), dtype=torch.bfloat16 if on_gpu else torch.float32,
+                                                 **({"device_map": {"": 0}} if on_gpu else {}))
     model = PeftModel.from_pretrained(model, str(store.get("dora").path))
-    out = model.generate(**ids, max_new_tokens=10, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    out = model.generate(**ids.to(model.device), max_new_tokens=10, do_sample=False,
+                         pad_token_id=tokenizer.pad_token_id)
     assert tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True) == answers[1].text

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from qlora_tui.core.quant import resolve_compute_dtype, torch_dtype
 from qlora_tui.registry.merge import merge_version
 from qlora_tui.registry.store import NewVersion, open_store
 from qlora_tui.registry.tensors import INDEX_NAME
@@ -102,7 +103,8 @@ def test_qlora_merges_default_to_nf4_roundtrip_and_record_fidelity(trained_copy:
     lines = result.out.splitlines()
     assert lines[0].startswith("merged quick@1 into builtin:tiny-llama (bf16, base weights nf4-roundtrip, "
                                "shard-by-shard) in ")
-    assert lines[1].startswith("  fidelity vs. adapter on the 4-bit nf4 double-quant, fp32 compute base: top-1 "
+    compute = resolve_compute_dtype("auto")  # what quick@1 trained with on this machine
+    assert lines[1].startswith(f"  fidelity vs. adapter on the 4-bit nf4 double-quant, {compute} compute base: top-1 "
                                "agreement ")
     assert lines[2:] == ["registered quick-merged@1", f"  files: {out}"]
     original = cli(capsys, trained_copy, "merge", "quick@1", "--out", str(tmp_path / "orig"), "--base-weights",
@@ -131,13 +133,15 @@ def test_nf4_roundtrip_reproduces_the_weights_the_4bit_base_used_in_training(tra
 
     quant = training_quant(open_store(trained_copy).get("quick@1"))
     base = tiny_dir(trained_copy)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, quantization_config=bnb_config(quant))
+    # loaded as the runner loads it: weights in the compute dtype, then quantized (on the GPU when there is one)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(quant.compute_dtype),
+                                                 quantization_config=bnb_config(quant))
     layer = model.model.layers[1].mlp.down_proj
-    seen_in_training = dequantize_bnb_weight(layer.weight, state=layer.weight.quant_state)
+    seen_in_training = dequantize_bnb_weight(layer.weight, state=layer.weight.quant_state).cpu()
     with safe_open(base / "model.safetensors", "pt") as f:
         original = f.get_tensor("model.layers.1.mlp.down_proj.weight")
     assert torch.equal(quantize_roundtrip(original, quant), seen_in_training)
-    assert not torch.equal(original, seen_in_training)
+    assert not torch.equal(original.to(seen_in_training.dtype), seen_in_training)
 
 
 def test_dora_falls_back_to_peft_and_says_so(home: Path, tmp_path: Path, peft_adapters: dict[str, Path],

@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
+from qlora_tui.core.quant import resolve_compute_dtype, torch_dtype
 from qlora_tui.registry.store import open_store
 from qlora_tui.runner.launch import PROFILE_HEADER
 from qlora_tui.runner.profile import Profile, dumps_profile, load_profile
@@ -86,10 +86,11 @@ def test_preference_run_starts_from_the_sft_weights_not_a_fresh_lora(aligned_hom
     run = run_named(aligned_home, "dpo-on-sft")
     (baseline,) = events_of(run, "alignment_baseline")
     pairs = to_alignment_examples(read_rows(DataSection(path="builtin:demo-preferences")), "dpo", "preference").examples
+    compute = resolve_compute_dtype("auto")  # what the run computed in: fp32 on the CPU, bf16 on a GPU
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32)
+                               bnb_4bit_compute_dtype=torch_dtype(compute))
     base = AutoModelForCausalLM.from_pretrained(builtin_model_dir(aligned_home, "builtin:tiny-llama"),
-                                                quantization_config=quant, dtype=torch.float32)
+                                                quantization_config=quant, dtype=torch_dtype(compute))
     sft_path = open_store(aligned_home).get("quick@1").path
     model = PeftModel.from_pretrained(base, str(sft_path)).eval()
     tokenizer = AutoTokenizer.from_pretrained(sft_path)
@@ -97,10 +98,13 @@ def test_preference_run_starts_from_the_sft_weights_not_a_fresh_lora(aligned_hom
     chosen = answer_logps(model, tokenizer, [p["prompt"] for p in first], [p["chosen"] for p in first], 128)
     rejected = answer_logps(model, tokenizer, [p["prompt"] for p in first], [p["rejected"] for p in first], 128)
     expected = [c - r for c, r in zip(chosen, rejected)]
-    assert baseline["baseline"]["deltas"][:4] == pytest.approx(expected, abs=1e-3)
+    # the run's model kept its norms and head in fp32 (k-bit training prep); in bf16 that rounds differently here
+    tolerance = 1e-3 if compute == "fp32" else 0.25
+    assert baseline["baseline"]["deltas"][:4] == pytest.approx(expected, abs=tolerance)
     with model.disable_adapter():
         bare_c = answer_logps(model, tokenizer, [p["prompt"] for p in first], [p["chosen"] for p in first], 128)
-    assert bare_c != pytest.approx(chosen, abs=1e-2)  # the SFT adapter matters, so the check above means something
+    # the SFT adapter matters, so the check above means something
+    assert bare_c != pytest.approx(chosen, abs=max(1e-2, 4 * tolerance))
 
 
 def test_dpo_from_scratch_improves_preference_on_its_pairs(home: Path) -> None:
@@ -118,6 +122,9 @@ def test_orpo_improves_preference_without_a_reference(home: Path) -> None:
     assert "align/reward_accuracy" not in m  # reference-free: no implicit reward
     assert events_of(run, "start")[0]["reference"] == "none (ORPO is reference-free)"
     assert "log_odds_ratio" in events_of(run, "step")[-1]
+    # TRL's ORPO trainer counts no tokens; the runner counts the real ones itself
+    assert all(e["tokens_per_s"] > 0 for e in events_of(run, "step")[1:])
+    assert m["tokens_per_s_avg"] > 0 and m["tokens_trained"] > 0
 
 
 def test_kto_on_unpaired_rows_and_on_pairs(home: Path) -> None:
@@ -188,3 +195,16 @@ def test_dpo_can_precompute_reference_log_probs(home: Path) -> None:
     assert summarize(run).status == "done"
     assert all("rewards/accuracies" in e for e in events_of(run, "step"))
     assert "precompute_ref_log_probs = true" in open_store(home).get("dpo-pre").profile
+
+
+def test_every_method_records_real_tokens_per_second(aligned_home: Path) -> None:
+    """SFT, DPO, reward and RL runs all count their real tokens; only SFT packs, and the others say why not."""
+    store = open_store(aligned_home)
+    for run in list_runs(aligned_home):
+        (start,) = events_of(run, "start")
+        steps = events_of(run, "step")
+        assert steps and all(e["tokens_per_s"] > 0 for e in steps), start["method"]
+        assert start["packing"] is (start["method"] == "sft"), start["packing_note"]
+        done = events_of(run, "done")[0]
+        metrics = store.get(done["registry_ref"]).metrics
+        assert metrics["tokens_per_s_avg"] > 0 and metrics["tokens_trained"] == steps[-1]["tokens_seen"]

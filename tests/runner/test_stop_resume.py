@@ -26,8 +26,10 @@ def adapter_tensors(home: Path, ref: str) -> dict[str, torch.Tensor]:
 
 def assert_same_adapter(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
+    # CPU kernels repeat bit for bit; GPU backward kernels add with atomics (SDPA), so runs differ in the last bits
+    atol, rtol = (1e-3, 1e-2) if torch.cuda.is_available() else (1e-5, 1e-4)
     for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=rtol, msg=key)
 
 
 def test_stop_then_resume_matches_an_uninterrupted_run(home: Path) -> None:

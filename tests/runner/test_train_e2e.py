@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from qlora_tui.core.builtin import builtin_model_dir
+from qlora_tui.core.quant import resolve_compute_dtype, torch_dtype
 from qlora_tui.registry.store import open_store
 from qlora_tui.runner.rundir import list_runs, summarize
 from tests.runner.helpers import events_of
@@ -36,7 +37,9 @@ def test_run_completes_loss_falls_and_adapter_is_registered(trained_home: Path) 
     assert {f.path for f in version.files} >= {"adapter_config.json", "adapter_model.safetensors"}
     assert all(len(f.sha256) == 64 for f in version.files)
     assert version.run_id == run.run_id and "name = \"quick\"" in version.profile
-    assert version.extra["quant"] == {"bits": 4, "type": "nf4", "double_quant": True, "compute_dtype": "fp32"}
+    # "auto" resolves on the machine that trained: fp32 on the CPU, bf16 (or fp16) on a GPU
+    assert version.extra["quant"] == {"bits": 4, "type": "nf4", "double_quant": True,
+                                      "compute_dtype": resolve_compute_dtype("auto")}
 
 
 def test_registered_adapter_loads_over_a_4bit_base(trained_home: Path) -> None:
@@ -45,13 +48,14 @@ def test_registered_adapter_loads_over_a_4bit_base(trained_home: Path) -> None:
 
     base_dir = builtin_model_dir(trained_home, "builtin:tiny-llama")
     version = open_store(trained_home).get("quick")
+    dtype = torch_dtype(resolve_compute_dtype("auto"))
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=quant, dtype=torch.float32)
+                               bnb_4bit_compute_dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=quant, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(version.path)
     text = tokenizer.apply_chat_template([{"role": "user", "content": "Is the number even or odd?\n\n14"}],
                                          tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(base.device)  # 4-bit loads onto a GPU
     with torch.no_grad():
         base_logits = base(**ids).logits
         model = PeftModel.from_pretrained(base, str(version.path))

@@ -53,6 +53,7 @@ def cmd_show(args: argparse.Namespace, home: Path) -> int:
         ("path", str(version.path)),
         ("size", size(version.size_bytes)),
     ]
+    lines += performance_lines(version.metrics)
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         print(f"  {key.ljust(width)}  {value}")
@@ -73,6 +74,29 @@ def cmd_show(args: argparse.Namespace, home: Path) -> int:
     if version.profile and args.profile:
         print("  profile\n" + "\n".join(f"    {line}" for line in version.profile.splitlines()))
     return 0
+
+
+def performance_lines(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a run cost and gained, in words: real tokens/s and MFU, peak GPU memory against the plan, alignment."""
+    def num(key: str) -> float | None:
+        value = metrics.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    lines = []
+    if (rate := num("tokens_per_s_avg")) is not None:
+        mfu = num("mfu_pct_avg")
+        lines.append(("throughput", f"{rate:,.0f} tokens/s (real tokens, run average)"
+                      + (f", MFU {mfu:.1f}%" if mfu is not None else ", MFU - (CPU or a GPU without a known peak)")))
+    if (peak := num("gpu_mem_peak_gb")) is not None:
+        reserved, plan = num("gpu_mem_reserved_peak_gb"), num("memory_estimate_gb")
+        lines.append(("GPU memory", f"peak {peak:.2f} GiB allocated"
+                      + (f", {reserved:.2f} GiB reserved" if reserved is not None else "")
+                      + (f"; the plan said {plan:.2f} GB" if plan is not None else "")))
+    pairs = {w: (num(f"align/{w}_before"), num(f"align/{w}_after")) for w in ("accuracy", "margin", "reward")}
+    gains = [f"{what} {a:.3g} -> {b:.3g}" for what, (a, b) in pairs.items() if a is not None and b is not None]
+    if gains:
+        lines.append(("alignment", ", ".join(gains)))
+    return lines
 
 
 def add_commands(sub: Any) -> None:

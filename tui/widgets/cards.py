@@ -22,11 +22,26 @@ def card_values(state: RunState) -> list[tuple[str, str]]:
         ("ETA", duration(state.eta_s)),
         ("GPU mem", gpu),
     ]
+    values += throughput_values(state)
     if state.eval_loss is not None:
         values.append(("eval loss", number(state.eval_loss)))
     for key in ("rewards/accuracies", "rewards/margins", "accuracy", "reward", "kl"):
         if key in state.metrics:
             values.append((key, number(state.metrics[key])))
+    return values
+
+
+def throughput_values(state: RunState) -> list[tuple[str, str]]:
+    """Run-average real tokens/s, MFU and peak reserved GPU memory, for runs whose events carry them."""
+    seen = {**state.metrics, **state.summary}
+    values = []
+    if isinstance(seen.get("tokens_per_s_avg"), (int, float)):
+        values.append(("tok/s avg", f"{seen['tokens_per_s_avg']:,.0f}"))
+    mfu = seen.get("mfu_pct_avg", seen.get("mfu_pct"))
+    if isinstance(mfu, (int, float)):
+        values.append(("MFU", f"{mfu:.1f}%"))
+    if isinstance(seen.get("gpu_mem_reserved_peak_gb"), (int, float)):
+        values.append(("GPU reserved", f"{seen['gpu_mem_reserved_peak_gb']:.1f} GiB peak"))
     return values
 
 

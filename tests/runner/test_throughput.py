@@ -1,0 +1,173 @@
+"""Throughput, MFU and memory per run: real tokens counted for every method, the fast path said, the plan checked.
+
+Expectations that depend on the machine are derived from it: a CPU run says
+what it could not measure, a GPU run measures it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from qlora_tui.core.gpu_peaks import mfu_pct, peak_bf16_tflops
+from qlora_tui.runner.errors import RunError
+from qlora_tui.runner.fastpath import choose_fast_path, flash_available
+from qlora_tui.runner.measure import MEMORY_CHECK_STEP, TokenCounter, matmul_params, memory_comparison
+from qlora_tui.runner.rundir import list_runs
+from tests.conftest import quick_profile
+from tests.runner.helpers import events_of
+from tests.runner.test_bad_input import assert_failed_before_training, keep_signal_handlers, run_in_process
+
+__all__ = ["keep_signal_handlers"]  # the runner's entry point sets signal handlers; this fixture restores them
+
+
+def tiny_config(home: Path) -> object:
+    from qlora_tui.core.builtin import builtin_model_dir
+    from qlora_tui.core.models import BaseModel
+    from qlora_tui.runner.model import load_config
+
+    return load_config(BaseModel("builtin:tiny-llama", builtin_model_dir(home, "builtin:tiny-llama"), "", ""), False)
+
+
+@pytest.mark.parametrize(("name", "label", "tflops"), [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.0),
+    ("NVIDIA H100 PCIe", "H100 PCIe", 756.0),
+    ("NVIDIA H100 NVL", "H100 NVL", 835.0),
+    ("NVIDIA H200", "H200 SXM", 989.0),
+    ("NVIDIA GH200 480GB", "GH200", 989.0),
+    ("NVIDIA A100-SXM4-40GB", "A100", 312.0),
+    ("NVIDIA A100 80GB PCIe", "A100", 312.0),
+    ("NVIDIA L40S", "L40S", 362.0),
+    ("NVIDIA L4", "L4", 121.0),
+    ("NVIDIA GeForce RTX 4090", "GeForce RTX 4090", 165.2),
+    ("NVIDIA GeForce RTX 3090", "GeForce RTX 3090", 71.0),
+])
+def test_known_gpus_have_their_dense_bf16_peak(name: str, label: str, tflops: float) -> None:
+    assert peak_bf16_tflops(name) == (label, tflops)
+
+
+@pytest.mark.parametrize("name", ["NVIDIA A10G", "Tesla T4", "NVIDIA GeForce RTX 4090 D", "NVIDIA GeForce RTX 3090 Ti",
+                                  "cpu", ""])
+def test_an_unknown_gpu_gets_no_mfu_rather_than_a_wrong_one(name: str) -> None:
+    assert peak_bf16_tflops(name) is None and mfu_pct(8_000_000_000, 5000.0, name) is None
+
+
+def test_mfu_is_six_flops_per_parameter_and_token_over_the_peak() -> None:
+    # 8e9 params x 6 x 10,000 tokens/s = 4.8e14 FLOP/s on a 989 TFLOPS H100: 48.5%
+    assert mfu_pct(8_000_000_000, 10_000.0, "NVIDIA H100 80GB HBM3") == pytest.approx(48.53, abs=0.01)
+
+
+def test_token_counter_counts_real_tokens_of_training_forwards_only(model_home: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from qlora_tui.core.builtin import builtin_model_dir
+
+    model = AutoModelForCausalLM.from_pretrained(builtin_model_dir(model_home, "builtin:tiny-llama"),
+                                                 dtype=torch.float32)
+    counter = TokenCounter()
+    counter.attach(model)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13], [5, 6, 7, 8, 9, 0, 0, 0, 0]])
+    mask = (torch.arange(9) < torch.tensor([[9], [5]])).long()
+    model.train()
+    model(input_ids=ids, attention_mask=mask, use_cache=False)  # padded: 14 real tokens of 18
+    assert counter.take() == 14
+    model(ids[:1, :7], position_ids=torch.tensor([[0, 1, 2, 0, 1, 2, 3]]), use_cache=False)  # packed: no padding
+    assert counter.take() == 7
+    with torch.no_grad():  # a reference or evaluation forward
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    model.eval()
+    model(input_ids=ids, attention_mask=mask, use_cache=False)
+    assert counter.take() == 0 and counter.total == 21
+    counter.detach()
+    model.train()
+    model(input_ids=ids, attention_mask=mask, use_cache=False)
+    assert counter.take() == 0
+
+
+def test_matmul_params_count_4bit_weights_as_the_weights_they_stand_for(model_home: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from qlora_tui.core.builtin import builtin_model_dir
+    from qlora_tui.core.quant import bnb_config
+
+    folder = builtin_model_dir(model_home, "builtin:tiny-llama")
+    full = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, quantization_config=bnb_config(4))
+    embedding = full.get_input_embeddings().weight.numel()
+    assert matmul_params(full) == sum(p.numel() for p in full.parameters()) - embedding
+    assert matmul_params(quantized) == matmul_params(full)
+
+
+def test_memory_check_warns_only_beyond_fifteen_percent() -> None:
+    gib = 1024 ** 3 / 1e9  # GB per GiB
+    measured = {"gpu_mem_peak_gb": 9.0, "gpu_mem_reserved_peak_gb": 10.0 / gib}  # 10 GB reserved
+    fields, warning = memory_comparison(11.4, measured, 3)
+    assert fields["off_pct"] == pytest.approx(14.0) and warning is None
+    fields, warning = memory_comparison(12.0, measured, 3)
+    assert fields["measured_peak_reserved_gb"] == pytest.approx(10.0) and fields["off_pct"] == pytest.approx(20.0)
+    assert warning is not None and "20% above the measured peak (10.00 GB" in warning
+    _, warning = memory_comparison(8.0, measured, 3)
+    assert warning is not None and "20% below" in warning and "NVML cannot see this process" in warning
+    # with NVML's view of the process, the CUDA context (what it holds beyond torch's reserve) is counted too
+    now = {**measured, "gpu_mem_reserved_gb": 9.0}
+    fields, warning = memory_comparison(12.0, now, 3, process_gib=9.0 + 0.75 / gib)
+    assert fields["measured_peak_gb"] == pytest.approx(10.75) and fields["off_pct"] == pytest.approx(11.6, abs=0.1)
+    assert warning is None and "0.75 GB of CUDA context" in fields["measured"]
+
+
+def test_the_fast_path_packs_sft_only_and_says_why_not_elsewhere(model_home: Path) -> None:
+    config = tiny_config(model_home)
+    sft = choose_fast_path(quick_profile(), config)
+    cuda = torch.cuda.is_available()
+    assert sft.packing and "within rows" in sft.packing_note
+    if not cuda:
+        assert sft.attn_implementation == "sdpa" and sft.attn_note.startswith("no CUDA GPU")
+        assert not sft.liger and sft.liger_note.startswith("no CUDA GPU")
+    else:
+        assert sft.attn_implementation in ("sdpa", "flash_attention_2", "flash_attention_3")
+    dpo = quick_profile()
+    dpo.train.method = "dpo"
+    off = choose_fast_path(dpo, config)
+    assert not off.packing and "DPOTrainer switches padding_free off" in off.packing_note
+    unpacked = quick_profile(packing=False, liger=False)
+    chosen = choose_fast_path(unpacked, config)
+    assert (chosen.packing, chosen.packing_note) == (False, "train.packing = false")
+    assert (chosen.liger, chosen.liger_note) == (False, "train.liger = false")
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and flash_available("flash_attention_2"),
+                    reason="flash-attention is installed on this GPU machine, so the request is valid here")
+def test_asking_for_flash_attention_where_there_is_none_fails_before_loading(home: Path) -> None:
+    profile = quick_profile("flash")
+    profile.model.attn_implementation = "flash_attention_2"
+    code, run = run_in_process(home, profile)
+    error = assert_failed_before_training(home, run, code, "run", r"flash_attention_2 needs the flash-attn")
+    assert 'model.attn_implementation = "auto"' in error["hint"]
+    with pytest.raises(RunError):
+        choose_fast_path(profile, tiny_config(home))
+
+
+def test_a_run_records_its_path_throughput_and_memory_plan(trained_home: Path) -> None:
+    (run,) = list_runs(trained_home)
+    (start,) = events_of(run, "start")
+    assert start["packing"] is True and start["attn_implementation"] in ("sdpa", "flash_attention_2",
+                                                                         "flash_attention_3")
+    assert start["memory_estimate_gb"] > 0 and start["memory_estimate_note"].startswith("qlora-tui estimate")
+    assert any(e["message"].startswith("fast path: attention ") for e in events_of(run, "log"))
+    steps = events_of(run, "step")
+    seen = [e["tokens_seen"] for e in steps]
+    assert seen == sorted(seen) and seen[0] > 0 and all(e["tokens_per_s"] > 0 for e in steps)
+    assert seen[-1] == steps[-1]["num_tokens"]  # TRL's own count of the same real tokens
+    done = events_of(run, "done")[0]["summary"]
+    assert done["tokens_trained"] == seen[-1] and done["tokens_per_s_avg"] > 0
+    if torch.cuda.is_available():
+        assert all(e["gpu_mem_reserved_peak_gb"] >= e["gpu_mem_peak_gb"] > 0 for e in steps)
+        (check,) = events_of(run, "memory_check")
+        assert check["step"] == MEMORY_CHECK_STEP and check["estimate_gb"] == start["memory_estimate_gb"]
+        assert done["gpu_mem_reserved_peak_gb"] > 0
+    else:
+        assert start["memory_measured"].startswith("not measured: CPU run")
+        assert not events_of(run, "memory_check") and "gpu_mem_peak_gb" not in steps[-1]
+        assert "mfu_pct" not in steps[-1] and "mfu_pct_avg" not in done
