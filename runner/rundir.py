@@ -19,8 +19,9 @@ from qlora_tui.core.home import runs_dir
 from qlora_tui.runner.errors import RunError
 from qlora_tui.runner.events import EventTail, RunState, fold_events, parse_block, parse_lines
 
-# Every status a run can show: derived from the lock, the events and (for "starting") the run's age.
-STATUSES = ("starting", "running", "done", "stopped", "failed", "crashed")
+# Every status a run can show: derived from the lock, the events, the stop file and (for "starting") the run's age.
+STATUSES = ("starting", "running", "stopping", "done", "stopped", "failed", "crashed")
+ACTIVE = ("starting", "running", "stopping")  # a process is (or is about to be) at work on the run
 STARTING_GRACE_S = 15.0  # a run with no events yet and no lock may still be starting
 
 
@@ -156,6 +157,19 @@ def _create(home: Path, profile_text: str, name: str, lock: bool) -> tuple[RunDi
     return RunDir(path), fd
 
 
+def frozen_profile_label(run: RunDir) -> tuple[str, str]:
+    """(name, method) from the run's frozen profile.toml: what a run that failed before its `start` event shows."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(run.profile_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "", ""
+    name, train = doc.get("name"), doc.get("train")
+    method = train.get("method", "sft") if isinstance(train, dict) else "sft"
+    return (name if isinstance(name, str) else "", method if isinstance(method, str) else "")
+
+
 def list_runs(home: Path) -> list[RunDir]:
     root = runs_dir(home)
     if not root.is_dir():
@@ -195,9 +209,11 @@ def derive_status(state: RunState, running: bool) -> str:
 
 
 def run_status(run: RunDir, state: RunState) -> str:
-    """The status the CLI and the app show: derive_status, except that a run made moments ago with no lock and
-    no events yet is still starting, not crashed."""
+    """The status the CLI and the app show: derive_status, except that a running run asked to stop is
+    "stopping", and one made moments ago with no lock and no events yet is still starting, not crashed."""
     status = derive_status(state, lock_is_held(run.lock_path))
+    if status == "running" and run.stop_requested():
+        return "stopping"
     if status == "crashed" and state.events_seen == 0:
         try:
             age = time.time() - run.profile_path.stat().st_mtime

@@ -13,13 +13,14 @@ from pathlib import Path
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.theme import Theme
 from textual.widgets import Input, TextArea
 
 from qlora_tui.core.device import Gpus
-from qlora_tui.runner.errors import QloraError
 from qlora_tui.runner.rundir import RunDir
 from qlora_tui.tui.screens.help import HelpScreen
 from qlora_tui.tui.screens.runs import RunsScreen
+from qlora_tui.tui.settings import load_settings, save_setting
 
 THEMES = ("textual-dark", "textual-light")
 # One footer item for the four screen keys ("1234 Views"), so each screen's own keys fit 80 columns
@@ -66,16 +67,28 @@ class QloraApp(App[None]):
         super().__init__()
         self.home = home
         self.gpus = Gpus()
-        self.theme = THEMES[0]
+        theme = load_settings(home).get("theme")
+        self.theme = theme if isinstance(theme, str) and theme in self.available_themes else THEMES[0]
         self.sub_title = str(home)
+
+    def on_mount(self) -> None:
+        self.theme_changed_signal.subscribe(self, self.remember_theme)
+
+    def remember_theme(self, theme: Theme) -> None:
+        """The theme chosen (with t or the palette's picker) is the one the next start opens with."""
+        if load_settings(self.home).get("theme") != theme.name:
+            save_setting(self.home, "theme", theme.name)
 
     # ------------------------------------------------------------ actions shared by screens
 
     def open_monitor(self, run: RunDir) -> None:
+        """The run's monitor right above the Runs table, so escape always leads back to Runs."""
         from qlora_tui.tui.screens.monitor import MonitorScreen
 
         if self.current_mode != "runs":
             self.switch_mode("runs")
+        while len(self.screen_stack) > 1:  # an earlier monitor (or anything else) left open in the runs view
+            self.pop_screen()
         self.push_screen(MonitorScreen(run, self.gpus))
 
     def stop_run(self, run: RunDir) -> None:
@@ -83,15 +96,36 @@ class QloraApp(App[None]):
             self.notify(f"{run.run_id} is not running", severity="warning")
             return
         run.request_stop()
-        self.notify(f"asked {run.run_id} to stop: it checkpoints at the end of its current step")
+        self.notify(f"asked {run.run_id} to stop: it checkpoints at the end of its current step "
+                    "(a run still starting stops between its start-up stages)")
 
     def resume_run(self, run: RunDir) -> None:
-        from qlora_tui.runner.launch import resume_run
+        """Resume if runner.resume_rule allows it (the CLI's rule), saying first what it will do.
 
-        if run.is_running():
-            raise QloraError(f"{run.run_id} is already running")
-        resume_run(run)
-        self.notify(f"resumed {run.run_id} in the background")
+        Starting again at step 0 when steps were done asks first; a refusal is raised for the caller to show.
+        """
+        from qlora_tui.runner.resume_rule import plan_resume
+        from qlora_tui.tui.screens.dialogs import Confirm
+
+        plan = plan_resume(run)
+
+        def start(yes: bool | None = True) -> None:
+            from qlora_tui.core.errors import UserFacingError
+            from qlora_tui.runner.launch import resume_run
+
+            if not yes:
+                return
+            try:
+                resume_run(run)
+            except UserFacingError as err:
+                self.notify(err.message, severity="error")
+                return
+            self.notify(f"resuming {run.run_id} in the background: {plan.describe()}")
+
+        if plan.checkpoint is None and plan.reached > 0:
+            self.push_screen(Confirm(f"{run.run_id}: {plan.describe()}. Start it again?"), start)
+        else:
+            start()
 
     def compare_refs(self, refs: list[str]) -> None:
         from qlora_tui.tui.screens.compare import CompareScreen
@@ -118,7 +152,8 @@ class QloraApp(App[None]):
         self.theme = THEMES[(THEMES.index(self.theme) + 1) % len(THEMES)] if self.theme in THEMES else THEMES[0]
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        # Textual's own "Keys" panel would sit beside our Help, which lists every screen's keys
+        yield from (c for c in super().get_system_commands(screen) if c.title != "Keys")
         yield SystemCommand("Runs", "All runs with their status (1)", lambda: self.switch_mode("runs"))
         yield SystemCommand("New run", "Set up and launch a run from a profile (2)", lambda: self.switch_mode("new"))
         yield SystemCommand("Registry", "Adapters and their versions (3)", lambda: self.switch_mode("registry"))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from qlora_tui.core.errors import UserFacingError
+from qlora_tui.tui.commands.profile_args import add_profile_arguments, profile_from_args
 from qlora_tui.tui.format import table
 
 
@@ -17,10 +18,8 @@ def print_json(value: Any) -> None:
 
 def cmd_estimate(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.runner.estimate import estimate_profile, format_plan
-    from qlora_tui.runner.profile import load_profile
-    from qlora_tui.runner.shipped import find_profile
 
-    profile = load_profile(find_profile(args.profile, home))
+    profile = profile_from_args(args, home)
     plan = estimate_profile(profile, home, gpu_gb=args.gpu_gb, batch_size=args.batch_size,
                             seq_len=args.seq_len)
     if args.json:
@@ -53,7 +52,7 @@ def cmd_profiles(args: argparse.Namespace, home: Path) -> int:
 
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("estimate", help="memory plan of a profile before launch")
-    p.add_argument("profile")
+    add_profile_arguments(p)
     p.add_argument("--gpu-gb", type=float, default=None, help="card memory in GB (default: the detected GPU)")
     p.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
     p.add_argument("--seq-len", type=int, default=None, help="override train.max_seq_len")

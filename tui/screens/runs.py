@@ -23,7 +23,8 @@ from qlora_tui.tui.watch import RunRow, RunsIndex
 COLUMNS = ("id", "profile", "method", "status", "step", "loss", "tok/s", "started", "duration")
 FIRST_ROWS = 50  # the newest runs, shown before the older ones are read: more than a screenful
 STATUS_STYLE = {"running": "bold green", "done": "cyan", "stopped": "yellow", "failed": "bold red",
-                "crashed": "bold red", "starting": "green"}
+                "crashed": "bold red", "starting": "green", "stopping": "yellow"}
+MARK = "✓"  # before the id of a run chosen (space) for comparing loss curves
 
 
 def short_id(run_id: str) -> str:
@@ -34,10 +35,11 @@ def short_time(t: float | None) -> str:
     return "-" if t is None else time.strftime("%m-%d %H:%M", time.localtime(t))
 
 
-def row_cells(row: RunRow) -> tuple[str | Text, ...]:
+def row_cells(row: RunRow, marked: bool = False) -> tuple[str | Text, ...]:
     s = row.state
     status = Text(row.status, style=STATUS_STYLE.get(row.status, ""))
-    return (short_id(row.run.run_id), s.profile_name or "", s.method, status, f"{s.step}/{s.max_steps or '?'}",
+    run_id = Text(MARK + short_id(row.run.run_id), style="bold magenta") if marked else short_id(row.run.run_id)
+    return (run_id, s.profile_name or "", s.method, status, f"{s.step}/{s.max_steps or '?'}",
             number(s.loss), "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}", short_time(s.started_t),
             duration(row.duration_s))
 
@@ -49,10 +51,14 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
         Binding("enter", "open_run", "Monitor"),
         Binding("s", "stop_run", "Stop"),
         Binding("r", "resume_run", "Resume"),
+        Binding("space", "mark_run", "Mark"),
+        Binding("c", "compare_runs", "Compare"),
     ]
     PALETTE = [("Open run monitor", "Loss curve, metrics and log of the selected run (enter)", "action_open_run"),
                ("Stop run", "Ask the selected run to checkpoint and stop (s)", "action_stop_run"),
-               ("Resume run", "Continue the selected run from its newest checkpoint (r)", "action_resume_run")]
+               ("Resume run", "Continue the selected run from its newest checkpoint (r)", "action_resume_run"),
+               ("Mark run", "Choose the selected run for a loss-curve comparison (space)", "action_mark_run"),
+               ("Compare marked runs", "Their loss and eval curves in one chart (c)", "action_compare_runs")]
 
     class RunsLoaded(Message):
         def __init__(self, index: RunsIndex, older: list[RunDir]) -> None:
@@ -67,6 +73,7 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.index: RunsIndex | None = None
+        self.marked: list[str] = []  # run ids, in the order they were marked
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -125,31 +132,31 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
         for row in rows:
             key = row.run.run_id
             present.add(key)
-            cells = row_cells(row)
+            cells = row_cells(row, key in self.marked)
             if key in table.rows:
                 for column, value in zip(COLUMNS, cells):
-                    if table.get_cell(key, column) != value:
-                        table.update_cell(key, column, value)
+                    if table.get_cell(key, column) != value:  # a column widens as its values grow (12/300)
+                        table.update_cell(key, column, value, update_width=True)
             else:
                 table.add_row(*cells, key=key)
         for key in list(table.rows):
             if key.value not in present:
                 table.remove_row(key)
         if [k.value for k in table.rows] != [r.run.run_id for r in rows]:
-            self.rebuild(table, rows)  # a new run goes on top: newest first, as ids start with the start time
+            self.rebuild(table, rows, self.marked)  # a new run goes on top: newest first, as ids start with the time
         empty = self.query_one("#runs-empty", Static)
         empty.update("" if rows else "No runs yet. Press 2 for New run, or run `qlora-tui run demo` in a shell.")
         empty.display = not rows
 
     @staticmethod
-    def rebuild(table: DataTable[str | Text], rows: list[RunRow]) -> None:
+    def rebuild(table: DataTable[str | Text], rows: list[RunRow], marked: list[str]) -> None:
         """All rows again in order, the cursor staying on the run it was on."""
         chosen = None
         if table.row_count:
             chosen = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         table.clear()
         for row in rows:
-            table.add_row(*row_cells(row), key=row.run.run_id)
+            table.add_row(*row_cells(row, row.run.run_id in marked), key=row.run.run_id)
         if chosen is not None and chosen in table.rows:
             table.move_cursor(row=table.get_row_index(chosen))
 
@@ -180,3 +187,27 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
                 self.app.resume_run(row.run)  # type: ignore[attr-defined]
             except UserFacingError as err:
                 self.notify(err.message, severity="error")
+
+    def action_mark_run(self) -> None:
+        """Mark or unmark the selected run for a comparison, and move down (space, space... marks a few)."""
+        row = self.selected()
+        if row is None:
+            return
+        key = row.run.run_id
+        if key in self.marked:
+            self.marked.remove(key)
+        else:
+            self.marked.append(key)
+        table = self.query_one(DataTable)
+        table.update_cell(key, "id", row_cells(row, key in self.marked)[0], update_width=True)
+        table.action_cursor_down()
+
+    def action_compare_runs(self) -> None:
+        from qlora_tui.tui.screens.run_compare import RunCompareScreen
+
+        assert self.index is not None or not self.marked
+        runs = [self.index.rows[k].run for k in self.marked if self.index and k in self.index.rows]
+        if len(runs) < 2:
+            self.notify("mark two or more runs with space first, then press c", severity="warning")
+            return
+        self.app.push_screen(RunCompareScreen(runs))
