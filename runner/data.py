@@ -85,6 +85,8 @@ def read_rows(spec: DataSection) -> RawData:
             raise DataError(f"data.path: unknown built-in data set {path!r}; shipped: {shipped}")
         raw = _read_local(asset)
         raw.source = path
+        for row in raw.rows:  # "builtin:demo-instructions:3", not the install folder
+            row.where = row.where.replace(str(asset), path, 1)
     elif is_local_data_path(path) or Path(path).exists():
         raw = _read_local(Path(path))
     else:

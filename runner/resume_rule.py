@@ -27,9 +27,9 @@ class ResumePlan:
     def describe(self) -> str:
         """One sentence saying what resuming will do, fit for a status line, a dialog or the CLI."""
         if self.checkpoint is None:
-            redone = f"; its {self.reached} steps so far are trained again" if self.reached else ""
-            return f"no complete checkpoint: resume starts again at step 0{redone}"
-        redone = f"; steps {self.step + 1}-{self.reached} are trained again" if self.reached > self.step else ""
+            redone = f" ({self.reached} steps redone)" if self.reached else ""
+            return f"no complete checkpoint: resume starts over at step 0{redone}"
+        redone = f" (steps {self.step + 1}-{self.reached} redone)" if self.reached > self.step else ""
         return f"resume continues from {self.checkpoint.name} (step {self.step}){redone}"
 
 

@@ -31,22 +31,25 @@ def cmd_estimate(args: argparse.Namespace, home: Path) -> int:
 
 def cmd_profiles(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.runner.profile import load_profile
-    from qlora_tui.runner.shipped import list_profiles
+    from qlora_tui.runner.shipped import find_profile, list_profiles
 
     rows = []
     for origin, path in list_profiles(home):
+        # `qlora-tui run NAME` takes the first profile of that name: a user profile named like a shipped one
+        # is only reached by its path
+        row = {"name": path.stem, "origin": origin, "path": str(path),
+               "run_by_name": find_profile(path.stem, home) == path}
         try:
             p = load_profile(path)
-            rows.append({"name": path.stem, "origin": origin, "path": str(path), "model": p.model.id,
-                         "method": p.train.method, "valid": True, "error": None})
+            rows.append({**row, "model": p.model.id, "method": p.train.method, "valid": True, "error": None})
         except UserFacingError as err:
-            rows.append({"name": path.stem, "origin": origin, "path": str(path), "model": "", "method": "",
-                         "valid": False, "error": err.message})
+            rows.append({**row, "model": "", "method": "", "valid": False, "error": err.message})
     if args.json:
         print_json(rows)
         return 0
     print(table(["PROFILE", "ORIGIN", "MODEL", "METHOD", "PATH"],
-                [[r["name"], r["origin"], r["model"] or "(invalid)", r["method"], r["path"]] for r in rows]))
+                [[r["name"], r["origin"] if r["run_by_name"] else f"{r['origin']} (hidden by the shipped one)",
+                  r["model"] or "(invalid)", r["method"], r["path"]] for r in rows]))
     return 0
 
 
