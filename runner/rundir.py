@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import secrets
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,12 +113,16 @@ def acquire_lock(lock_path: Path, timeout_s: float = 5.0) -> int:
 
 
 def write_lock_body(fd: int) -> None:
+    import socket
+
     body = f"pid={os.getpid()} host={socket.gethostname()} started={time.time():.0f}\n".encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, body, 0)
 
 
 def new_run_id(name: str) -> str:
+    import secrets  # here, not at the top: the app's start imports this module and never makes a run id
+
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{secrets.token_hex(2)}"
 
 

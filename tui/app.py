@@ -7,20 +7,25 @@ that it watches through files and pipes.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.theme import Theme
-from textual.widgets import Input, TextArea
+from textual.widgets import Input
 
-from qlora_tui.core.device import Gpus
 from qlora_tui.runner.rundir import RunDir
 from qlora_tui.tui.screens.help import HelpScreen
 from qlora_tui.tui.screens.runs import RunsScreen
 from qlora_tui.tui.settings import load_settings, save_setting
+
+if TYPE_CHECKING:
+    from qlora_tui.core.device import Gpus
+    from qlora_tui.tui.first_frame import PreloadedRuns
 
 THEMES = ("textual-dark", "textual-light")
 # One footer item for the four screen keys ("1234 Views"), so each screen's own keys fit 80 columns
@@ -47,6 +52,12 @@ def compare_screen() -> Screen[None]:
     return CompareScreen()
 
 
+def is_text_box(widget: object) -> bool:
+    """An Input or a TextArea; TextArea's module loads only once a screen uses one, and this check keeps it so."""
+    text_area = sys.modules.get("textual.widgets._text_area")
+    return isinstance(widget, Input) or (text_area is not None and isinstance(widget, text_area.TextArea))
+
+
 class QloraApp(App[None]):
     TITLE = "qlora-tui"
     CSS_PATH = "app.tcss"
@@ -63,16 +74,30 @@ class QloraApp(App[None]):
         Binding("escape", "leave_field", "Leave field"),
     ]
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, preloaded: PreloadedRuns | None = None) -> None:
         super().__init__()
         self.home = home
-        self.gpus = Gpus()
+        self.preloaded = preloaded  # the runs the launcher's first frame read, for the Runs screen to take over
+        self._gpus: Gpus | None = None
         theme = load_settings(home).get("theme")
         self.theme = theme if isinstance(theme, str) and theme in self.available_themes else THEMES[0]
         self.sub_title = str(home)
 
     def on_mount(self) -> None:
         self.theme_changed_signal.subscribe(self, self.remember_theme)
+
+    @property
+    def gpus(self) -> Gpus:
+        """The GPU reader, made when a monitor first needs it (NVML loads on first use)."""
+        if self._gpus is None:
+            from qlora_tui.core.device import Gpus
+
+            self._gpus = Gpus()
+        return self._gpus
+
+    def take_preloaded_runs(self) -> PreloadedRuns | None:
+        preloaded, self.preloaded = self.preloaded, None
+        return preloaded
 
     def remember_theme(self, theme: Theme) -> None:
         """The theme chosen (with t or the palette's picker) is the one the next start opens with."""
@@ -138,7 +163,7 @@ class QloraApp(App[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Offer "leave field" only while a text box has the focus (it takes the letter and number keys)."""
         if action == "leave_field":
-            return isinstance(self.focused, (Input, TextArea))
+            return is_text_box(self.focused)
         return True
 
     def action_leave_field(self) -> None:
@@ -167,5 +192,5 @@ class QloraApp(App[None]):
             yield SystemCommand(title, help_text, getattr(screen, method))
 
 
-def make_app(home: Path) -> QloraApp:
-    return QloraApp(home)
+def make_app(home: Path, preloaded: PreloadedRuns | None = None) -> QloraApp:
+    return QloraApp(home, preloaded)

@@ -19,9 +19,23 @@ COMMAND_MODULES = (runs, adapters, plan, preview, registry_ops)
 
 
 def cmd_app(args: argparse.Namespace, home: Path) -> int:
-    from qlora_tui.tui.app import make_app
+    from qlora_tui.tui.first_frame import draw_first_frame
+    from qlora_tui.tui.settings import load_settings
 
-    make_app(home=home).run()
+    theme = str(load_settings(home).get("theme", "textual-dark"))
+    preloaded = draw_first_frame(home, sys.stdout, theme, sys.stdin)
+    try:
+        from qlora_tui.tui.app import make_app
+
+        make_app(home=home, preloaded=preloaded).run()
+    except BaseException:
+        if preloaded is not None:  # the early frame switched screens; Textual may never have switched back
+            sys.stdout.write("\x1b[?1049l\x1b[?25h")
+            sys.stdout.flush()
+        raise
+    finally:
+        if preloaded is not None:
+            preloaded.restore_terminal(sys.stdin)
     return 0
 
 

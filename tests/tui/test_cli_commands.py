@@ -52,10 +52,13 @@ def test_detach_stop_wait_and_resume(home: Path, tmp_path: Path) -> None:
 
     resumed = cli(home, "resume", run_id[-7:])
     assert resumed.returncode == 0, resumed.stderr
+    assert f"{run_id}: resume continues from checkpoint-" in resumed.stderr  # said before it resumes
     assert ", resuming at step " in resumed.stdout and "done: registered bg@1" in resumed.stdout
     table = cli(home, "runs").stdout.splitlines()
     assert table[0].split()[:4] == ["ID", "PROFILE", "METHOD", "STATUS"]
     assert run_id in table[1] and " done " in table[1] and "25/25" in table[1] and "bg@1" in table[1]
+    again = cli(home, "resume", run_id)
+    assert again.returncode == 2 and again.stderr.startswith(f"error: run {run_id} is done (registered bg@1)")
 
 
 def test_adapters_and_show(trained_home: Path) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -14,34 +12,16 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from qlora_tui.core.errors import UserFacingError
 from qlora_tui.runner.rundir import RunDir
-from qlora_tui.tui.format import duration, number
+from qlora_tui.tui.run_cells import COLUMNS, cell_texts
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.watch import RunRow, RunsIndex
 
-# The id column shows the id's last part: unique enough to read, and the CLI takes it (`qlora-tui stop e5f6`);
-# the monitor shows the whole id. With the short start time the table fits 80 columns.
-COLUMNS = ("id", "profile", "method", "status", "step", "loss", "tok/s", "started", "duration")
 FIRST_ROWS = 50  # the newest runs, shown before the older ones are read: more than a screenful
-STATUS_STYLE = {"running": "bold green", "done": "cyan", "stopped": "yellow", "failed": "bold red",
-                "crashed": "bold red", "starting": "green", "stopping": "yellow"}
-MARK = "✓"  # before the id of a run chosen (space) for comparing loss curves
-
-
-def short_id(run_id: str) -> str:
-    return run_id.rsplit("-", 1)[-1]
-
-
-def short_time(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%m-%d %H:%M", time.localtime(t))
 
 
 def row_cells(row: RunRow, marked: bool = False) -> tuple[str | Text, ...]:
-    s = row.state
-    status = Text(row.status, style=STATUS_STYLE.get(row.status, ""))
-    run_id = Text(MARK + short_id(row.run.run_id), style="bold magenta") if marked else short_id(row.run.run_id)
-    return (run_id, s.profile_name or "", s.method, status, f"{s.step}/{s.max_steps or '?'}",
-            number(s.loss), "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}", short_time(s.started_t),
-            duration(row.duration_s))
+    """The table's cells: plain strings, and Text where the cell has a style of its own (status, mark)."""
+    return tuple(Text(text, style=style) if style else text for text, style in cell_texts(row, marked))
 
 
 class RunsScreen(ShowsWorkerErrors, Screen[None]):
@@ -86,7 +66,11 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
         table = self.query_one(DataTable)
         for name in COLUMNS:
             table.add_column(name, key=name)
-        self.load_index()
+        preloaded = self.app.take_preloaded_runs()  # type: ignore[attr-defined]
+        if preloaded is not None:  # read by the launcher for its first frame: on screen in this one too
+            self.on_runs_screen_runs_loaded(self.RunsLoaded(preloaded.index, preloaded.older))
+        else:
+            self.load_index()
         self.set_interval(1.0, self.refresh_runs)
 
     @work(thread=True, exclusive=True, group="runs-load", exit_on_error=False)
