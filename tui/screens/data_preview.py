@@ -60,6 +60,7 @@ def preview_text(preview: dict[str, Any]) -> Text:
 
 
 class DataPreviewScreen(ShowsWorkerErrors, Screen[None]):
+    CSS_PATH = "run_views.tcss"
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
 
     class PreviewReady(Message):

@@ -69,6 +69,7 @@ def status_line(follower: RunFollower) -> Text:
 
 
 class MonitorScreen(ShowsWorkerErrors, Screen[None]):
+    CSS_PATH = "monitor.tcss"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("s", "stop", "Stop"),

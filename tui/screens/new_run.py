@@ -83,6 +83,7 @@ def compact_plan(plan: Any, width: int = 30) -> str:
 
 
 class NewRunScreen(ShowsWorkerErrors, Screen[None]):
+    CSS_PATH = "new_run.tcss"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (80, "-wide")]  # under 80 columns the labels and plan shrink
     BINDINGS = [
         Binding("ctrl+s", "save", "Save profile"),

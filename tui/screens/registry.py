@@ -71,6 +71,7 @@ def details_text(version: AdapterVersion, lineage: list[str]) -> Text:
 
 
 class RegistryScreen(ShowsWorkerErrors, Screen[None]):
+    CSS_PATH = "registry.tcss"
     BINDINGS = [
         Binding("m", "merge", "Merge"),
         Binding("c", "compare", "Compare"),

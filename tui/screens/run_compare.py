@@ -51,6 +51,7 @@ def summary_cells(follower: RunFollower, colour: str) -> tuple[str | Text, ...]:
 
 
 class RunCompareScreen(ShowsWorkerErrors, Screen[None]):
+    CSS_PATH = "run_views.tcss"
     BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("e", "toggle_eval", "Eval curves")]
 
     class HistoriesLoaded(Message):

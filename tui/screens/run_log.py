@@ -19,6 +19,7 @@ LOG_BYTES = 1 << 22  # the last 4 MB of runner.log: its whole story for any run 
 
 
 class RunLogScreen(Screen[None]):
+    CSS_PATH = "run_views.tcss"
     BINDINGS = [Binding("escape,l", "app.pop_screen", "Back"), Binding("tab", "focus_next", "Other pane")]
 
     def __init__(self, follower: RunFollower) -> None:
