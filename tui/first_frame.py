@@ -23,6 +23,7 @@ from qlora_tui.runner.rundir import RunDir
 from qlora_tui.tui.run_cells import COLUMNS, cell_texts
 from qlora_tui.tui.watch import RunsIndex
 
+OFF_ENV = "QLORA_TUI_NO_FIRST_FRAME"  # set (to anything) for a start without it, e.g. on an unusual terminal
 MIN_SIZE = (70, 8)  # below it the app's footer scrolls; no early frame rather than a wrong one
 FOOTER_KEYS = (("s", "Stop"), ("r", "Resume"), ("space", "Mark"), ("c", "Compare"), ("?", "Help"), ("q", "Quit"),
                ("1234", "Views"), ("t", "Theme"))  # RunsScreen's keys then the app's, as the compact footer shows
@@ -213,7 +214,7 @@ def quiet_keys(stdin: TextIO) -> list[object] | None:
 
 def draw_first_frame(home: Path, out: TextIO, theme: str, stdin: TextIO | None = None) -> PreloadedRuns | None:
     """Draw the first frame if `out` is a terminal that can show it; return the runs it read."""
-    if theme not in PALETTES or not out.isatty() or os.environ.get("TERM", "dumb") == "dumb":
+    if theme not in PALETTES or not out.isatty() or os.environ.get("TERM", "dumb") == "dumb" or OFF_ENV in os.environ:
         return None
     if stdin is None or not stdin.isatty():
         return None

@@ -17,6 +17,8 @@ from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.watch import RunRow, RunsIndex
 
 FIRST_ROWS = 50  # the newest runs, shown before the older ones are read: more than a screenful
+# After the launcher's first frame, keys may already wait: the app answers them before reading the other runs
+OLDER_AFTER_FIRST_FRAME_S = 0.5
 
 
 def row_cells(row: RunRow, marked: bool = False) -> tuple[str | Text, ...]:
@@ -54,6 +56,7 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
         super().__init__()
         self.index: RunsIndex | None = None
         self.marked: list[str] = []  # run ids, in the order they were marked
+        self.older_delay_s = 0.0
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -68,6 +71,7 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
             table.add_column(name, key=name)
         preloaded = self.app.take_preloaded_runs()  # type: ignore[attr-defined]
         if preloaded is not None:  # read by the launcher for its first frame: on screen in this one too
+            self.older_delay_s = OLDER_AFTER_FIRST_FRAME_S
             self.on_runs_screen_runs_loaded(self.RunsLoaded(preloaded.index, preloaded.older))
         else:
             self.load_index()
@@ -90,7 +94,9 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
     def on_runs_screen_runs_loaded(self, message: RunsLoaded) -> None:
         self.index = message.index
         self.show_rows()
-        if message.older:  # after the next frame: reading them would hold the GIL while the first rows paint
+        if message.older and self.older_delay_s:
+            self.call_after_refresh(self.set_timer, self.older_delay_s, lambda: self.load_older(message.older))
+        elif message.older:  # after the next frame: reading them would hold the GIL while the first rows paint
             self.call_after_refresh(self.load_older, message.older)
 
     def on_runs_screen_older_runs_loaded(self, message: OlderRunsLoaded) -> None:
