@@ -129,3 +129,13 @@ def test_set_overrides_are_checked_and_frozen_into_the_run(home: Path) -> None:
     doc = tomllib.loads(frozen)
     assert doc["train"]["max_steps"] == 2 and doc["train"]["lr"] == 1e-4
     wait_until(lambda: not run.is_running() and last_step(run) == 2, 300, "the 2-step run to end", run)
+
+
+def test_profiles_says_which_profile_a_name_runs(tmp_path: Path) -> None:
+    """Issue 12, bug 5: a user profile named like a shipped one was listed as a second `demo`, never run by name."""
+    home = tmp_path / "home"
+    (home / "profiles").mkdir(parents=True)
+    (home / "profiles" / "demo.toml").write_text('[data]\npath = "builtin:demo-instructions"\n')
+    rows = [r for r in json.loads(cli(home, "profiles", "--json").stdout) if r["name"] == "demo"]
+    assert [(r["origin"], r["run_by_name"]) for r in rows] == [("shipped", True), ("user", False)]
+    assert "user (hidden by the shipped one)" in cli(home, "profiles").stdout
