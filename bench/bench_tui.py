@@ -155,23 +155,34 @@ def proc_rchar(pid: int) -> int:
 
 
 def bench_first_paint(home: Path, size: tuple[int, int], repeat: int) -> None:
+    """First frame and filled table as a person sees them, and when the app first answers a key (help opens):
+    the launcher draws the first frame before Textual loads, so the third figure is when the app is live."""
     rows_needed = min(10, size[1] - 6)
-    frames, paints = [], []
+    frames, paints, answers, frame_cpu = [], [], [], []
     for i in range(repeat + 1):
         app = PtyApp(home, size)
         framed = app.wait(lambda text: "Runs" in text and "Resume" in text, "the first frame (title and footer)")
+        cpu = proc_cpu_s(app.child.pid)
         painted = app.wait(lambda text: done_rows(text) >= rows_needed, "the runs table")
-        frame, paint = framed - app.started, painted - app.started
+        app.child.send("?")
+        answered = app.wait(lambda text: "Everywhere" in text, "the help screen (the app answering a key)")
+        frame, paint, answer = framed - app.started, painted - app.started, answered - app.started
         app.quit()
         if i == 0:
-            print(f"  warm-up: first frame {frame * 1000:.0f} ms, table painted {paint * 1000:.0f} ms")
+            print(f"  warm-up: first frame {frame * 1000:.0f} ms, table painted {paint * 1000:.0f} ms, "
+                  f"a key answered {answer * 1000:.0f} ms")
             continue
         frames.append(frame)
         paints.append(paint)
-    print(f"(a) process start -> first frame (header, 'Runs', footer; table still loading): median "
-          f"{statistics.median(frames) * 1000:.0f} ms (min {min(frames) * 1000:.0f}, max {max(frames) * 1000:.0f})")
+        answers.append(answer)
+        frame_cpu.append(cpu)
+    print(f"(a) process start -> first frame (header, 'Runs', footer): median "
+          f"{statistics.median(frames) * 1000:.0f} ms (min {min(frames) * 1000:.0f}, max {max(frames) * 1000:.0f}); "
+          f"the app's CPU time by then {statistics.median(frame_cpu) * 1000:.0f} ms  target < 300 ms")
     print(f"    process start -> table with its rows on screen: median {statistics.median(paints) * 1000:.0f} ms "
           f"(min {min(paints) * 1000:.0f}, max {max(paints) * 1000:.0f})  target < 500 ms")
+    print(f"    process start -> the app answers a key ('?' opens help): median "
+          f"{statistics.median(answers) * 1000:.0f} ms (min {min(answers) * 1000:.0f}, max {max(answers) * 1000:.0f})")
     imports = []
     for _ in range(repeat):
         started = time.perf_counter()

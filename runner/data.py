@@ -18,12 +18,13 @@ from typing import Any
 from qlora_tui.core.builtin import BUILTIN_PREFIX, builtin_asset
 from qlora_tui.core.hashing import sha256_file
 from qlora_tui.runner.errors import DataError
-from qlora_tui.runner.profile import DataSection, is_local_data_path
+from qlora_tui.runner.profile import DataSection, is_local_data_path, resolve_data_path
 
 # The columns that identify each format, in detection order (the first match wins).
 FORMAT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # format: (required, optional)
     "messages": (("messages",), ()),
+    "sharegpt": (("conversations",), ("system",)),
     "preference": (("chosen", "rejected"), ("prompt",)),
     "kto": (("prompt", "completion", "label"), ()),
     "alpaca": (("instruction", "output"), ("input",)),
@@ -32,8 +33,9 @@ FORMAT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "prompt_only": (("prompt",), ()),
     "text": (("text",), ()),
 }
-SFT_FORMATS = ("messages", "alpaca", "dolly", "prompt_completion", "text")
+SFT_FORMATS = ("messages", "sharegpt", "alpaca", "dolly", "prompt_completion", "text")
 ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}  # ShareGPT's "from" -> our role
 
 
 @dataclass
@@ -83,6 +85,8 @@ def read_rows(spec: DataSection) -> RawData:
             raise DataError(f"data.path: unknown built-in data set {path!r}; shipped: {shipped}")
         raw = _read_local(asset)
         raw.source = path
+        for row in raw.rows:  # "builtin:demo-instructions:3", not the install folder
+            row.where = row.where.replace(str(asset), path, 1)
     elif is_local_data_path(path) or Path(path).exists():
         raw = _read_local(Path(path))
     else:
@@ -261,6 +265,28 @@ def _turns(row: Row, key: str, value: Any) -> list[dict[str, str]]:
     return turns
 
 
+def _sharegpt_turns(row: Row) -> list[dict[str, str]]:
+    """ShareGPT rows (LLaMA-Factory, Axolotl): "conversations" of {"from": human|gpt|system, "value": text},
+    with an optional top-level "system"."""
+    value = row.values["conversations"]
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{row.where}: 'conversations' must be a non-empty list of {{\"from\", \"value\"}} objects")
+    turns = []
+    system = row.values.get("system")
+    if isinstance(system, str) and system.strip():
+        turns.append({"role": "system", "content": system})
+    for i, turn in enumerate(value):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise DataError(f"{row.where}: conversations[{i}] must be an object with \"from\" and \"value\"")
+        if turn["from"] not in SHAREGPT_ROLES:
+            raise DataError(f"{row.where}: conversations[{i}].from must be one of {', '.join(SHAREGPT_ROLES)}; "
+                            f"got {turn['from']!r}")
+        if not isinstance(turn["value"], str):
+            raise DataError(f"{row.where}: conversations[{i}].value must be text")
+        turns.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})
+    return turns
+
+
 def _user_turns(system: str, content: str) -> list[dict[str, str]]:
     turns = [{"role": "system", "content": system}] if system else []
     return turns + [{"role": "user", "content": content}]
@@ -277,8 +303,9 @@ def to_sft_examples(raw: RawData, declared: str, system_prompt: str = "") -> Con
     for row in raw.rows:
         require_columns(row, fmt)
         example = Example(row.where)
-        if fmt == "messages":
-            example.messages = _turns(row, "messages", row.values["messages"])
+        if fmt in ("messages", "sharegpt"):
+            example.messages = (_turns(row, "messages", row.values["messages"]) if fmt == "messages"
+                                else _sharegpt_turns(row))
             if system_prompt and example.messages[0]["role"] != "system":
                 example.messages.insert(0, {"role": "system", "content": system_prompt})
             if not any(t["role"] == "assistant" and t["content"].strip() for t in example.messages):
@@ -316,6 +343,28 @@ def to_sft_examples(raw: RawData, declared: str, system_prompt: str = "") -> Con
                 continue
         examples.append(example)
     return ConvertedData(examples, fmt, dropped)
+
+
+def checked_data_path(value: str, base: Path) -> str:
+    """data.path as a run will read it: a local path made absolute against `base` and required to be a
+    readable kind of file, a built-in set required to exist; a Hub id is left for the run (it needs network)."""
+    if value.startswith(BUILTIN_PREFIX):
+        asset = builtin_asset(value[len(BUILTIN_PREFIX):])
+        if not asset.exists():
+            shipped = ", ".join(sorted(f"{BUILTIN_PREFIX}{p.stem}" for p in asset.parent.glob("*.jsonl")))
+            raise DataError(f"data.path: unknown built-in data set {value!r}; shipped: {shipped}")
+        return value
+    resolved = resolve_data_path(value, base)
+    path = Path(resolved)
+    if not (is_local_data_path(value) or path.exists()):
+        return resolved
+    if not path.exists():
+        raise DataError(f"data.path: {path}: no such file",
+                        hint=f"a relative path is taken from {base}" if not Path(value).expanduser().is_absolute()
+                        else "check the path")
+    if path.is_dir():
+        raise DataError(f"data.path: {path}: is a directory; name a .jsonl, .json, .csv or .parquet file")
+    return resolved
 
 
 def data_fingerprint(raw: RawData, spec: DataSection) -> str:

@@ -32,12 +32,19 @@ def _clean(value: Any) -> Any:
 
 
 class EventWriter:
-    """Appends events to events.jsonl, continuing the sequence numbers of an earlier life of the run."""
+    """Appends events to events.jsonl, continuing the sequence numbers of an earlier life of the run.
+
+    A life that was killed mid-write leaves a line without its newline; the next
+    one starts on a fresh line, so the cut line stays alone and is skipped.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.seq = _last_seq(self.path) + 1
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run's life
+        if not _ends_with_newline(self.path):
+            self._file.write("\n")
+            self._file.flush()
 
     def write(self, type: str, **fields: Any) -> dict[str, Any]:
         event = {"v": SCHEMA_VERSION, "seq": self.seq, "t": round(time.time(), 3), "type": type}
@@ -49,6 +56,16 @@ class EventWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    """True for an empty file or one whose last byte ends a line."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _last_seq(path: Path) -> int:
@@ -132,6 +149,18 @@ def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return events
 
 
+def as_int(value: Any, default: int = 0) -> int:
+    """An integer field of a hand-edited or foreign event: anything that is not a finite number gives `default`."""
+    if type(value) is int:
+        return value
+    number = as_float(value)
+    return int(number) if number is not None and math.isfinite(number) else default
+
+
+def as_text(value: Any, default: str = "") -> str:
+    return value if isinstance(value, str) else default
+
+
 def as_float(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
@@ -159,6 +188,7 @@ class RunState:
     terminal: str | None = None  # last of done/stopped/error since the last start
     starts: int = 0
     resumed_from_step: int | None = None
+    resumes: list[int] = field(default_factory=list)  # the step each later life started from (0: from scratch)
     step: int = 0
     max_steps: int = 0
     epoch: float | None = None
@@ -172,7 +202,8 @@ class RunState:
     eval_loss: float | None = None
     device: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
-    loss_history: list[tuple[int, float]] = field(default_factory=list)
+    loss_history: list[tuple[int, float]] = field(default_factory=list)  # the run's one history, as it stands
+    superseded_loss: list[tuple[int, float]] = field(default_factory=list)  # steps a later life did again
     lr_history: list[tuple[int, float]] = field(default_factory=list)
     eval_history: list[tuple[int, float]] = field(default_factory=list)
     metric_history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
@@ -203,22 +234,24 @@ def fold_event(state: RunState, event: dict[str, Any]) -> RunState:
         state.terminal = None
         state.ended_t = None
         state.error = {}
-        state.run_id = event.get("run_id", state.run_id)
-        state.profile_name = event.get("profile_name", state.profile_name)
-        state.method = event.get("method", state.method)
-        state.base_model = event.get("base_model", state.base_model)
-        state.device = event.get("device", state.device)
-        state.max_steps = int(event.get("max_steps") or state.max_steps)
-        state.reference = event.get("reference", state.reference)
+        state.run_id = as_text(event.get("run_id"), state.run_id)
+        state.profile_name = as_text(event.get("profile_name"), state.profile_name)
+        state.method = as_text(event.get("method"), state.method)
+        state.base_model = as_text(event.get("base_model"), state.base_model)
+        state.device = as_text(event.get("device"), state.device)
+        state.max_steps = as_int(event.get("max_steps")) or state.max_steps
+        state.reference = as_text(event.get("reference"), state.reference)
         if state.started_t is None:
             state.started_t = t
-        if event.get("resumed_from_step") is not None:
-            state.resumed_from_step = int(event["resumed_from_step"])
-            state.step = state.resumed_from_step
+        resumed = event.get("resumed_from_step")
+        if resumed is not None:
+            state.resumed_from_step = state.step = as_int(resumed)
+        if state.starts > 1:
+            _start_again(state, as_int(resumed) if resumed is not None else 0)
     elif kind == "step":
         _fold_step(state, event)
     elif kind == "eval":
-        step = int(event.get("step") or state.step)
+        step = as_int(event.get("step"), state.step) or state.step
         loss = as_float(event.get("eval_loss"))
         if loss is not None:
             state.eval_loss = loss
@@ -233,7 +266,7 @@ def fold_event(state: RunState, event: dict[str, Any]) -> RunState:
             if key.startswith("align/") and number is not None:
                 state.metrics[key] = number
     elif kind == "checkpoint":
-        state.checkpoints.append((int(event.get("step") or 0), str(event.get("path", ""))))
+        state.checkpoints.append((as_int(event.get("step")), str(event.get("path", ""))))
     elif kind == "log":
         state.logs.append((str(event.get("level", "info")), str(event.get("message", ""))))
     elif kind == "preflight":
@@ -244,11 +277,15 @@ def fold_event(state: RunState, event: dict[str, Any]) -> RunState:
         if kind == "done":
             state.registry_ref = str(event.get("registry_ref", ""))
             state.adapter_path = str(event.get("adapter_path", ""))
-            state.summary = dict(event.get("summary") or {})
+            summary = event.get("summary")
+            state.summary = dict(summary) if isinstance(summary, dict) else {}
+            mean = as_float(event.get("tokens_per_s"))
+            if mean is not None:
+                state.tokens_per_s = mean  # the run's average, not its last step's
         elif kind == "error":
             state.error = {k: str(event.get(k, "")) for k in ("kind", "message", "hint")}
             if event.get("step") is not None:
-                state.step = int(event["step"])
+                state.step = as_int(event["step"], state.step)
     return state
 
 
@@ -257,11 +294,11 @@ STEP_FIELDS = ("epoch", "loss", "lr", "grad_norm", "tokens_per_s", "eta_s", "gpu
 
 def _fold_step(state: RunState, event: dict[str, Any]) -> None:
     """The hot path when a monitor opens a long history: step events are nearly all of a log."""
-    step = int(event.get("step") or 0)
+    step = as_int(event.get("step"))
     state.step = step
     max_steps = event.get("max_steps")
     if max_steps:
-        state.max_steps = int(max_steps)
+        state.max_steps = as_int(max_steps) or state.max_steps
     for key in STEP_FIELDS:
         if key in event:
             value = event[key]
@@ -275,6 +312,42 @@ def _fold_step(state: RunState, event: dict[str, Any]) -> None:
         if number is not None:
             state.metrics[key] = number
             state.metric_history.setdefault(key, []).append((step, number))
+
+
+def _start_again(state: RunState, from_step: int) -> None:
+    """A later life of the run starts at `from_step`: what an earlier life logged after it is superseded.
+
+    The loss points it redoes move to `superseded_loss` (the app dims them); the
+    other histories drop them. New lists, so a chart that follows one starts over.
+    """
+    state.resumes.append(from_step)
+    state.step = from_step
+    state.superseded_loss = state.superseded_loss + [p for p in state.loss_history if p[0] > from_step]
+    state.loss_history = [p for p in state.loss_history if p[0] <= from_step]
+    state.lr_history = [p for p in state.lr_history if p[0] <= from_step]
+    state.eval_history = [p for p in state.eval_history if p[0] <= from_step]
+    state.metric_history = {k: [p for p in v if p[0] <= from_step] for k, v in state.metric_history.items()}
+
+
+def mean_tokens_per_s(events: list[dict[str, Any]]) -> float | None:
+    """The run's average throughput: each step's tokens/s weighted by the time since the step logged before it.
+
+    Pauses between lives (a stop, a crash) are left out: a new `start` begins a new stretch.
+    """
+    tokens = seconds = 0.0
+    last_t: float | None = None
+    for event in events:
+        kind = event.get("type")
+        if kind == "start":
+            last_t = None
+        elif kind == "step":
+            t = as_float(event.get("t"))
+            rate = as_float(event.get("tokens_per_s"))
+            if t is not None and last_t is not None and rate is not None and t > last_t and math.isfinite(rate):
+                tokens += rate * (t - last_t)
+                seconds += t - last_t
+            last_t = t
+    return round(tokens / seconds, 1) if seconds > 0 else None
 
 
 def fold_events(events: list[dict[str, Any]], state: RunState | None = None) -> RunState:

@@ -61,12 +61,19 @@ def spawn(run: RunDir, *, resume: bool = False, detach: bool = True, env: dict[s
         os.close(fd)  # the child's copy keeps the lock
 
 
-def start_run(home: Path, profile: Profile, *, detach: bool = True) -> tuple[RunDir, subprocess.Popen[bytes]]:
-    run, fd = create_locked_run(home, dumps_profile(profile, PROFILE_HEADER), profile.name)
+def start_run(home: Path, profile: Profile, *, detach: bool = True,
+              note: str = "") -> tuple[RunDir, subprocess.Popen[bytes]]:
+    """A new run of `profile` (frozen into its profile.toml, `note` added to the header comment), started."""
+    header = f"{PROFILE_HEADER}\n{note}" if note else PROFILE_HEADER
+    run, fd = create_locked_run(home, dumps_profile(profile, header), profile.name)
     return run, spawn(run, detach=detach, lock_fd=fd)
 
 
 def resume_run(run: RunDir, *, detach: bool = True, processes: int | None = None) -> subprocess.Popen[bytes]:
+    """Start the runner again on `run`, if runner.resume_rule allows it (it raises RunError, saying why, if not)."""
+    from qlora_tui.runner.resume_rule import plan_resume
+
+    plan_resume(run)
     if run.stop_path.exists():
         run.stop_path.unlink()
     return spawn(run, resume=True, detach=detach, processes=processes)

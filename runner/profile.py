@@ -19,7 +19,8 @@ from qlora_tui.runner.errors import ProfileError
 
 METHODS = ("sft", "dpo", "orpo", "kto", "reward", "rlhf")
 DATA_FORMATS = (
-    "auto", "messages", "alpaca", "dolly", "prompt_completion", "text", "preference", "kto", "prompt_only",
+    "auto", "messages", "sharegpt", "alpaca", "dolly", "prompt_completion", "text", "preference", "kto",
+    "prompt_only",
 )
 OPTIMIZERS = (
     "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import secrets
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +17,9 @@ from qlora_tui.core.home import runs_dir
 from qlora_tui.runner.errors import RunError
 from qlora_tui.runner.events import EventTail, RunState, fold_events, parse_block, parse_lines
 
-# Every status a run can show: derived from the lock, the events and (for "starting") the run's age.
-STATUSES = ("starting", "running", "done", "stopped", "failed", "crashed")
+# Every status a run can show: derived from the lock, the events, the stop file and (for "starting") the run's age.
+STATUSES = ("starting", "running", "stopping", "done", "stopped", "failed", "crashed")
+ACTIVE = ("starting", "running", "stopping")  # a process is (or is about to be) at work on the run
 STARTING_GRACE_S = 15.0  # a run with no events yet and no lock may still be starting
 
 
@@ -114,12 +113,16 @@ def acquire_lock(lock_path: Path, timeout_s: float = 5.0) -> int:
 
 
 def write_lock_body(fd: int) -> None:
+    import socket
+
     body = f"pid={os.getpid()} host={socket.gethostname()} started={time.time():.0f}\n".encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, body, 0)
 
 
 def new_run_id(name: str) -> str:
+    import secrets  # here, not at the top: the app's start imports this module and never makes a run id
+
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{secrets.token_hex(2)}"
 
 
@@ -154,6 +157,19 @@ def _create(home: Path, profile_text: str, name: str, lock: bool) -> tuple[RunDi
     tmp.write_text(profile_text, encoding="utf-8")
     tmp.replace(path / "profile.toml")
     return RunDir(path), fd
+
+
+def frozen_profile_label(run: RunDir) -> tuple[str, str]:
+    """(name, method) from the run's frozen profile.toml: what a run that failed before its `start` event shows."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(run.profile_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "", ""
+    name, train = doc.get("name"), doc.get("train")
+    method = train.get("method", "sft") if isinstance(train, dict) else "sft"
+    return (name if isinstance(name, str) else "", method if isinstance(method, str) else "")
 
 
 def list_runs(home: Path) -> list[RunDir]:
@@ -195,9 +211,11 @@ def derive_status(state: RunState, running: bool) -> str:
 
 
 def run_status(run: RunDir, state: RunState) -> str:
-    """The status the CLI and the app show: derive_status, except that a run made moments ago with no lock and
-    no events yet is still starting, not crashed."""
+    """The status the CLI and the app show: derive_status, except that a running run asked to stop is
+    "stopping", and one made moments ago with no lock and no events yet is still starting, not crashed."""
     status = derive_status(state, lock_is_held(run.lock_path))
+    if status == "running" and run.stop_requested():
+        return "stopping"
     if status == "crashed" and state.events_seen == 0:
         try:
             age = time.time() - run.profile_path.stat().st_mtime

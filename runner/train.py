@@ -22,7 +22,7 @@ from qlora_tui.core.versions import library_versions
 from qlora_tui.runner import checkpoints, distributed
 from qlora_tui.runner.data import data_fingerprint, read_rows, to_sft_examples
 from qlora_tui.runner.errors import NonFiniteLossError, RunError
-from qlora_tui.runner.events import EventWriter, read_events
+from qlora_tui.runner.events import EventWriter, mean_tokens_per_s, read_events
 from qlora_tui.runner.fastpath import FastPath, choose_fast_path
 from qlora_tui.runner.measure import MEMORY_CHECK_STEP, memory_estimate
 from qlora_tui.runner.model import (
@@ -77,6 +77,8 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
             writer.write("log", level="warning", message="no complete checkpoint to resume from: starting at step 0")
     checkpoints.clear_staging(run.checkpoints_path)
     resumed_step = int(resume_from.name.split("-")[1]) if resume_from else None
+    if stopped_while_starting(run, writer, stop_signalled, step=resumed_step or 0):
+        return
 
     from qlora_tui.runner.methods.preference import reference_description
 
@@ -108,6 +110,8 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     trainer, callback = build_trainer(prepared, run, writer, stop_signalled)
     callback.memory_estimate_gb = estimate_gb if gpu else None
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the events already hold them
+    if stopped_while_starting(run, writer, stop_signalled, step=resumed_step or 0):
+        return
     baseline = alignment_baseline(run, prepared, trainer, writer, resumed=resume_from is not None)
     started = time.monotonic()
     if resume_from is not None and checkpoint_is_final(resume_from):
@@ -141,7 +145,20 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     ref = register(home, run, prepared, adapter, metrics)
     kill_point("runner.after-register")
     writer.write("done", step=trainer.state.global_step, adapter_path=str(ref.path), registry_ref=ref.ref,
-                 summary=metrics)
+                 summary=metrics, tokens_per_s=mean_tokens_per_s(read_events(run.events_path)))
+
+
+def stopped_while_starting(run: RunDir, writer: EventWriter, stop_signalled: Callable[[], bool], step: int) -> bool:
+    """A stop asked for during start-up is honoured between its stages, not only after the first step.
+
+    In a distributed run `stop_signalled` is the ranks' agreed stop (it reads the stop file too, and is a
+    collective every rank must enter), so it is asked alone there.
+    """
+    asked = stop_signalled() if distributed.world_size() > 1 else (run.stop_requested() or stop_signalled())
+    if not asked:
+        return False
+    writer.write("stopped", step=step, message=f"stopped while starting, before training; resume begins at step {step}")
+    return True
 
 
 def finish_if_registered(run: RunDir, home: Path, writer: EventWriter) -> bool:

@@ -7,19 +7,25 @@ that it watches through files and pipes.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Input, TextArea
+from textual.theme import Theme
+from textual.widgets import Input
 
-from qlora_tui.core.device import Gpus
-from qlora_tui.runner.errors import QloraError
 from qlora_tui.runner.rundir import RunDir
 from qlora_tui.tui.screens.help import HelpScreen
 from qlora_tui.tui.screens.runs import RunsScreen
+from qlora_tui.tui.settings import load_settings, save_setting
+
+if TYPE_CHECKING:
+    from qlora_tui.core.device import Gpus
+    from qlora_tui.tui.first_frame import PreloadedRuns
 
 THEMES = ("textual-dark", "textual-light")
 # One footer item for the four screen keys ("1234 Views"), so each screen's own keys fit 80 columns
@@ -46,6 +52,12 @@ def compare_screen() -> Screen[None]:
     return CompareScreen()
 
 
+def is_text_box(widget: object) -> bool:
+    """An Input or a TextArea; TextArea's module loads only once a screen uses one, and this check keeps it so."""
+    text_area = sys.modules.get("textual.widgets._text_area")
+    return isinstance(widget, Input) or (text_area is not None and isinstance(widget, text_area.TextArea))
+
+
 class QloraApp(App[None]):
     TITLE = "qlora-tui"
     CSS_PATH = "app.tcss"
@@ -62,20 +74,46 @@ class QloraApp(App[None]):
         Binding("escape", "leave_field", "Leave field"),
     ]
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, preloaded: PreloadedRuns | None = None) -> None:
         super().__init__()
         self.home = home
-        self.gpus = Gpus()
-        self.theme = THEMES[0]
+        self.preloaded = preloaded  # the runs the launcher's first frame read, for the Runs screen to take over
+        self._gpus: Gpus | None = None
+        theme = load_settings(home).get("theme")
+        self.theme = theme if isinstance(theme, str) and theme in self.available_themes else THEMES[0]
         self.sub_title = str(home)
+
+    def on_mount(self) -> None:
+        self.theme_changed_signal.subscribe(self, self.remember_theme)
+
+    @property
+    def gpus(self) -> Gpus:
+        """The GPU reader, made when a monitor first needs it (NVML loads on first use)."""
+        if self._gpus is None:
+            from qlora_tui.core.device import Gpus
+
+            self._gpus = Gpus()
+        return self._gpus
+
+    def take_preloaded_runs(self) -> PreloadedRuns | None:
+        preloaded, self.preloaded = self.preloaded, None
+        return preloaded
+
+    def remember_theme(self, theme: Theme) -> None:
+        """The theme chosen (with t or the palette's picker) is the one the next start opens with."""
+        if load_settings(self.home).get("theme") != theme.name:
+            save_setting(self.home, "theme", theme.name)
 
     # ------------------------------------------------------------ actions shared by screens
 
     def open_monitor(self, run: RunDir) -> None:
+        """The run's monitor right above the Runs table, so escape always leads back to Runs."""
         from qlora_tui.tui.screens.monitor import MonitorScreen
 
         if self.current_mode != "runs":
             self.switch_mode("runs")
+        while len(self.screen_stack) > 1:  # an earlier monitor (or anything else) left open in the runs view
+            self.pop_screen()
         self.push_screen(MonitorScreen(run, self.gpus))
 
     def stop_run(self, run: RunDir) -> None:
@@ -83,15 +121,36 @@ class QloraApp(App[None]):
             self.notify(f"{run.run_id} is not running", severity="warning")
             return
         run.request_stop()
-        self.notify(f"asked {run.run_id} to stop: it checkpoints at the end of its current step")
+        self.notify(f"asked {run.run_id} to stop: it checkpoints at the end of its current step "
+                    "(a run still starting stops between its start-up stages)")
 
     def resume_run(self, run: RunDir) -> None:
-        from qlora_tui.runner.launch import resume_run
+        """Resume if runner.resume_rule allows it (the CLI's rule), saying first what it will do.
 
-        if run.is_running():
-            raise QloraError(f"{run.run_id} is already running")
-        resume_run(run)
-        self.notify(f"resumed {run.run_id} in the background")
+        Starting again at step 0 when steps were done asks first; a refusal is raised for the caller to show.
+        """
+        from qlora_tui.runner.resume_rule import plan_resume
+        from qlora_tui.tui.screens.dialogs import Confirm
+
+        plan = plan_resume(run)
+
+        def start(yes: bool | None = True) -> None:
+            from qlora_tui.core.errors import UserFacingError
+            from qlora_tui.runner.launch import resume_run
+
+            if not yes:
+                return
+            try:
+                resume_run(run)
+            except UserFacingError as err:
+                self.notify(err.message, severity="error")
+                return
+            self.notify(f"resuming {run.run_id} in the background: {plan.describe()}")
+
+        if plan.checkpoint is None and plan.reached > 0:
+            self.push_screen(Confirm(f"{run.run_id}: {plan.describe()}. Start it again?"), start)
+        else:
+            start()
 
     def compare_refs(self, refs: list[str]) -> None:
         from qlora_tui.tui.screens.compare import CompareScreen
@@ -104,7 +163,7 @@ class QloraApp(App[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Offer "leave field" only while a text box has the focus (it takes the letter and number keys)."""
         if action == "leave_field":
-            return isinstance(self.focused, (Input, TextArea))
+            return is_text_box(self.focused)
         return True
 
     def action_leave_field(self) -> None:
@@ -118,7 +177,8 @@ class QloraApp(App[None]):
         self.theme = THEMES[(THEMES.index(self.theme) + 1) % len(THEMES)] if self.theme in THEMES else THEMES[0]
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        # Textual's own "Keys" panel would sit beside our Help, which lists every screen's keys
+        yield from (c for c in super().get_system_commands(screen) if c.title != "Keys")
         yield SystemCommand("Runs", "All runs with their status (1)", lambda: self.switch_mode("runs"))
         yield SystemCommand("New run", "Set up and launch a run from a profile (2)", lambda: self.switch_mode("new"))
         yield SystemCommand("Registry", "Adapters and their versions (3)", lambda: self.switch_mode("registry"))
@@ -132,5 +192,5 @@ class QloraApp(App[None]):
             yield SystemCommand(title, help_text, getattr(screen, method))
 
 
-def make_app(home: Path) -> QloraApp:
-    return QloraApp(home)
+def make_app(home: Path, preloaded: PreloadedRuns | None = None) -> QloraApp:
+    return QloraApp(home, preloaded)

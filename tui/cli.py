@@ -14,15 +14,29 @@ from pathlib import Path
 
 from qlora_tui.core.errors import UserFacingError, is_disk_full
 from qlora_tui.core.home import data_home
-from qlora_tui.tui.commands import adapters, cluster, plan, registry_ops, runs
+from qlora_tui.tui.commands import adapters, cluster, plan, preview, registry_ops, runs
 
-COMMAND_MODULES = (runs, adapters, plan, registry_ops, cluster)
+COMMAND_MODULES = (runs, adapters, plan, preview, registry_ops, cluster)
 
 
 def cmd_app(args: argparse.Namespace, home: Path) -> int:
-    from qlora_tui.tui.app import make_app
+    from qlora_tui.tui.first_frame import draw_first_frame
+    from qlora_tui.tui.settings import load_settings
 
-    make_app(home=home).run()
+    theme = str(load_settings(home).get("theme", "textual-dark"))
+    preloaded = draw_first_frame(home, sys.stdout, theme, sys.stdin)
+    try:
+        from qlora_tui.tui.app import make_app
+
+        make_app(home=home, preloaded=preloaded).run()
+    except BaseException:
+        if preloaded is not None:  # the early frame switched screens; Textual may never have switched back
+            sys.stdout.write("\x1b[?1049l\x1b[?25h")
+            sys.stdout.flush()
+        raise
+    finally:
+        if preloaded is not None:
+            preloaded.restore_terminal(sys.stdin)
     return 0
 
 

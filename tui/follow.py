@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from qlora_tui.runner.events import EventTail, RunState, fold_event
 from qlora_tui.runner.rundir import RunDir
 from qlora_tui.tui.format import duration, number
+from qlora_tui.tui.messages import event_text
 
 POLL_S = 0.25
 
@@ -60,32 +61,12 @@ class ProgressPrinter:
             elif now - self.last_print >= 5 or state.step in (1, state.max_steps):
                 self._line(step_line(state))
                 self.last_print = now
-        elif kind == "log":
-            level = event.get("level", "info")
-            self._line(f"{'warning: ' if level == 'warning' else ''}{event.get('message', '')}")
-        elif kind == "preflight":
-            dropped = event.get("rows_dropped") or {}
-            text = (f"data: {event.get('rows_read')} rows read, {event.get('rows_used')} used "
-                    f"({event.get('train_rows')} train, {event.get('eval_rows')} eval), "
-                    f"{event.get('rows_truncated')} truncated at {event.get('max_seq_len')} tokens, "
-                    f"{event.get('trainable_tokens'):,} trainable tokens")
-            if dropped:
-                text += "; dropped: " + ", ".join(f"{n} {why}" for why, n in dropped.items())
-            self._line(text)
-        elif kind == "start":
-            resumed = event.get("resumed_from_step")
-            self._line(f"training {event.get('profile_name')} ({event.get('method')}) on {event.get('base_model')}, "
-                       f"{event.get('device')}" + (f", resuming at step {resumed}" if resumed else ""))
-        elif kind == "checkpoint":
-            self._line(f"checkpoint at step {event.get('step')}: {event.get('path')}")
-        elif kind == "eval":
-            self._line(f"eval at step {event.get('step')}: loss {number(event.get('eval_loss'))}")
-        elif kind == "done":
-            self._line(f"done: registered {event.get('registry_ref')}\n  files: {event.get('adapter_path')}")
         elif kind == "stopped":
             self._line(f"stopped at step {event.get('step')}; continue with: qlora-tui resume {state.run_id}")
-        elif kind == "error":
-            self._line(f"error: {event.get('message')}" + (f"\nhint: {event.get('hint')}" if event.get("hint") else ""))
+        else:
+            text = event_text(event)
+            if text is not None:
+                self._line(text)
 
 
 def follow_run(run: RunDir, proc: subprocess.Popen[bytes], resumed: bool = False) -> int:

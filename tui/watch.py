@@ -14,7 +14,8 @@ from pathlib import Path
 
 from qlora_tui.core.home import runs_dir
 from qlora_tui.runner.events import EventTail, RunState, fold_event, parse_block
-from qlora_tui.runner.rundir import RunDir, listing_state, read_complete, run_status
+from qlora_tui.runner.rundir import ACTIVE, RunDir, frozen_profile_label, listing_state, read_complete, run_status
+from qlora_tui.tui.messages import event_text
 
 
 @dataclass
@@ -28,7 +29,7 @@ class RunRow:
     def duration_s(self) -> float | None:
         if self.state.started_t is None:
             return None
-        end = time.time() if self.status == "running" else (self.state.ended_t or self.state.last_t)
+        end = time.time() if self.status in ACTIVE else (self.state.ended_t or self.state.last_t)
         return (end or self.state.started_t) - self.state.started_t
 
 
@@ -68,7 +69,13 @@ class RunsIndex:
     def load(runs: list[RunDir]) -> list[RunRow]:
         rows = []
         for run in runs:
-            state, offset = listing_state(run)
+            try:
+                state, offset = listing_state(run)
+            except OSError:  # unreadable (permissions, a vanishing disk): left out, the others still listed
+                continue
+            if not state.profile_name:  # it failed before its `start` event: say what it was started from
+                state.profile_name, method = frozen_profile_label(run)
+                state.method = state.method or method
             tail = EventTail(run.events_path)
             tail.offset = offset
             rows.append(RunRow(run, state, run_status(run, state), tail))
@@ -97,7 +104,7 @@ class RunsIndex:
                 fold_event(row.state, event)
                 grew = True
             changed |= grew
-            if grew or row.status in ("running", "starting", "crashed"):
+            if grew or row.status in (*ACTIVE, "crashed"):
                 status = run_status(row.run, row.state)
                 if status != row.status:
                     row.status = status
@@ -117,6 +124,9 @@ class RunFollower:
         self.events = EventTail(run.events_path)
         self.log_offset = 0
         self.status = "crashed"
+        self.messages: list[str] = []  # the runner's own messages (tui.messages), oldest first
+        self.messages_shown = 0
+        self.frozen_label_read = False
 
     def poll_events(self) -> bool:
         """Fold what was appended since the last call; the first call reads the whole history in one block."""
@@ -127,11 +137,24 @@ class RunFollower:
             new = self.events.read_new()
         for event in new:
             fold_event(self.state, event)
+            if event.get("type") != "step":
+                text = event_text(event)
+                if text is not None:
+                    self.messages += text.split("\n")
+        if not self.state.profile_name and not self.frozen_label_read:  # no `start` event (yet): the frozen profile
+            self.frozen_label_read = True
+            self.state.profile_name, self.state.method = frozen_profile_label(self.run)
         changed = bool(new)
         status = run_status(self.run, self.state)
         changed |= status != self.status
         self.status = status
         return changed
+
+    def new_messages(self) -> list[str]:
+        """Messages that arrived since the last call."""
+        fresh = self.messages[self.messages_shown:]
+        self.messages_shown = len(self.messages)
+        return fresh
 
     def new_log_lines(self, max_bytes: int = 1 << 16) -> list[str]:
         """Lines appended to runner.log since the last call (the first call starts near the end)."""

@@ -128,3 +128,45 @@ def test_text_field_names_the_column_of_plain_text(tmp_path: Path) -> None:
     assert data.format == "text" and data.examples[0].text == "Be yourself."
     with pytest.raises(DataError, match=r"quotes.jsonl:1: row lacks 'body' \(data.text_field\); it has author, quote"):
         convert(path, "text", text_field="body")
+
+
+def test_sharegpt_rows_are_detected_and_become_conversations(tmp_path: Path) -> None:
+    """LLaMA-Factory / Axolotl ShareGPT rows: conversations of from/value, roles human, gpt, system."""
+    rows = [{"conversations": [{"from": "system", "value": "Be kind."}, {"from": "human", "value": "Hi"},
+                               {"from": "gpt", "value": "Hello!"}, {"from": "human", "value": "Bye"},
+                               {"from": "gpt", "value": "See you."}]},
+            {"system": "Be brief.",
+             "conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]},
+            {"conversations": [{"from": "human", "value": "no answer"}, {"from": "gpt", "value": "  "}]}]
+    data = convert(jsonl(tmp_path / "d.jsonl", rows))
+    assert data.format == "sharegpt" and len(data.examples) == 2
+    assert data.dropped == {"no assistant turn with text": 1}
+    assert [t["role"] for t in data.examples[0].messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert data.examples[1].messages == [{"role": "system", "content": "Be brief."},
+                                         {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+
+
+def test_sharegpt_problems_name_the_line_and_the_roles(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "d.jsonl", [{"conversations": [{"from": "human", "value": "hi"}]},
+                                        {"conversations": [{"from": "bot", "value": "hi"}]}])
+    with pytest.raises(DataError) as err:
+        convert(path)
+    assert err.value.message == (f"{path}:2: conversations[0].from must be one of human, gpt, system; got 'bot'")
+    path = jsonl(tmp_path / "e.jsonl", [{"conversations": [{"role": "user", "content": "hi"}]}])
+    with pytest.raises(DataError, match=r"e.jsonl:1: conversations\[0\] must be an object with \"from\" and \"value\""):
+        convert(path, "sharegpt")
+
+
+def test_a_data_path_is_checked_as_the_run_will_read_it(tmp_path: Path) -> None:
+    from qlora_tui.runner.data import checked_data_path
+
+    jsonl(tmp_path / "rows.jsonl", [{"text": "x"}])
+    assert checked_data_path("rows.jsonl", tmp_path) == str(tmp_path / "rows.jsonl")
+    assert checked_data_path("builtin:demo-instructions", tmp_path) == "builtin:demo-instructions"
+    assert checked_data_path("someone/a-hub-set", tmp_path) == "someone/a-hub-set"
+    with pytest.raises(DataError) as err:
+        checked_data_path("missing.jsonl", tmp_path)
+    assert err.value.message == f"data.path: {tmp_path / 'missing.jsonl'}: no such file"
+    assert err.value.hint == f"a relative path is taken from {tmp_path}"
+    with pytest.raises(DataError, match="no such file"):
+        checked_data_path(str(tmp_path / "gone.jsonl"), Path("/"))

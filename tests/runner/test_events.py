@@ -74,3 +74,91 @@ def test_fold_tracks_terminal_state_across_resume() -> None:
     assert state.loss_history == [(5, 2.0), (6, 1.0)]
     fold_events([{"type": "done", "t": 6, "registry_ref": "x@1", "adapter_path": "/p"}], state)
     assert state.terminal == "done" and state.registry_ref == "x@1"
+
+
+def test_fold_survives_wrong_types_field_by_field() -> None:
+    """A hand-written event with a wrong type spoils only that field, never the fold (issue 12, bug 10)."""
+    events = [
+        {"type": "start", "t": 1, "run_id": "r", "profile_name": 7, "method": "sft", "max_steps": "many"},
+        {"type": "step", "t": 2, "step": "three", "max_steps": [1], "loss": "x", "lr": 1e-3},
+        {"type": "step", "t": 3, "step": 4, "max_steps": 10, "loss": 1.5},
+        {"type": "eval", "t": 4, "step": {"a": 1}, "eval_loss": 1.7},
+        {"type": "checkpoint", "t": 5, "step": None, "path": 3},
+        {"type": "log", "t": 6, "level": None, "message": ["x"]},
+        {"type": "preflight", "t": 6, "rows_read": "all"},
+        {"type": "done", "t": 7, "summary": "fine", "registry_ref": "r@1", "tokens_per_s": "fast"},
+    ]
+    state = fold_events(events)
+    assert state.run_id == "r" and state.method == "sft" and state.profile_name == ""
+    assert state.step == 4 and state.max_steps == 10 and state.loss == 1.5
+    assert state.loss_history == [(4, 1.5)] and state.eval_history == [(4, 1.7)]
+    assert state.terminal == "done" and state.summary == {} and state.registry_ref == "r@1"
+    assert state.checkpoints == [(0, "3")]
+
+
+def test_one_bad_line_does_not_hide_the_other_runs_from_the_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for run_id, bad in (("20260101-120000-good-0001", False), ("20260102-120000-bad-0002", True)):
+        run = tmp_path / "runs" / run_id
+        run.mkdir(parents=True)
+        (run / "profile.toml").write_text(f'name = "{run_id.split("-")[2]}"\n')
+        start = {"v": 1, "seq": 1, "t": 1767268800, "type": "start", "run_id": run_id, "max_steps": 10,
+                 "profile_name": run_id.split("-")[2], "method": "sft"}
+        step = {"v": 1, "seq": 2, "t": 1767268801, "type": "step", "step": "two" if bad else 2, "loss": 1.0}
+        (run / "events.jsonl").write_text(json.dumps(start) + "\n" + json.dumps(step) + "\n")
+    code = "import sys; from qlora_tui.tui.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-c", code, "--home", str(tmp_path), "runs"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "good" in result.stdout and "bad" in result.stdout
+
+
+def test_a_line_cut_mid_write_does_not_swallow_the_next_life_s_first_event(tmp_path: Path) -> None:
+    """A killed runner can leave half a line; the resumed one starts on a new line (issue 12, bug 10)."""
+    path = tmp_path / "events.jsonl"
+    first = EventWriter(path)
+    first.write("start", run_id="r", max_steps=10)
+    first.write("step", step=1, loss=2.0)
+    first.close()
+    with open(path, "a") as f:
+        f.write('{"v":1,"seq":3,"t":1.0,"type":"st')  # killed here
+    tail = EventTail(path)
+    assert [e["type"] for e in tail.read_new()] == ["start", "step"]
+    second = EventWriter(path)
+    second.write("start", run_id="r", resumed_from_step=None)
+    second.write("step", step=1, loss=1.9)
+    second.close()
+    assert [e["type"] for e in tail.read_new()] == ["start", "step"]  # what a follower reads next
+    assert [e["type"] for e in read_events(path)] == ["start", "step", "start", "step"]
+
+
+def test_a_resumed_run_s_history_leaves_out_the_steps_it_did_again() -> None:
+    """Crash at step 8, resume from the checkpoint at 5: steps 6-8 of the first life are superseded (bug 8)."""
+    events = [{"type": "start", "t": 0, "max_steps": 10}]
+    events += [{"type": "step", "t": s, "step": s, "loss": 3.0 - s / 10, "lr": 0.1} for s in range(1, 9)]
+    events += [{"type": "start", "t": 20, "resumed_from_step": 5}]
+    events += [{"type": "step", "t": 20 + s, "step": s, "loss": 2.0 - s / 10, "lr": 0.1} for s in range(6, 11)]
+    state = fold_events(events)
+    assert [s for s, _ in state.loss_history] == list(range(1, 11))
+    assert dict(state.loss_history)[7] == 2.0 - 0.7
+    assert [s for s, _ in state.superseded_loss] == [6, 7, 8] and dict(state.superseded_loss)[7] == 3.0 - 0.7
+    assert state.resumes == [5] and [s for s, _ in state.lr_history] == list(range(1, 11))
+    restarted = fold_events(events[:9] + [{"type": "start", "t": 30}, {"type": "step", "t": 31, "step": 1,
+                                                                          "loss": 9.0}])
+    assert restarted.resumes == [0] and restarted.loss_history == [(1, 9.0)]
+    assert len(restarted.superseded_loss) == 8
+
+
+def test_a_done_run_reports_its_average_tokens_per_second() -> None:
+    from qlora_tui.runner.events import mean_tokens_per_s
+
+    events = [{"type": "start", "t": 0}, {"type": "step", "t": 1, "step": 1},
+              {"type": "step", "t": 2, "step": 2, "tokens_per_s": 100.0},
+              {"type": "step", "t": 5, "step": 3, "tokens_per_s": 200.0},
+              {"type": "start", "t": 100}, {"type": "step", "t": 101, "step": 4, "tokens_per_s": 50.0},
+              {"type": "step", "t": 102, "step": 5, "tokens_per_s": 400.0}]
+    assert mean_tokens_per_s(events) == round((100 * 1 + 200 * 3 + 400 * 1) / 5, 1)
+    state = fold_events([*events, {"type": "done", "t": 103, "tokens_per_s": 220.0}])
+    assert state.tokens_per_s == 220.0

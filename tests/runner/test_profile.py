@@ -115,3 +115,26 @@ def test_default_profile_is_valid_once_data_is_set() -> None:
     profile = Profile()
     profile.data.path = "builtin:demo-instructions"
     assert profile.to_dict()["data"]["path"] == "builtin:demo-instructions"
+
+
+def test_overrides_are_validated_like_the_file_and_name_the_set(tmp_path: Path) -> None:
+    from qlora_tui.runner.overrides import apply_overrides
+
+    profile = load_profile(ROOT / "profiles" / "demo.toml")
+    changed = apply_overrides(profile, ["train.lr=1e-4", "lora.r=32", "lora.target_modules=[\"q_proj\"]",
+                                        "train.method=dpo", "method.beta=0.2", "name=tuned"])
+    assert (changed.train.lr, changed.lora.r, changed.lora.target_modules) == (1e-4, 32, ["q_proj"])
+    assert (changed.train.method, changed.method.beta, changed.name) == ("dpo", 0.2, "tuned")
+    assert changed.method_keys == ("beta",)
+    for sets, message in [
+        (["lora.r=thirty"], '--set lora.r=thirty: lora.r: must be a positive integer, got "thirty"'),
+        (["train.lrr=1"], "--set train.lrr=1: train.lrr: unknown field; allowed: "),
+        (["train.lr"], "--set train.lr: expected SECTION.KEY=VALUE"),
+        (["trian.lr=1"], "--set trian.lr=1: trian: unknown section; sections: model, quant, lora"),
+        (["train.lr=2.5"], "--set train.lr=2.5: train.lr: must be <= 1, got 2.5"),
+    ]:
+        with pytest.raises(ProfileError) as err:
+            apply_overrides(profile, sets)
+        assert err.value.message.startswith(message), err.value.message
+    relative = apply_overrides(profile, ["data.path=rows.jsonl"], base=tmp_path)
+    assert relative.data.path == str(tmp_path / "rows.jsonl")

@@ -17,11 +17,13 @@ from typing import Any
 
 from qlora_tui.registry.records import AdapterVersion, NewVersion
 from qlora_tui.registry.store import Store, open_store
+from qlora_tui.runner.events import mean_tokens_per_s
 
 BASE_T = 1767268800.0  # 2026-01-01 12:00:00 UTC: every time on screen derives from it
 DONE_RUN = "20260101-120000-demo-a1b2"
 FAILED_RUN = "20260102-090000-demo-dpo-c3d4"
 CRASHED_RUN = "20260103-080000-quick-e5f6"
+RESUMED_RUN = "20260104-100000-again-f7a8"
 DONE_STEPS = 120
 DONE_REF = "demo@2"
 DPO_REF = "demo-dpo@1"
@@ -107,7 +109,8 @@ def done_run(home: Path) -> Path:
             log.add("eval", dt=1, step=step, eval_loss=round(loss_at(step) + 0.08, 4), eval_runtime=0.9)
             log.add("checkpoint", step=step, path=f"checkpoints/checkpoint-{step}")
     log.add("done", dt=3, adapter_path=f"runs/{DONE_RUN}/adapter", registry_ref=DONE_REF,
-            summary={"train_loss": loss_at(DONE_STEPS), "eval_loss": round(loss_at(DONE_STEPS) + 0.08, 4)})
+            summary={"train_loss": loss_at(DONE_STEPS), "eval_loss": round(loss_at(DONE_STEPS) + 0.08, 4)},
+            tokens_per_s=mean_tokens_per_s([json.loads(line) for line in log.lines]))  # as the runner writes it
     lines = ["loading builtin:tiny-llama in 4-bit nf4 (double quant, compute bf16)",
              "LoRA r=8 alpha=16 on q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj",
              "trainable params: 1,126,400 || all params: 28,311,552 || trainable%: 3.98"]
@@ -141,6 +144,28 @@ def crashed_run(home: Path) -> Path:
     lines = ["loading builtin:tiny-llama in 4-bit nf4", f"{{'loss': {loss_at(40)}, 'epoch': 0.32}}",
              "Killed"]
     return write_run(home, CRASHED_RUN, "quick", "sft", 60, log, lines)
+
+
+def resumed_run(home: Path) -> Path:
+    """A run that crashed at step 8, was resumed from its checkpoint at step 5 and stopped at 10: steps 6-8 were
+    trained twice (kept out of build_demo_home; the resumed-history checks add it)."""
+    log = EventLog(BASE_T + 250000)
+    log.add("start", **start_fields(RESUMED_RUN, "again", "sft", 10))
+    log.add("log", level="info", message="preparing again: checking the model and reading the data")
+    for step in range(1, 9):
+        log.add("step", dt=2, **step_fields(step, 10, loss=3.0 - step / 10))
+        if step == 5:
+            log.add("checkpoint", step=5, path="checkpoints/checkpoint-5")
+    log.add("start", dt=60, **start_fields(RESUMED_RUN, "again", "sft", 10), resumed_from_step=5)
+    for step in range(6, 11):
+        log.add("step", dt=2, **step_fields(step, 10, loss=2.0 - step / 10))
+    log.add("checkpoint", step=10, path="checkpoints/checkpoint-10")
+    log.add("stopped", dt=1, step=10)
+    path = write_run(home, RESUMED_RUN, "again", "sft", 10, log, ["runner output"])
+    checkpoint = path / "checkpoints" / "checkpoint-10"  # what the stop saved: resume continues from it
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "manifest.json").write_text(json.dumps({"step": 10, "created": log.t, "files": []}))
+    return path
 
 
 def safetensors_bytes(tensors: dict[str, tuple[list[int], list[float]]]) -> bytes:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Input, Select, SelectionList, Static, Tree
+from textual.widgets import DataTable, Input, Label, Select, SelectionList, Static, Tree
 
 from qlora_tui.core.device import Gpus
 from qlora_tui.registry.store import open_store
@@ -19,6 +19,7 @@ from qlora_tui.runner.rundir import list_runs, summarize
 from qlora_tui.tui.app import QloraApp, make_app
 from qlora_tui.tui.format import duration, number
 from qlora_tui.tui.screens.compare import AnswerPane, CompareScreen
+from qlora_tui.tui.screens.dialogs import Confirm
 from qlora_tui.tui.screens.monitor import MonitorScreen
 from qlora_tui.tui.screens.new_run import NewRunScreen, field_id
 from qlora_tui.tui.screens.registry import RegistryScreen
@@ -250,10 +251,15 @@ async def test_stop_and_resume_from_the_runs_screen(home: Path, monkeypatch: pyt
     assert open_store(home).get("stoppable").number == 1
 
 
-async def test_delete_asks_first_and_refuses_a_version_with_children(trained_copy: Path) -> None:
+async def test_delete_asks_first_naming_the_versions_derived_from_it(trained_copy: Path) -> None:
     child = quick_profile("child", max_steps=5)
     child.model.adapter = "quick@1"
     run_to_end(trained_copy, child)
+
+    async def question(pilot: Pilot[None], app: QloraApp) -> str:
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, Confirm), 10, "the question")
+        return str(app.screen.query_one(Label).render())
 
     async def script(app: QloraApp, pilot: Pilot[None]) -> None:
         await pilot.press("3")
@@ -262,17 +268,15 @@ async def test_delete_asks_first_and_refuses_a_version_with_children(trained_cop
         await wait_for(pilot, lambda: "child@1" in text_of(app, "#details"), 10, "child@1 selected")
         await pilot.press("down", "down")  # past the "quick" name node to its version
         await wait_for(pilot, lambda: "quick@1  (adapter)" in text_of(app, "#details"), 10, "quick@1 selected")
-        await pilot.press("d")
+        asked = await question(pilot, app)
+        assert "child@1 derive from it" in asked and "--force" not in asked
         await pilot.press("n")  # no: nothing happens
         await pilot.pause(0.3)
         assert [v.ref for v in open_store(trained_copy).list_versions()] == ["child@1", "quick@1"]
-        await pilot.press("d", "y")
-        await wait_for(pilot, lambda: "not deleted" in text_of(app, "#job-status"), 10, "the refusal")
-        assert "child@1" in text_of(app, "#job-status")
-        await settle(pilot, app)  # the tree is rebuilt after each job: arrows pressed before would be undone
         await pilot.press("up", "up")
         await wait_for(pilot, lambda: "child@1  (adapter)" in text_of(app, "#details"), 10, "child@1 selected")
-        await pilot.press("d", "y")
+        assert "derive from it" not in await question(pilot, app)
+        await pilot.press("y")
         await wait_for(pilot, lambda: "deleted child@1" in text_of(app, "#job-status"), 10, "the deletion")
         assert [v.ref for v in open_store(trained_copy).list_versions()] == ["quick@1"]
 
@@ -374,3 +378,26 @@ async def test_the_command_palette_has_every_screen_and_the_screens_actions(trai
         assert app.theme != before and app.theme in ("textual-dark", "textual-light")
 
     await drive(trained_home, script)
+
+
+async def test_stop_while_a_run_starts_shows_stopping_and_ends_before_training(home: Path) -> None:
+    """Issue 12, bug 10: s during start-up took ~40 s with no "stopping" state (the runner looked at the stop file
+    only after its first step); now the table says "stopping" and the run stops between its start-up stages."""
+    from qlora_tui.runner.events import read_events
+    from qlora_tui.runner.launch import start_run
+
+    run, proc = start_run(home, quick_profile("early-stop", max_steps=30), detach=True)
+
+    async def script(app: QloraApp, pilot: Pilot[None]) -> None:
+        table = app.screen.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count == 1, 10, "the starting run")
+        await pilot.press("s")
+        await wait_for(pilot, lambda: status_at(table, 0) == "stopping", 10, "stopping")
+        await wait_for(pilot, lambda: status_at(table, 0) == "stopped", 120, "stopped")
+
+    try:
+        await drive(home, script)
+    finally:
+        proc.wait(timeout=120)
+    kinds = [e["type"] for e in read_events(run.events_path)]
+    assert "step" not in kinds and kinds[-1] == "stopped", kinds

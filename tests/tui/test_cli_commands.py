@@ -56,10 +56,13 @@ def test_detach_stop_wait_and_resume(home: Path, tmp_path: Path) -> None:
 
     resumed = cli(home, "resume", run_id[-7:])
     assert resumed.returncode == 0, resumed.stderr
+    assert f"{run_id}: resume continues from checkpoint-" in resumed.stderr  # said before it resumes
     assert ", resuming at step " in resumed.stdout and "done: registered bg@1" in resumed.stdout
     table = cli(home, "runs").stdout.splitlines()
     assert table[0].split()[:4] == ["ID", "PROFILE", "METHOD", "STATUS"]
     assert run_id in table[1] and " done " in table[1] and "25/25" in table[1] and "bg@1" in table[1]
+    again = cli(home, "resume", run_id)
+    assert again.returncode == 2 and again.stderr.startswith(f"error: run {run_id} is done (registered bg@1)")
 
 
 def test_adapters_and_show(trained_home: Path) -> None:
@@ -86,3 +89,57 @@ def test_listing_commands_do_not_import_torch(trained_home: Path) -> None:
             "print(heavy)\n")
     result = subprocess.run([sys.executable, "-c", code, str(trained_home)], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_data_preview_shows_rows_after_the_template_with_the_trained_tokens_marked(home: Path) -> None:
+    first = json.loads((Path(__file__).resolve().parents[2] / "core" / "assets" / "demo-instructions.jsonl")
+                       .read_text().splitlines()[0])
+    result = cli(home, "data", "demo", "--rows", "2")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "trained (response) tokens are shown between ⟦ and ⟧" in out
+    row1 = out.split("── row 1 ", 1)[1].split("── row 2 ", 1)[0]
+    masked, trained = row1.split("⟦", 1)
+    assert first["instruction"] in masked and "<|user|>" in masked and first["output"] not in masked
+    assert trained.startswith(first["output"])  # the response, exactly, is what trains
+    assert "── row 3 " not in out
+    assert "rows: 320 read, 320 used (alpaca format)" in out
+    data = json.loads(cli(home, "data", "demo", "--rows", "1", "--json").stdout)
+    assert data["report"]["rows_used"] == 320 and data["report"]["trainable_tokens"] > 0
+    row = data["rows"][0]
+    assert 0 < row["trained_tokens"] < row["tokens"]
+    assert "".join(text for text, kind in row["segments"] if kind == "trained").startswith(first["output"])
+
+
+def test_set_overrides_are_checked_and_frozen_into_the_run(home: Path) -> None:
+    bad = cli(home, "run", "demo", "--set", "lora.r=thirty")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith('error: --set lora.r=thirty: lora.r: must be a positive integer, got "thirty"')
+    missing = cli(home, "run", "demo", "--set", "data.path=nope.jsonl")
+    assert missing.returncode == 2 and f"data.path: {Path.cwd() / 'nope.jsonl'}: no such file" in missing.stderr
+    assert list_runs(home) == []
+
+    r16 = json.loads(cli(home, "estimate", "demo", "--gpu-gb", "24", "--json", "--set", "lora.r=16").stdout)
+    r64 = json.loads(cli(home, "estimate", "demo", "--gpu-gb", "24", "--json", "--set", "lora.r=64").stdout)
+    assert r64["trainable_params"] == 4 * r16["trainable_params"]  # LoRA parameters grow with the rank
+
+    started = cli(home, "run", "demo", "--detach", "--set", "train.max_steps=2", "--set", "train.lr=1e-4")
+    assert started.returncode == 0, started.stderr
+    (run,) = list_runs(home)
+    frozen = run.profile_path.read_text()
+    assert "--set train.max_steps=2\n# --set train.lr=1e-4" in frozen
+    import tomllib
+
+    doc = tomllib.loads(frozen)
+    assert doc["train"]["max_steps"] == 2 and doc["train"]["lr"] == 1e-4
+    wait_until(lambda: not run.is_running() and last_step(run) == 2, 300, "the 2-step run to end", run)
+
+
+def test_profiles_says_which_profile_a_name_runs(tmp_path: Path) -> None:
+    """Issue 12, bug 5: a user profile named like a shipped one was listed as a second `demo`, never run by name."""
+    home = tmp_path / "home"
+    (home / "profiles").mkdir(parents=True)
+    (home / "profiles" / "demo.toml").write_text('[data]\npath = "builtin:demo-instructions"\n')
+    rows = [r for r in json.loads(cli(home, "profiles", "--json").stdout) if r["name"] == "demo"]
+    assert [(r["origin"], r["run_by_name"]) for r in rows] == [("shipped", True), ("user", False)]
+    assert "user (hidden by the shipped one)" in cli(home, "profiles").stdout

@@ -28,7 +28,7 @@ from qlora_tui.tui.screens.monitor import MonitorScreen
 from qlora_tui.tui.screens.new_run import NewRunScreen
 from qlora_tui.tui.screens.registry import RegistryScreen
 from qlora_tui.tui.screens.runs import RunsScreen
-from tests.tui.fixtures import build_demo_home
+from tests.tui.fixtures import RESUMED_RUN, build_demo_home, resumed_run
 
 SIZES = {"80x24": (80, 24), "120x40": (120, 40)}
 size_param = pytest.mark.parametrize("size", list(SIZES.values()), ids=list(SIZES))
@@ -140,6 +140,44 @@ async def compare_with_version(pilot: Pilot[None]) -> None:
     await wait_until(pilot, lambda: len(versions.selected) == 1, "one version picked")
 
 
+async def data_preview_open(pilot: Pilot[None]) -> None:
+    """New run with the demo profile cut to 20 tokens a row, then ctrl+o: the child tokenizes the first rows."""
+    from textual.widgets import Input
+
+    from qlora_tui.tui.screens.data_preview import DataPreviewScreen
+
+    await new_run_with_demo(pilot)
+    app = pilot.app
+    app.screen.query_one("#field-train-max_seq_len", Input).value = "20"
+    await pilot.pause(0.2)
+    await pilot.press("ctrl+o")
+    await wait_until(pilot, lambda: isinstance(app.screen, DataPreviewScreen)
+                     and "pre-flight" in plain(app.screen.query_one("#preview-body", Static)),
+                     "the preview from its child process", timeout=120)
+
+
+async def runs_compared(pilot: Pilot[None]) -> None:
+    """Space on the crashed and the done run, then c: both loss curves, the eval curve, a legend and a table."""
+    from qlora_tui.tui.screens.run_compare import RunCompareScreen
+
+    await runs_listed(pilot)
+    await pilot.press("space", "down", "space", "c")
+    app = pilot.app
+    await wait_until(pilot, lambda: isinstance(app.screen, RunCompareScreen) and bool(app.screen.followers),
+                     "the two histories")
+
+
+async def resumed_monitor(pilot: Pilot[None]) -> None:
+    """The monitor of a run resumed from step 5 after a crash at step 8: redone steps dim, a marker at 5."""
+    await wait_until(pilot, lambda: isinstance(pilot.app.screen, RunsScreen) and pilot.app.screen.index is not None
+                     and pilot.app.screen.query_one(DataTable).row_count == 4, "the four runs")
+    await pilot.press("enter")  # the newest run: the resumed one
+    app = pilot.app
+    await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.follower is not None
+                     and app.screen.run.run_id == RESUMED_RUN and app.screen.query_one(Log).line_count > 0,
+                     "the resumed run's history")
+
+
 async def help_open(pilot: Pilot[None]) -> None:
     await runs_listed(pilot)
     await pilot.press("question_mark")
@@ -191,3 +229,37 @@ def test_compare(snap_compare: Snap, demo_app: Callable[[], QloraApp], size: tup
 def test_help(snap_compare: Snap, demo_app: Callable[[], QloraApp], size: tuple[int, int]) -> None:
     """Help over the runs screen: the keys of every screen."""
     snap(snap_compare, demo_app(), size, help_open)
+
+
+@size_param
+def test_data_preview(snap_compare: Snap, demo_app: Callable[[], QloraApp], size: tuple[int, int]) -> None:
+    """Data preview: the first rows after the chat template, trained tokens marked, rows cut or dropped at 20
+    tokens, and the pre-flight counts."""
+    snap(snap_compare, demo_app(), size, data_preview_open)
+
+
+@size_param
+def test_compare_runs(snap_compare: Snap, demo_app: Callable[[], QloraApp], size: tuple[int, int]) -> None:
+    """Compare runs: the crashed and the done run's loss curves (and the done one's eval) with a legend."""
+    snap(snap_compare, demo_app(), size, runs_compared)
+
+
+def test_new_run_at_60_columns(snap_compare: Snap, demo_app: Callable[[], QloraApp]) -> None:
+    """New run at 60x20: narrower labels and plan, so the values stay visible."""
+    snap(snap_compare, demo_app(), (60, 20), new_run_with_demo)
+
+
+@pytest.fixture
+def resumed_app(demo_app: Callable[[], QloraApp], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                ) -> Callable[[], QloraApp]:
+    """The demo home plus a resumed run, in a folder of its own (the shared demo home stays at three runs)."""
+    build_demo_home(tmp_path / "home")
+    resumed_run(tmp_path / "home")
+    monkeypatch.chdir(tmp_path)
+    return lambda: make_app(Path("home"))
+
+
+@size_param
+def test_monitor_resumed(snap_compare: Snap, resumed_app: Callable[[], QloraApp], size: tuple[int, int]) -> None:
+    """Monitor of a resumed run: one curve as the run went, the redone steps dimmed, a marker where it resumed."""
+    snap(snap_compare, resumed_app(), size, resumed_monitor)

@@ -7,10 +7,11 @@ writes become the rows of text a person would read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,76 @@ def test_number_keys_leave_compare_and_escape_leaves_a_text_field(terminal: Term
     terminal.wait_for("1234 Views")  # the screen keys are back in the footer
     terminal.press("1")
     terminal.wait_for("Runs", "crashed", timeout=5)
+
+
+TEXTUAL_START = b"\x1b[?1049h"  # the early frame switches to the alternate screen first; the app's driver does again
+
+
+def look(cell: object) -> tuple[object, ...]:
+    """What a person sees of a cell: its character and background (swapped when reversed), and the colour and
+    weight of a visible character."""
+    data, fg, bg, reverse = cell.data, cell.fg, cell.bg, cell.reverse  # type: ignore[attr-defined]
+    if reverse:
+        fg, bg = bg, fg
+    return (data, bg) + ((fg, cell.bold) if data != " " else ())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("theme", "size", "more_runs"), [("textual-dark", (80, 24), 0),
+                                                           ("textual-light", (120, 40), 0),
+                                                           ("textual-dark", (90, 12), 20)])
+def test_the_first_frame_is_the_app_s_own_screen_and_keys_typed_meanwhile_count(
+        tmp_path: Path, theme: str, size: tuple[int, int], more_runs: int) -> None:
+    """Issue 12, bug 12: the launcher draws the Runs view before Textual loads; every cell a person sees must be
+    the one the app then paints (scrollbar included, when the runs outnumber the rows), and a key pressed on the
+    early frame is answered once the app runs."""
+    import json
+    import shutil
+
+    cols, rows = size
+    home = build_demo_home(tmp_path / "home")
+    (home / "app-settings.json").write_text(json.dumps({"theme": theme}))
+    for n in range(more_runs):  # older than the three, so the early frame shows the same newest ones
+        shutil.copytree(home / "runs" / CRASHED_RUN, home / "runs" / f"20251201-{n:02d}0000-older-{n:04x}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEXTUAL", "PYTEST"))}
+    env.update(QLORA_TUI_HOME=str(home), TERM="xterm-256color", COLORTERM="truecolor", TZ="UTC", LANG="C.UTF-8")
+    command, args = app_command()
+    child = pexpect.spawn(command, args, env=env, dimensions=(rows, cols), cwd=str(home.parent))
+    data = b""
+
+    def pump_until(condition: Callable[[bytes], bool], what: str) -> None:
+        nonlocal data
+        deadline = time.monotonic() + WAIT_S
+        while not condition(data):
+            assert time.monotonic() < deadline and child.isalive(), f"no {what}; read {data[-400:]!r}"
+            with contextlib.suppress(pexpect.TIMEOUT):
+                data += child.read_nonblocking(65536, timeout=0.05)
+
+    try:
+        pump_until(lambda d: b"crashed" in d, "early frame")
+        assert TEXTUAL_START not in data[1:], "the app painted before the launcher's frame"
+        child.send("?")  # while the app is still loading
+        pump_until(lambda d: b"Everywhere" in d, "help: the key typed on the early frame")
+        child.send("\x1b")
+        early, live = pyte.Screen(cols, rows), pyte.Screen(cols, rows)
+        pyte.ByteStream(early).feed(data[:data.index(TEXTUAL_START, 1)])
+        stream, fed = pyte.ByteStream(live), 0
+
+        def help_closed(d: bytes) -> bool:
+            nonlocal fed
+            stream.feed(d[fed:])
+            fed = len(d)
+            return "Everywhere" not in "\n".join(live.display)
+
+        pump_until(help_closed, "the runs view again")
+        while True:  # the rest of that repaint: until the app has written nothing for a second
+            try:
+                data += child.read_nonblocking(65536, timeout=1.0)
+            except pexpect.TIMEOUT:
+                break
+        help_closed(data)
+        assert early.display == live.display, "\n".join(early.display) + "\n---\n" + "\n".join(live.display)
+        differ = [(y, x) for y in range(rows) for x in range(cols)
+                  if look(early.buffer[y][x]) != look(live.buffer[y][x])]
+        assert differ == [], f"{len(differ)} cells differ, first at {differ[:3]}"
+    finally:
+        child.terminate(force=True)

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from qlora_tui.runner.errors import QloraError
-from qlora_tui.runner.rundir import STATUSES
+from qlora_tui.runner.rundir import ACTIVE, STATUSES
+from qlora_tui.tui.commands.profile_args import add_profile_arguments, profile_from_args
 from qlora_tui.tui.format import number, table, timestamp
 
 
@@ -20,10 +21,8 @@ def print_json(value: Any) -> None:
 
 def cmd_run(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.runner.launch import start_run
-    from qlora_tui.runner.profile import load_profile
-    from qlora_tui.runner.shipped import find_profile
 
-    profile = load_profile(find_profile(args.profile, home))
+    profile = profile_from_args(args, home, check_data=True)
     if args.name:
         from qlora_tui.core.names import NAME_RULE, is_valid_name
 
@@ -33,7 +32,8 @@ def cmd_run(args: argparse.Namespace, home: Path) -> int:
     check_distributed(profile, args.processes)
     if args.processes is not None:
         profile.dist.processes = args.processes
-    run, proc = start_run(home, profile, detach=args.detach)
+    note = "".join(f"\n--set {text}" for text in args.overrides)
+    run, proc = start_run(home, profile, detach=args.detach, note=f"Started with{note}" if note else "")
     if args.detach:
         print(run.run_id)
         print(f"started in the background (pid {proc.pid}); follow it with: qlora-tui  or  qlora-tui runs",
@@ -46,14 +46,11 @@ def cmd_run(args: argparse.Namespace, home: Path) -> int:
 
 def cmd_resume(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.runner.launch import resume_run
-    from qlora_tui.runner.rundir import find_run, summarize
+    from qlora_tui.runner.resume_rule import plan_resume
+    from qlora_tui.runner.rundir import find_run
 
     run = find_run(home, args.run_id)
-    summary = summarize(run)
-    if summary.status == "running":
-        raise QloraError(f"run {run.run_id} is still running")
-    if summary.status == "done":
-        raise QloraError(f"run {run.run_id} is done (registered {summary.state.registry_ref}); nothing to resume")
+    print(f"{run.run_id}: {plan_resume(run).describe()}", file=sys.stderr)
     proc = resume_run(run, detach=args.detach, processes=args.processes)
     if args.detach:
         print(run.run_id)
@@ -88,7 +85,7 @@ def cmd_stop(args: argparse.Namespace, home: Path) -> int:
     while run.is_running() and time.monotonic() < deadline:
         time.sleep(0.2)
     summary = summarize(run)
-    if summary.status == "running":
+    if summary.status in ACTIVE:
         print(f"{run.run_id} is still finishing its step after {args.timeout:.0f} s", file=sys.stderr)
         return 1
     print(f"{run.run_id}: {summary.status} at step {summary.state.step}")
@@ -96,24 +93,17 @@ def cmd_stop(args: argparse.Namespace, home: Path) -> int:
 
 
 def run_row(summary: Any) -> dict[str, Any]:
+    from qlora_tui.runner.rundir import frozen_profile_label
+
     s = summary.state
-    name = s.profile_name or _profile_name(summary.run)
-    end = s.ended_t if summary.status != "running" else time.time()
+    name, method = (s.profile_name, s.method) if s.profile_name else frozen_profile_label(summary.run)
+    end = s.ended_t if summary.status not in ACTIVE else time.time()
     return {
-        "id": summary.run.run_id, "profile": name, "method": s.method or "", "status": summary.status,
+        "id": summary.run.run_id, "profile": name, "method": s.method or method, "status": summary.status,
         "step": s.step, "max_steps": s.max_steps, "loss": s.loss, "tokens_per_s": s.tokens_per_s,
         "started": s.started_t, "duration_s": (end - s.started_t) if s.started_t and end else None,
         "registry_ref": s.registry_ref or None, "error": s.error.get("message") if s.error else None,
     }
-
-
-def _profile_name(run: Any) -> str:
-    import tomllib
-
-    try:
-        return str(tomllib.loads(run.profile_path.read_text()).get("name", ""))
-    except (OSError, ValueError):
-        return ""
 
 
 def cmd_runs(args: argparse.Namespace, home: Path) -> int:
@@ -139,7 +129,7 @@ def cmd_runs(args: argparse.Namespace, home: Path) -> int:
 
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("run", help="start a training run from a profile")
-    p.add_argument("profile", help="profile file, or the name of a shipped/user profile (e.g. demo)")
+    add_profile_arguments(p)
     p.add_argument("--detach", "-d", action="store_true", help="run in the background and print the run id")
     p.add_argument("--name", help="register the adapter under this name instead of the profile's")
     p.add_argument("--processes", type=processes_arg, help='training processes on this box (overrides '

@@ -17,12 +17,15 @@ HELP = """\
 
 [b]Runs[/b]      up/down choose a run    enter  its monitor
           s  stop (it checkpoints first)    r  resume
-[b]Monitor[/b]   s stop   r resume   escape back to Runs
+          space marks runs, c compares their loss curves
+[b]Monitor[/b]   s stop   r resume   l full log   escape back
           loss (and eval) curve, lr, method metrics,
-          metric cards, GPU panel, runner.log tail
+          metric cards, GPU panel, the runner's messages;
+          the status line says what r would resume from
 [b]New run[/b]   pick a profile, edit its fields (checked as
           you type); the memory plan is on the right
           ctrl+s save as profile    ctrl+l launch
+          ctrl+o data preview (rows as the model sees them)
           g  card size in GB for the memory plan
 [b]Registry[/b]  up/down choose a version
           m merge   c compare   p push to the Hub

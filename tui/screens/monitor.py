@@ -1,12 +1,10 @@
-"""A run's monitor: loss curve, metric cards, GPU panel, the tail of runner.log, Stop and Resume.
+"""A run's monitor: loss curve, metric cards, GPU panel, the runner's messages, Stop and Resume.
 
 The whole history is folded once in a worker thread; after that a timer reads
-only what was appended and repaints everything in one go.
+only what was appended and repaints everything in one go. `l` opens the full log.
 """
 
 from __future__ import annotations
-
-import gc
 
 from rich.text import Text
 from textual import work
@@ -19,7 +17,8 @@ from textual.widgets import Footer, Header, Log, Static
 
 from qlora_tui.core.device import Gpus
 from qlora_tui.core.errors import UserFacingError
-from qlora_tui.runner.rundir import RunDir
+from qlora_tui.runner.resume_rule import plan_resume
+from qlora_tui.runner.rundir import RunDir, RunSummary
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.watch import RunFollower
 from qlora_tui.tui.widgets.cards import MetricCards
@@ -29,39 +28,58 @@ from qlora_tui.tui.widgets.gpu_panel import GpuPanel
 POLL_S = 0.5
 GPU_POLL_S = 2.0
 METRIC_SERIES = ("rewards/accuracies", "rewards/margins", "accuracy", "reward", "kl")
+SUPERSEDED_STYLE = "grey42"  # steps an earlier life logged and a resumed one did again
+CRASH_LOG_LINES = 4
+
+
+def resume_sentence(follower: RunFollower) -> str:
+    """What `r` would do, said before it is pressed (the rule and the wording are runner.resume_rule's)."""
+    try:
+        return "r: " + plan_resume(follower.run, RunSummary(follower.run, follower.state, follower.status)).describe()
+    except UserFacingError as err:
+        return err.message
 
 
 def status_line(follower: RunFollower) -> Text:
     s, status = follower.state, follower.status
     text = Text()
     text.append(f"{follower.run.run_id}  ", style="bold")
-    text.append(status, style={"running": "bold green", "done": "cyan", "stopped": "yellow"}.get(status, "bold red"))
+    text.append(status, style={"running": "bold green", "starting": "green", "stopping": "yellow", "done": "cyan",
+                               "stopped": "yellow"}.get(status, "bold red"))
     if s.profile_name:
-        text.append(f"  {s.profile_name} ({s.method}) on {s.base_model}, {s.device}")
+        text.append(f"  {s.profile_name} ({s.method})" + (f" on {s.base_model}, {s.device}" if s.base_model else ""))
     if s.reference and status in ("running", "starting"):
         text.append(f"\nreference: {s.reference}", style="dim")
     if status == "done":
         text.append(f"\nregistered {s.registry_ref}: {s.adapter_path}", style="cyan")
+    elif status == "stopping":
+        text.append("\nstopping: it saves a checkpoint at the end of its step (while starting, between stages)",
+                    style="yellow")
     elif status == "failed" and s.error:
         text.append(f"\nerror ({s.error.get('kind')}): {s.error.get('message')}", style="red")
         if s.error.get("hint"):
             text.append(f"\nhint: {s.error['hint']}", style="dim")
+        text.append(f"\n{resume_sentence(follower)}", style="dim")
     elif status == "crashed":
-        why = s.error.get("message") or "the process ended without a final event (its log is below)"
-        text.append(f"\ncrashed: {why}; r resumes from the newest complete checkpoint", style="red")
+        why = s.error.get("message") or "the process ended without a final event (runner.log's end is below)"
+        text.append(f"\ncrashed: {why}", style="red")
+        text.append(f"\n{resume_sentence(follower)}", style="red")
     elif status == "stopped":
-        text.append("\nstopped with a checkpoint; press r to resume", style="yellow")
+        text.append(f"\nstopped; {resume_sentence(follower)}", style="yellow")
     return text
 
 
 class MonitorScreen(ShowsWorkerErrors, Screen[None]):
+    CSS_PATH = "monitor.tcss"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("s", "stop", "Stop"),
         Binding("r", "resume", "Resume"),
+        Binding("l", "full_log", "Log"),
     ]
     PALETTE = [("Stop this run", "Checkpoint and stop (s)", "action_stop"),
-               ("Resume this run", "Continue from the newest complete checkpoint (r)", "action_resume")]
+               ("Resume this run", "Continue from the newest complete checkpoint (r)", "action_resume"),
+               ("Full log of this run", "All the runner's messages and runner.log, scrollable (l)", "action_full_log")]
 
     class HistoryLoaded(Message):
         def __init__(self, follower: RunFollower) -> None:
@@ -73,6 +91,7 @@ class MonitorScreen(ShowsWorkerErrors, Screen[None]):
         self.run = run
         self.gpus = gpus
         self.follower: RunFollower | None = None
+        self.crash_shown = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -94,23 +113,21 @@ class MonitorScreen(ShowsWorkerErrors, Screen[None]):
 
     @work(thread=True, exclusive=True, group="history", exit_on_error=False)
     def load_history(self) -> None:
-        """The whole history, folded once; the cyclic GC waits, as the events it would scan hold no cycles."""
+        """The whole history, folded once, off the UI thread."""
         follower = RunFollower(self.run)
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            follower.poll_events()
-        finally:
-            if collecting:
-                gc.enable()
+        follower.poll_events()
         self.post_message(self.HistoryLoaded(follower))
 
     def on_monitor_screen_history_loaded(self, message: HistoryLoaded) -> None:
         self.follower = message.follower
-        gc.freeze()  # a long history is 100,000s of tuples that live on: keep the cyclic GC from rescanning them
         self.repaint()
-        self.append_log()
+        self.append_messages()
         self.set_interval(POLL_S, self.poll)
+
+    def on_screen_resume(self) -> None:
+        if self.follower is not None:  # the full log view may have folded what arrived meanwhile
+            self.repaint()
+            self.append_messages()
 
     def poll(self) -> None:
         """Fold what the run appended and repaint once; skipped while another view is shown (it catches up after)."""
@@ -118,11 +135,16 @@ class MonitorScreen(ShowsWorkerErrors, Screen[None]):
             return
         if self.follower.poll_events():
             self.repaint()
-        self.append_log()
+        self.append_messages()
 
-    def append_log(self) -> None:
+    def append_messages(self) -> None:
+        """The runner's new messages; once a run is seen crashed, the last lines of runner.log after them."""
         assert self.follower is not None
-        lines = self.follower.new_log_lines()
+        lines = self.follower.new_messages()
+        crashed = self.follower.status == "crashed"
+        if crashed and not self.crash_shown:
+            lines += ["runner.log ends with:", *(f"  {line}" for line in self.run.log_tail(CRASH_LOG_LINES))]
+        self.crash_shown = crashed
         if lines:
             self.query_one(Log).write_lines(lines)
 
@@ -134,7 +156,9 @@ class MonitorScreen(ShowsWorkerErrors, Screen[None]):
         loss = [Series("loss", state.loss_history, "cyan")]
         if state.eval_history:
             loss.append(Series("eval", state.eval_history, "magenta"))
-        self.query_one("#loss-chart", LineChart).set_series(loss)
+        if state.superseded_loss:  # first, so the curve as it stands is drawn over it
+            loss.insert(0, Series("redone", state.superseded_loss, SUPERSEDED_STYLE))
+        self.query_one("#loss-chart", LineChart).set_series(loss, markers=state.resumes)
         self.query_one("#lr-chart", LineChart).set_series([Series("lr", state.lr_history, "yellow")])
         extra = [Series(k, state.metric_history[k], style) for k, style in
                  zip(METRIC_SERIES, ("green", "blue", "green", "green", "red")) if k in state.metric_history]
@@ -155,3 +179,9 @@ class MonitorScreen(ShowsWorkerErrors, Screen[None]):
             self.app.resume_run(self.run)  # type: ignore[attr-defined]
         except UserFacingError as err:
             self.notify(err.message, severity="error")
+
+    def action_full_log(self) -> None:
+        from qlora_tui.tui.screens.run_log import RunLogScreen
+
+        if self.follower is not None:
+            self.app.push_screen(RunLogScreen(self.follower))

@@ -17,11 +17,14 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Checkbox, Footer, Header, Input, Label, Select, Static
 
 from qlora_tui.core.errors import UserFacingError
 from qlora_tui.core.home import user_profiles_dir
+from qlora_tui.core.names import NAME_RULE, is_valid_name
+from qlora_tui.runner.data import checked_data_path
 from qlora_tui.runner.errors import QloraError
 from qlora_tui.runner.launch import start_run
 from qlora_tui.runner.profile import (
@@ -34,10 +37,11 @@ from qlora_tui.runner.profile import (
     save_profile,
 )
 from qlora_tui.runner.shipped import list_profiles
-from qlora_tui.tui.screens.dialogs import AskText
+from qlora_tui.tui.screens.dialogs import AskText, Confirm
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 
 TOP_FIELDS = ("name", "description")
+PLAN_DELAY_S = 0.4  # the plan waits for a pause in typing: a half-typed model id never starts a Hub lookup
 
 
 def field_id(section: str, key: str) -> str:
@@ -55,16 +59,17 @@ SHORT_NAMES = {"activations, not checkpointed": "activations", "activations, che
                "reward model (second base)": "reward model"}
 
 
-def compact_plan(plan: Any) -> str:
-    """The estimator's plan in a 30-column box: counted components, total, and the verdict."""
+def compact_plan(plan: Any, width: int = 30) -> str:
+    """The estimator's plan in a box `width` columns wide: counted components, total, and the verdict."""
+    name_w = max(6, width - 8)
     params = plan.total_params
     count = f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M" if params >= 1e6 else f"{params:,}"
     lines = [f"{plan.model_id}", f"{count} params, {plan.quantization}", ""]
     for component in plan.components:
         if component.counted and component.gb >= 0.005:
             name = SHORT_NAMES.get(component.name, component.name)
-            lines.append(f"{name[:22]:<22} {component.gb:6.2f}")
-    lines.append(f"{'total (GB)':<22} {plan.total_gb:6.2f}")
+            lines.append(f"{name[:name_w]:<{name_w}} {component.gb:6.2f}")
+    lines.append(f"{'total (GB)'[:name_w]:<{name_w}} {plan.total_gb:6.2f}")
     if plan.fits is None:
         lines.append("\nno GPU detected: press g for a card size")
     elif plan.fits:
@@ -78,18 +83,23 @@ def compact_plan(plan: Any) -> str:
 
 
 class NewRunScreen(ShowsWorkerErrors, Screen[None]):
+    CSS_PATH = "new_run.tcss"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (80, "-wide")]  # under 80 columns the labels and plan shrink
     BINDINGS = [
         Binding("ctrl+s", "save", "Save profile"),
         Binding("ctrl+l", "launch", "Launch"),
+        Binding("ctrl+o", "preview_data", "Data preview"),
         Binding("g", "card_size", "Card GB"),
     ]
     PALETTE = [("Save as profile", "Write the form to a profile file (ctrl+s)", "action_save"),
-               ("Launch run", "Start this profile in the background (ctrl+l)", "action_launch")]
+               ("Launch run", "Start this profile in the background (ctrl+l)", "action_launch"),
+               ("Preview the data", "First rows after the chat template, what trains, pre-flight counts (ctrl+o)",
+                "action_preview_data")]
 
     class PlanReady(Message):
-        def __init__(self, text: str, fits: bool | None) -> None:
+        def __init__(self, text: str, fits: bool | None, request: int) -> None:
             super().__init__()
-            self.text, self.fits = text, fits
+            self.text, self.fits, self.request = text, fits, request
 
     def __init__(self) -> None:
         super().__init__()
@@ -99,6 +109,8 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
         self.card_gb: float | None = None
         self._loading = False
         self._loaded_from = ""
+        self.plan_request = 0  # only the newest request's plan is shown (older workers may finish later)
+        self._plan_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -132,7 +144,7 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
 
     @on(Select.Changed, "#profile-select")
     async def profile_chosen(self, event: Select.Changed) -> None:
-        if event.value is Select.BLANK or self.profile is not None and str(event.value) == self._loaded_from:
+        if event.value is Select.NULL or self.profile is not None and str(event.value) == self._loaded_from:
             return
         self._loaded_from = str(event.value)
         try:
@@ -163,6 +175,8 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
     def _loaded(self) -> None:
         self._loading = False
         self._loaded_from = ""
+        self.plan_request = 0  # only the newest request's plan is shown (older workers may finish later)
+        self._plan_timer: Timer | None = None
         self.show_method_options()
         self.update_plan()
 
@@ -203,6 +217,10 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
                 setattr(self.profile, key, checked)
             else:
                 checked = parse_field_text(section, key, value) if isinstance(value, str) else value
+                if (section, key) == ("data", "path"):  # as the run will read it: from here, not its folder
+                    checked = checked_data_path(checked, Path.cwd())
+                    if checked != value.strip():
+                        self.query_one("#field-help", Static).update(f"[b]data.path[/b] reads {checked}")
                 setattr(getattr(self.profile, section), key, checked)
         except UserFacingError as err:
             self._set_error(section, key, err.message)
@@ -257,30 +275,38 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
         profile.method_keys = tuple(f.name for f in dataclasses.fields(SECTIONS["method"])
                                     if method in f.metadata.get("methods", ()))
         checked = profile_from_dict(profile.to_dict(), source="form")
+        checked.data.path = checked_data_path(checked.data.path, Path.cwd())
         return checked
 
     def update_plan(self) -> None:
+        """Check the whole form now; plan its memory once typing pauses, and show only the newest plan."""
         status = self.query_one("#form-status", Static)
+        self.plan_request += 1
+        if self._plan_timer is not None:
+            self._plan_timer.stop()
         try:
             profile = self.current_profile()
         except UserFacingError as err:
             status.update(f"[red]{err.message}[/red]")
             return
         status.update("[green]profile is valid[/green]")
-        self.estimate(profile, self.card_gb)
+        request, card_gb = self.plan_request, self.card_gb
+        width = self.query_one("#plan", Static).size.width or 30
+        self._plan_timer = self.set_timer(PLAN_DELAY_S, lambda: self.estimate(profile, card_gb, request, width))
 
-    @work(thread=True, exclusive=True, group="estimate", exit_on_error=False)
-    def estimate(self, profile: Profile, card_gb: float | None) -> None:
+    @work(thread=True, group="estimate", exit_on_error=False)
+    def estimate(self, profile: Profile, card_gb: float | None, request: int, width: int = 30) -> None:
         from qlora_tui.runner.estimate import estimate_profile
 
         try:
             plan = estimate_profile(profile, self.app.home, gpu_gb=card_gb)  # type: ignore[attr-defined]
-            self.post_message(self.PlanReady(compact_plan(plan), plan.fits))
+            self.post_message(self.PlanReady(compact_plan(plan, width), plan.fits, request))
         except UserFacingError as err:
-            self.post_message(self.PlanReady(f"no memory plan: {err.message}", None))
+            self.post_message(self.PlanReady(f"no memory plan: {err.message}", None, request))
 
     def on_new_run_screen_plan_ready(self, message: PlanReady) -> None:
-        self.query_one("#plan", Static).update(message.text)
+        if message.request == self.plan_request:  # a slower, older request (a Hub lookup) must not paint over it
+            self.query_one("#plan", Static).update(message.text)
 
     # ------------------------------------------------------------ actions
 
@@ -305,16 +331,42 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
             self.notify(err.message, severity="error", timeout=10)
             return
 
-        def chosen(name: str | None) -> None:
-            if not name:
-                return
-            path = user_profiles_dir(self.app.home) / f"{Path(name).stem}.toml"  # type: ignore[attr-defined]
+        def write(path: Path) -> None:
             save_profile(profile, path, header=f"{path.stem}: saved from qlora-tui's New run screen.")
-            self.notify(f"saved {path}")
+            self.notify(f"saved {path}; `qlora-tui run {path.stem}` uses it")
             self._loaded_from = str(path)  # the form already shows it: selecting it must not reload
             self.refresh_profiles(select=str(path))
 
-        self.app.push_screen(AskText("Save as profile (file name in your profiles folder)", profile.name), chosen)
+        def chosen(name: str | None) -> None:
+            if not name or not name.strip():
+                return
+            stem = Path(name.strip()).stem
+            if not is_valid_name(stem):
+                self.notify(f"profile name: use {NAME_RULE}; got {stem!r}", severity="error", timeout=10)
+                return
+            home: Path = self.app.home  # type: ignore[attr-defined]
+            if any(origin == "shipped" and p.stem == stem for origin, p in list_profiles(home)):
+                self.notify(f"{stem} is a shipped profile, and `qlora-tui run {stem}` would keep running the "
+                            "shipped one: save under another name", severity="error", timeout=10)
+                return
+            path = user_profiles_dir(home) / f"{stem}.toml"
+            if path.exists():
+                self.app.push_screen(Confirm(f"Your profile {stem} exists ({path}). Overwrite it?"),
+                                     lambda yes: write(path) if yes else None)
+            else:
+                write(path)
+
+        self.app.push_screen(AskText("Save as profile (a name for your profiles folder)", profile.name), chosen)
+
+    def action_preview_data(self) -> None:
+        from qlora_tui.tui.screens.data_preview import DataPreviewScreen
+
+        try:
+            profile = self.current_profile()
+        except UserFacingError as err:
+            self.notify(err.message, severity="error", timeout=10)
+            return
+        self.app.push_screen(DataPreviewScreen(profile))
 
     def action_launch(self) -> None:
         try:

@@ -1,8 +1,9 @@
 """The Registry screen: adapters grouped by name, a version's details, and Merge / Compare / Push / Delete.
 
 Merge runs in a child process (it needs torch); push, delete and verify are
-light and run in worker threads. Workers only post messages; the handlers
-here change what is shown.
+light and run in worker threads. The store is opened only in workers, never on
+the UI thread (a read may wait behind another process's write). Workers only
+post messages; the handlers here change what is shown.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from textual.worker import Worker
 
 from qlora_tui.registry.errors import RegistryError
 from qlora_tui.registry.records import AdapterVersion
-from qlora_tui.registry.store import open_store
+from qlora_tui.registry.store import Store, open_store
 from qlora_tui.tui.format import number, size, timestamp
 from qlora_tui.tui.jobs import run_worker
 from qlora_tui.tui.screens.dialogs import AskMerge, AskPush, Confirm, MergeOptions, PushOptions
@@ -70,6 +71,7 @@ def details_text(version: AdapterVersion, lineage: list[str]) -> Text:
 
 
 class RegistryScreen(ShowsWorkerErrors, Screen[None]):
+    CSS_PATH = "registry.tcss"
     BINDINGS = [
         Binding("m", "merge", "Merge"),
         Binding("c", "compare", "Compare"),
@@ -87,6 +89,16 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
         def __init__(self, versions: list[AdapterVersion]) -> None:
             super().__init__()
             self.versions = versions
+
+    class DetailsLoaded(Message):
+        def __init__(self, ref: str, details: Text) -> None:
+            super().__init__()
+            self.ref, self.details = ref, details
+
+    class DeleteChecked(Message):
+        def __init__(self, ref: str, children: list[str]) -> None:
+            super().__init__()
+            self.ref, self.children = ref, children
 
     class JobProgress(Message):
         def __init__(self, message: str, fraction: float | None) -> None:
@@ -123,13 +135,13 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
     def on_screen_resume(self) -> None:
         self.reload()
 
-    @property
-    def store(self) -> Any:
+    def open_store(self) -> Store:
+        """For worker threads only: opening may wait on the index while another process writes it."""
         return open_store(self.app.home)  # type: ignore[attr-defined]
 
     @work(thread=True, exclusive=True, group="registry-load", exit_on_error=False)
     def reload(self) -> None:
-        self.post_message(self.Loaded(self.store.list_versions(with_files=False)))
+        self.post_message(self.Loaded(self.open_store().list_versions(with_files=False)))
 
     def on_registry_screen_loaded(self, message: Loaded) -> None:
         tree = self.query_one(Tree)
@@ -160,14 +172,20 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
         if isinstance(event.node.data, str):
             self.show_details(event.node.data)
 
+    @work(thread=True, exclusive=True, group="registry-details", exit_on_error=False)
     def show_details(self, ref: str) -> None:
+        """The version's record and lineage, read in a worker; only the newest choice is shown."""
+        store = self.open_store()
         try:
-            version = self.store.get(ref)
-            lineage = [v.ref for v in self.store.lineage(ref)]
+            version = store.get(ref)
+            details = details_text(version, [v.ref for v in store.lineage(ref)])
         except RegistryError as err:
-            self.query_one("#details", Static).update(Text(err.message, style="red"))
-            return
-        self.query_one("#details", Static).update(details_text(version, lineage))
+            details = Text(err.message, style="red")
+        self.post_message(self.DetailsLoaded(ref, details))
+
+    def on_registry_screen_details_loaded(self, message: DetailsLoaded) -> None:
+        if message.ref == self.selected_ref():  # the cursor may have moved on meanwhile
+            self.query_one("#details", Static).update(message.details)
 
     def _need_selection(self) -> str | None:
         ref = self.selected_ref()
@@ -264,7 +282,8 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
 
         self.post_message(self.JobProgress(f"pushing {ref} to {options.repo}...", None))
         try:
-            record = push_version(self.store, ref, options.repo, private=options.private, merged=options.merged)
+            record = push_version(self.open_store(), ref, options.repo, private=options.private,
+                                  merged=options.merged)
         except RegistryError as err:
             hint = f" ({err.hint})" if err.hint else ""
             self.post_message(self.JobFinished(False, f"push failed: {err.message}{hint}"))
@@ -273,25 +292,37 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
 
     def action_delete(self) -> None:
         ref = self._need_selection()
-        if ref is None:
-            return
+        if ref is not None:
+            self.check_delete(ref)
+
+    @work(thread=True, exclusive=True, group="registry-details", exit_on_error=False)
+    def check_delete(self, ref: str) -> None:
+        """The versions derived from `ref`, which the question must name before anything is deleted."""
+        self.post_message(self.DeleteChecked(ref, [c.ref for c in self.open_store().children(ref)]))
+
+    def on_registry_screen_delete_checked(self, message: DeleteChecked) -> None:
+        ref, children = message.ref, message.children
+        question = f"Delete {ref}? Its files are removed from the registry."
+        if children:
+            question += (f"\n{', '.join(children)} derive from it: they keep working, and their lineage will say "
+                         f"that {ref} was deleted.")
 
         def answered(yes: bool | None) -> None:
             if yes:
                 self.busy = True
-                self.delete(ref)
+                self.delete(ref, with_children=bool(children))
 
-        self.app.push_screen(Confirm(f"Delete {ref}? Its files are removed from the registry."), answered)
+        self.app.push_screen(Confirm(question), answered)
 
     @work(thread=True, exclusive=True, group="registry-job", exit_on_error=False)
-    def delete(self, ref: str) -> None:
+    def delete(self, ref: str, with_children: bool) -> None:
         try:
-            self.store.delete(ref)
+            _version, children = self.open_store().delete(ref, force=with_children)
         except RegistryError as err:
-            hint = f" ({err.hint})" if err.hint else ""
-            self.post_message(self.JobFinished(False, f"not deleted: {err.message}{hint}"))
+            self.post_message(self.JobFinished(False, f"not deleted: {err.message}"))
             return
-        self.post_message(self.JobFinished(True, f"deleted {ref}"))
+        kept = f"; {', '.join(children)} kept" if children else ""
+        self.post_message(self.JobFinished(True, f"deleted {ref}{kept}"))
 
     def action_verify(self) -> None:
         ref = self._need_selection()
@@ -304,7 +335,7 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
         from qlora_tui.registry.integrity import verify
 
         try:
-            (report,) = verify(self.store, ref)
+            (report,) = verify(self.open_store(), ref)
         except RegistryError as err:
             self.post_message(self.JobFinished(False, f"verify failed: {err.message}"))
             return

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -14,32 +12,18 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from qlora_tui.core.errors import UserFacingError
 from qlora_tui.runner.rundir import RunDir
-from qlora_tui.tui.format import duration, number
+from qlora_tui.tui.run_cells import COLUMNS, cell_texts
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.watch import RunRow, RunsIndex
 
-# The id column shows the id's last part: unique enough to read, and the CLI takes it (`qlora-tui stop e5f6`);
-# the monitor shows the whole id. With the short start time the table fits 80 columns.
-COLUMNS = ("id", "profile", "method", "status", "step", "loss", "tok/s", "started", "duration")
 FIRST_ROWS = 50  # the newest runs, shown before the older ones are read: more than a screenful
-STATUS_STYLE = {"running": "bold green", "done": "cyan", "stopped": "yellow", "failed": "bold red",
-                "crashed": "bold red", "starting": "green"}
+# After the launcher's first frame, keys may already wait: the app answers them before reading the other runs
+OLDER_AFTER_FIRST_FRAME_S = 0.5
 
 
-def short_id(run_id: str) -> str:
-    return run_id.rsplit("-", 1)[-1]
-
-
-def short_time(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%m-%d %H:%M", time.localtime(t))
-
-
-def row_cells(row: RunRow) -> tuple[str | Text, ...]:
-    s = row.state
-    status = Text(row.status, style=STATUS_STYLE.get(row.status, ""))
-    return (short_id(row.run.run_id), s.profile_name or "", s.method, status, f"{s.step}/{s.max_steps or '?'}",
-            number(s.loss), "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}", short_time(s.started_t),
-            duration(row.duration_s))
+def row_cells(row: RunRow, marked: bool = False) -> tuple[str | Text, ...]:
+    """The table's cells: plain strings, and Text where the cell has a style of its own (status, mark)."""
+    return tuple(Text(text, style=style) if style else text for text, style in cell_texts(row, marked))
 
 
 class RunsScreen(ShowsWorkerErrors, Screen[None]):
@@ -49,10 +33,14 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
         Binding("enter", "open_run", "Monitor"),
         Binding("s", "stop_run", "Stop"),
         Binding("r", "resume_run", "Resume"),
+        Binding("space", "mark_run", "Mark"),
+        Binding("c", "compare_runs", "Compare"),
     ]
     PALETTE = [("Open run monitor", "Loss curve, metrics and log of the selected run (enter)", "action_open_run"),
                ("Stop run", "Ask the selected run to checkpoint and stop (s)", "action_stop_run"),
-               ("Resume run", "Continue the selected run from its newest checkpoint (r)", "action_resume_run")]
+               ("Resume run", "Continue the selected run from its newest checkpoint (r)", "action_resume_run"),
+               ("Mark run", "Choose the selected run for a loss-curve comparison (space)", "action_mark_run"),
+               ("Compare marked runs", "Their loss and eval curves in one chart (c)", "action_compare_runs")]
 
     class RunsLoaded(Message):
         def __init__(self, index: RunsIndex, older: list[RunDir]) -> None:
@@ -67,6 +55,8 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.index: RunsIndex | None = None
+        self.marked: list[str] = []  # run ids, in the order they were marked
+        self.older_delay_s = 0.0
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -79,7 +69,12 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
         table = self.query_one(DataTable)
         for name in COLUMNS:
             table.add_column(name, key=name)
-        self.load_index()
+        preloaded = self.app.take_preloaded_runs()  # type: ignore[attr-defined]
+        if preloaded is not None:  # read by the launcher for its first frame: on screen in this one too
+            self.older_delay_s = OLDER_AFTER_FIRST_FRAME_S
+            self.on_runs_screen_runs_loaded(self.RunsLoaded(preloaded.index, preloaded.older))
+        else:
+            self.load_index()
         self.set_interval(1.0, self.refresh_runs)
 
     @work(thread=True, exclusive=True, group="runs-load", exit_on_error=False)
@@ -99,7 +94,9 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
     def on_runs_screen_runs_loaded(self, message: RunsLoaded) -> None:
         self.index = message.index
         self.show_rows()
-        if message.older:  # after the next frame: reading them would hold the GIL while the first rows paint
+        if message.older and self.older_delay_s:
+            self.call_after_refresh(self.set_timer, self.older_delay_s, lambda: self.load_older(message.older))
+        elif message.older:  # after the next frame: reading them would hold the GIL while the first rows paint
             self.call_after_refresh(self.load_older, message.older)
 
     def on_runs_screen_older_runs_loaded(self, message: OlderRunsLoaded) -> None:
@@ -125,31 +122,31 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
         for row in rows:
             key = row.run.run_id
             present.add(key)
-            cells = row_cells(row)
+            cells = row_cells(row, key in self.marked)
             if key in table.rows:
                 for column, value in zip(COLUMNS, cells):
-                    if table.get_cell(key, column) != value:
-                        table.update_cell(key, column, value)
+                    if table.get_cell(key, column) != value:  # a column widens as its values grow (12/300)
+                        table.update_cell(key, column, value, update_width=True)
             else:
                 table.add_row(*cells, key=key)
         for key in list(table.rows):
             if key.value not in present:
                 table.remove_row(key)
         if [k.value for k in table.rows] != [r.run.run_id for r in rows]:
-            self.rebuild(table, rows)  # a new run goes on top: newest first, as ids start with the start time
+            self.rebuild(table, rows, self.marked)  # a new run goes on top: newest first, as ids start with the time
         empty = self.query_one("#runs-empty", Static)
         empty.update("" if rows else "No runs yet. Press 2 for New run, or run `qlora-tui run demo` in a shell.")
         empty.display = not rows
 
     @staticmethod
-    def rebuild(table: DataTable[str | Text], rows: list[RunRow]) -> None:
+    def rebuild(table: DataTable[str | Text], rows: list[RunRow], marked: list[str]) -> None:
         """All rows again in order, the cursor staying on the run it was on."""
         chosen = None
         if table.row_count:
             chosen = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         table.clear()
         for row in rows:
-            table.add_row(*row_cells(row), key=row.run.run_id)
+            table.add_row(*row_cells(row, row.run.run_id in marked), key=row.run.run_id)
         if chosen is not None and chosen in table.rows:
             table.move_cursor(row=table.get_row_index(chosen))
 
@@ -180,3 +177,27 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
                 self.app.resume_run(row.run)  # type: ignore[attr-defined]
             except UserFacingError as err:
                 self.notify(err.message, severity="error")
+
+    def action_mark_run(self) -> None:
+        """Mark or unmark the selected run for a comparison, and move down (space, space... marks a few)."""
+        row = self.selected()
+        if row is None:
+            return
+        key = row.run.run_id
+        if key in self.marked:
+            self.marked.remove(key)
+        else:
+            self.marked.append(key)
+        table = self.query_one(DataTable)
+        table.update_cell(key, "id", row_cells(row, key in self.marked)[0], update_width=True)
+        table.action_cursor_down()
+
+    def action_compare_runs(self) -> None:
+        from qlora_tui.tui.screens.run_compare import RunCompareScreen
+
+        assert self.index is not None or not self.marked
+        runs = [self.index.rows[k].run for k in self.marked if self.index and k in self.index.rows]
+        if len(runs) < 2:
+            self.notify("mark two or more runs with space first, then press c", severity="warning")
+            return
+        self.app.push_screen(RunCompareScreen(runs))

@@ -18,6 +18,7 @@ BRAILLE_BASE = 0x2800
 # bit of each dot in a 2x4 braille cell, indexed [x][y]
 DOTS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
 LABEL_WIDTH = 9
+MARKER, MARKER_STYLE = "┊", "yellow"
 
 
 @dataclass
@@ -117,10 +118,11 @@ def _resample(points: Sequence[tuple[float, float]], x0: float, x1: float, colum
 
 
 def plot(series: Sequence[Series], width: int, height: int, *, log_scale: bool = False,
-         x_range: tuple[float, float] | None = None) -> list[Text]:
+         x_range: tuple[float, float] | None = None, markers: Sequence[float] = ()) -> list[Text]:
     """Lines of styled text: a y-axis label column, the braille canvas, and an x-axis line.
 
-    x_range widens the x axis to the raw data's extent when `series` hold bucket means.
+    x_range widens the x axis to the raw data's extent when `series` hold bucket means;
+    each x in `markers` (where a run resumed) is a dotted vertical line behind the curves.
     """
     canvas_w, canvas_h = max(1, width - LABEL_WIDTH), max(1, height - 1)
     drawn = [s for s in series if any(math.isfinite(y) for _, y in s.points)]
@@ -157,6 +159,8 @@ def plot(series: Sequence[Series], width: int, height: int, *, log_scale: bool =
             dot(px, py, s.style)
             previous = (px, py)
 
+    marker_columns = {min(canvas_w - 1, max(0, int((x - x0) / ((x1 - x0) or 1.0) * (px_w - 1) + 0.5) // 2))
+                      for x in markers if x0 <= x <= x1}
     top = y1 if not log_scale else 10 ** y1
     bottom = y0 if not log_scale else 10 ** y0
     lines = []
@@ -165,6 +169,9 @@ def plot(series: Sequence[Series], width: int, height: int, *, log_scale: bool =
         line = Text(label.rjust(LABEL_WIDTH - 1)[: LABEL_WIDTH - 1] + "│", style="dim")
         for col in range(canvas_w):
             bits = cells[row][col]
+            if not bits and col in marker_columns:
+                line.append(MARKER, style=MARKER_STYLE)
+                continue
             line.append(chr(BRAILLE_BASE + bits) if bits else " ", style=styles[row][col] or None)
         lines.append(line)
     axis = f"{int(x0)}".ljust(canvas_w // 2) + f"{int(x1)}".rjust(canvas_w - canvas_w // 2)
@@ -198,19 +205,34 @@ class LineChart(Widget):
         super().__init__(id=id, classes=classes)
         self.title = title
         self.series: list[Series] = []
+        self.markers: list[float] = []
         self._decimators: dict[str, Decimator] = {}
 
-    def set_series(self, series: list[Series]) -> None:
+    def set_series(self, series: list[Series], markers: Sequence[float] = ()) -> None:
+        """Draw `series`; `markers` are the x values where the run resumed, named in the legend."""
         self.series = series
+        self.markers = list(markers)
         self.refresh()
+
+    def legend(self, width: int) -> list[Text]:
+        """Title, then each series' colour, name and last value, wrapped to `width` (compare charts have many)."""
+        items = [Text(self.title + "  ")]
+        for s in self.series:
+            last = next((y for _, y in reversed(s.points) if math.isfinite(y)), None)
+            items.append(Text.assemble(("● ", s.style), f"{s.name} {_fmt(last) if last is not None else '-'}  "))
+        if self.markers:
+            where = ", ".join(str(int(x)) for x in self.markers)
+            items.append(Text.assemble((MARKER + " ", MARKER_STYLE), f"resumed at step {where}"))
+        lines = [Text(style="bold")]
+        for item in items:
+            if lines[-1].cell_len and lines[-1].cell_len + item.cell_len > width:
+                lines.append(Text(style="bold"))
+            lines[-1].append_text(item)
+        return lines
 
     def render(self) -> Text:
         width, height = self.size.width, self.size.height
-        legend = Text(self.title + "  ", style="bold")
-        for s in self.series:
-            legend.append("● ", style=s.style)
-            last = next((y for _, y in reversed(s.points) if math.isfinite(y)), None)
-            legend.append(f"{s.name} {_fmt(last) if last is not None else '-'}  ")
+        legend = self.legend(width)[: max(1, height // 3)]
         drawn, ranges = [], []
         for s in self.series:
             decimator = self._decimators.setdefault(s.name, Decimator())
@@ -218,5 +240,5 @@ class LineChart(Widget):
             if decimator.x_range is not None:
                 ranges.append(decimator.x_range)
         x_range = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
-        body = plot(drawn, width, max(2, height - 1), x_range=x_range)
-        return Text("\n").join([legend, *body])
+        body = plot(drawn, width, max(2, height - len(legend)), x_range=x_range, markers=self.markers)
+        return Text("\n").join([*legend, *body])

@@ -1,0 +1,82 @@
+"""The registry screen as a new user met it (issue 12): no store opened on the UI thread, and a delete
+question in the app's own words."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from textual.pilot import Pilot
+from textual.widgets import Label, Static, Tree
+
+from qlora_tui.registry.store import open_store
+from qlora_tui.tui.app import QloraApp, make_app
+from qlora_tui.tui.screens.dialogs import Confirm
+from qlora_tui.tui.screens.registry import RegistryScreen
+from tests.tui.fixtures import build_demo_home
+
+
+async def until(pilot: Pilot[None], condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await pilot.pause(0.05)
+
+
+def details(app: QloraApp) -> str:
+    return str(app.screen.query_one("#details", Static).render())
+
+
+async def open_registry(pilot: Pilot[None], app: QloraApp) -> RegistryScreen:
+    await pilot.press("3")
+    await until(pilot, lambda: isinstance(app.screen, RegistryScreen) and details(app).startswith("demo@1"),
+                "the registry")
+    assert isinstance(app.screen, RegistryScreen)
+    return app.screen
+
+
+async def test_the_ui_keeps_answering_while_another_process_writes_the_index(tmp_path: Path) -> None:
+    """Bug 11: every access opened a Store on the UI thread, and opening wrote PRAGMAs, so moving through the
+    tree waited behind any writer (up to the busy timeout) with the whole app frozen."""
+    home = build_demo_home(tmp_path / "home")
+    app = make_app(home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_registry(pilot, app)
+        tree = screen.query_one(Tree)
+        writer = sqlite3.connect(open_store(home).db_path, timeout=1, isolation_level=None)
+        writer.execute("BEGIN EXCLUSIVE")  # another process in the middle of a write
+        try:
+            line = tree.cursor_line
+            await pilot.press("down", "down", "up")
+            assert tree.cursor_line == line + 1  # the keys were handled while the index was locked
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+        await until(pilot, lambda: details(app).startswith("demo@2"), "demo@2's details once the write is over")
+
+
+async def test_deleting_a_version_with_children_asks_in_the_app_s_words(tmp_path: Path) -> None:
+    """Bug 10: the delete refusal told the app user to "pass --force"; the question now names the children."""
+    home = build_demo_home(tmp_path / "home")
+    app = make_app(home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_registry(pilot, app)
+        await pilot.press("down")
+        await until(pilot, lambda: details(app).startswith("demo@2"), "demo@2, the parent of demo-dpo@1")
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, Confirm), "the question")
+        question = str(app.screen.query_one(Label).render())
+        assert "demo-dpo@1 derive from it" in question and "--force" not in question
+        await pilot.press("n")
+        assert {v.ref for v in open_store(home).list_versions()} == {"demo-dpo@1", "demo@2", "demo@1"}
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, Confirm), "the question")
+        await pilot.press("y")
+        await until(pilot, lambda: not screen.busy and "deleted demo@2" in str(
+            screen.query_one("#job-status", Static).render()), "the deletion")
+        assert "demo-dpo@1 kept" in str(screen.query_one("#job-status", Static).render())
+    versions = {v.ref: v for v in open_store(home).list_versions()}
+    assert set(versions) == {"demo-dpo@1", "demo@1"}
+    assert versions["demo-dpo@1"].extra["parent_deleted"] == "demo@2"
