@@ -19,6 +19,7 @@ from qlora_tui.core.device import Gpus
 from qlora_tui.runner.errors import QloraError
 from qlora_tui.runner.rundir import RunDir
 from qlora_tui.tui.screens.help import HelpScreen
+from qlora_tui.tui.screens.quit import AskQuit, ChildJob, QuitChoice, let_go
 from qlora_tui.tui.screens.runs import RunsScreen
 
 THEMES = ("textual-dark", "textual-light")
@@ -68,6 +69,7 @@ class QloraApp(App[None]):
         self.gpus = Gpus()
         self.theme = THEMES[0]
         self.sub_title = str(home)
+        self.jobs: list[ChildJob] = []  # child processes the screens started (merges, the compare worker)
 
     # ------------------------------------------------------------ actions shared by screens
 
@@ -110,6 +112,30 @@ class QloraApp(App[None]):
     def action_leave_field(self) -> None:
         """Take the focus out of a text box, so the screen keys (1-4, ?, q...) work again; tab goes back in."""
         self.set_focus(None)
+
+    def add_job(self, job: ChildJob) -> None:
+        """Keep a child the app started in mind, so quitting can name it (and forget the finished ones)."""
+        self.jobs = [j for j in self.jobs if j.active] + [job]
+
+    async def action_quit(self) -> None:
+        """Quit at once; with children at work, first say what runs and whether to leave or stop it."""
+        active = [job for job in self.jobs if job.active]
+        if isinstance(self.screen, AskQuit):
+            return
+        if not active:
+            self.exit()
+            return
+
+        def answered(choice: QuitChoice | None) -> None:
+            if choice is not None:
+                let_go(active, choice)
+                self.exit()
+
+        self.push_screen(AskQuit(active), answered)
+
+    def on_unmount(self) -> None:
+        """However the app ends, its threads let go of the children, so the exit never waits for one."""
+        let_go([job for job in self.jobs if job.active], "leave")
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
