@@ -144,7 +144,8 @@ class QloraApp(App[None]):
         self.theme = THEMES[(THEMES.index(self.theme) + 1) % len(THEMES)] if self.theme in THEMES else THEMES[0]
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        # Textual's "Keys" panel would stand beside our Help (?), which lists the keys of every screen
+        yield from (command for command in super().get_system_commands(screen) if command.title != "Keys")
         yield SystemCommand("Runs", "All runs with their status (1)", lambda: self.switch_mode("runs"))
         yield SystemCommand("New run", "Set up and launch a run from a profile (2)", lambda: self.switch_mode("new"))
         yield SystemCommand("Registry", "Adapters and their versions (3)", lambda: self.switch_mode("registry"))

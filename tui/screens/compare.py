@@ -92,6 +92,7 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
     def load_versions(self) -> None:
         selection = self.query_one(SelectionList)
         chosen = set(selection.selected) | set(self.wanted)
+        was_at = selection.highlighted or 0
         selection.clear_options()
         store = open_store(self.app.home)  # type: ignore[attr-defined]
         for version in reversed(store.list_versions()):
@@ -99,6 +100,8 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
                 selection.add_option((f"{version.ref}  {version.method}  {version.base_model}", version.ref,
                                       version.ref in chosen))
         self.wanted = []
+        if selection.option_count:
+            selection.highlighted = min(was_at, selection.option_count - 1)  # space picks without an arrow key first
 
     def choose(self, refs: list[str]) -> None:
         """Preselect versions (from the Registry screen's Compare action)."""
