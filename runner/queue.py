@@ -17,9 +17,12 @@ import time
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from qlora_tui.core.home import runs_dir
 from qlora_tui.runner.errors import QloraError
 from qlora_tui.runner.profile import Profile, dumps_profile, profile_from_dict
+from qlora_tui.runner.rundir import RunDir, summarize
 
 STATES = ("queued", "running", "failed")
 QUEUE_HEADER = "Frozen copy of the profile this queue entry was added with; the run starts from it."
@@ -64,7 +67,7 @@ class QueueEntry:
         return profile_from_dict(tomllib.loads(self.profile_text), source=f"queue entry {self.id}",
                                  text=self.profile_text)
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         del out["profile_text"]
         return out
@@ -124,7 +127,7 @@ def find_entry(home: Path, entry_id: str) -> QueueEntry:
 def remove_entry(home: Path, entry_id: str) -> QueueEntry:
     """Take a waiting (or failed) entry out of the queue; a running one is a run, stopped as runs are."""
     entry = find_entry(home, entry_id)
-    if entry.state == "running":
+    if entry.state == "running" and run_is_live(home, entry):
         raise QueueError(f"queue entry {entry.id} is running as run {entry.run_id}",
                          hint=f"stop the run with: qlora-tui stop {entry.run_id}")
     try:
@@ -133,6 +136,11 @@ def remove_entry(home: Path, entry_id: str) -> QueueEntry:
         raise QueueError(f"queue entry {entry.id} has just started",
                          hint="qlora-tui queue list shows its run") from None
     return entry
+
+
+def run_is_live(home: Path, entry: QueueEntry) -> bool:
+    """Whether a started entry's run still holds its lock (once it ends, the entry only waits to be cleared)."""
+    return bool(entry.run_id) and RunDir(runs_dir(home) / entry.run_id).is_running()
 
 
 def claim(home: Path, entry: QueueEntry) -> QueueEntry | None:
@@ -156,6 +164,17 @@ def mark_failed(home: Path, entry: QueueEntry, message: str) -> None:
     _write(entry.path(home, "failed"), entry)
     entry.path(home).unlink(missing_ok=True)
     entry.state = "failed"
+
+
+def entry_row(home: Path, entry: QueueEntry) -> dict[str, Any]:
+    """One entry as `queue list` and the app show it: with its run's status and step once it has one."""
+    row: dict[str, Any] = {**entry.to_json(), "run_status": None, "step": None, "max_steps": None}
+    if entry.run_id and (runs_dir(home) / entry.run_id).is_dir():
+        summary = summarize(RunDir(runs_dir(home) / entry.run_id), full=False)
+        row.update(run_status=summary.status, step=summary.state.step, max_steps=summary.state.max_steps)
+        if entry.state == "running" and summary.status not in ("running", "starting"):
+            row["state"] = "ended"  # the queue runner clears it on its next look
+    return row
 
 
 def finish(home: Path, entry: QueueEntry) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -41,6 +42,12 @@ def registry_screen() -> Screen[None]:
     return RegistryScreen()
 
 
+def queue_screen() -> Screen[None]:
+    from qlora_tui.tui.screens.queue import QueueScreen
+
+    return QueueScreen()
+
+
 def compare_screen() -> Screen[None]:
     from qlora_tui.tui.screens.compare import CompareScreen
 
@@ -50,7 +57,8 @@ def compare_screen() -> Screen[None]:
 class QloraApp(App[None]):
     TITLE = "qlora-tui"
     CSS_PATH = "app.tcss"
-    MODES = {"runs": RunsScreen, "new": new_run_screen, "registry": registry_screen, "compare": compare_screen}
+    MODES = {"runs": RunsScreen, "new": new_run_screen, "registry": registry_screen, "compare": compare_screen,
+             "queue": queue_screen}
     DEFAULT_MODE = "runs"
     BINDINGS = [  # in footer order: at 80 columns the last ones are cut first (help and the palette list all)
         Binding("question_mark", "help", "Help", key_display="?"),
@@ -59,6 +67,7 @@ class QloraApp(App[None]):
         Binding("2", "switch_mode('new')", "New run", group=SCREEN_KEYS),
         Binding("3", "switch_mode('registry')", "Registry", group=SCREEN_KEYS),
         Binding("4", "switch_mode('compare')", "Compare", group=SCREEN_KEYS),
+        Binding("5", "switch_mode('queue')", "Queue", group=SCREEN_KEYS),
         Binding("t", "toggle_theme", "Theme"),
         Binding("escape", "leave_field", "Leave field"),
     ]
@@ -117,6 +126,21 @@ class QloraApp(App[None]):
         """Keep a child the app started in mind, so quitting can name it (and forget the finished ones)."""
         self.jobs = [j for j in self.jobs if j.active] + [job]
 
+    def on_mount(self) -> None:
+        self.call_after_refresh(self.restart_queue)
+
+    @work(thread=True, exit_on_error=False)
+    def restart_queue(self) -> None:
+        """Runs left waiting in the queue (after a reboot, say) start again once the app is open."""
+        from qlora_tui.runner.queue import waiting
+        from qlora_tui.runner.queuerunner import spawn_queue_runner
+
+        count = len(waiting(self.home))
+        pid = spawn_queue_runner(self.home) if count else None
+        if pid is not None:
+            self.call_from_thread(self.notify, f"the run queue had no runner: started one (pid {pid}) for "
+                                  f"{count} waiting run(s); 5 shows the queue")
+
     async def action_quit(self) -> None:
         """Quit at once; with children at work, first say what runs and whether to leave or stop it."""
         active = [job for job in self.jobs if job.active]
@@ -151,6 +175,7 @@ class QloraApp(App[None]):
         yield SystemCommand("Registry", "Adapters and their versions (3)", lambda: self.switch_mode("registry"))
         yield SystemCommand("Compare", "Base and adapters answer one prompt side by side (4)",
                             lambda: self.switch_mode("compare"))
+        yield SystemCommand("Queue", "Runs waiting to start one after another (5)", lambda: self.switch_mode("queue"))
         yield SystemCommand("Help", "Keys of every screen (?)", self.action_help)
         yield SystemCommand("Toggle dark/light theme", "Switch between the dark and the light theme (t)",
                             self.action_toggle_theme)

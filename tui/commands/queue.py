@@ -12,18 +12,6 @@ from typing import Any
 from qlora_tui.tui.format import table
 
 
-def entry_row(home: Path, entry: Any) -> dict[str, Any]:
-    """One entry as `queue list` and the app show it: with its run's status and step once it has one."""
-    from qlora_tui.core.home import runs_dir
-    from qlora_tui.runner.rundir import RunDir, summarize
-
-    row = {**entry.to_json(), "run_status": None, "step": None, "max_steps": None}
-    if entry.run_id and (runs_dir(home) / entry.run_id).is_dir():
-        summary = summarize(RunDir(runs_dir(home) / entry.run_id), full=False)
-        row.update(run_status=summary.status, step=summary.state.step, max_steps=summary.state.max_steps)
-    return row
-
-
 def runner_line(home: Path, waiting: int) -> str:
     from qlora_tui.runner.queuerunner import queue_runner_pid
 
@@ -50,7 +38,7 @@ def cmd_queue_add(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_queue_list(args: argparse.Namespace, home: Path) -> int:
-    from qlora_tui.runner.queue import list_entries
+    from qlora_tui.runner.queue import entry_row, list_entries
 
     rows = [entry_row(home, e) for e in list_entries(home)]
     if args.json:
