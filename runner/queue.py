@@ -22,7 +22,7 @@ from typing import Any
 from qlora_tui.core.home import runs_dir
 from qlora_tui.runner.errors import QloraError
 from qlora_tui.runner.profile import Profile, dumps_profile, profile_from_dict
-from qlora_tui.runner.rundir import RunDir, summarize
+from qlora_tui.runner.rundir import RunDir, lock_is_held, summarize
 
 STATES = ("queued", "running", "failed")
 QUEUE_HEADER = "Frozen copy of the profile this queue entry was added with; the run starts from it."
@@ -128,6 +128,8 @@ def remove_entry(home: Path, entry_id: str) -> QueueEntry:
     """Take a waiting (or failed) entry out of the queue; a running one is a run, stopped as runs are."""
     entry = find_entry(home, entry_id)
     if entry.state == "running" and run_is_live(home, entry):
+        if not entry.run_id:
+            raise QueueError(f"queue entry {entry.id} is starting", hint="qlora-tui queue list shows its run")
         raise QueueError(f"queue entry {entry.id} is running as run {entry.run_id}",
                          hint=f"stop the run with: qlora-tui stop {entry.run_id}")
     try:
@@ -139,8 +141,13 @@ def remove_entry(home: Path, entry_id: str) -> QueueEntry:
 
 
 def run_is_live(home: Path, entry: QueueEntry) -> bool:
-    """Whether a started entry's run still holds its lock (once it ends, the entry only waits to be cleared)."""
-    return bool(entry.run_id) and RunDir(runs_dir(home) / entry.run_id).is_running()
+    """Whether a running entry is starting (its queue runner at work) or its run holds its lock.
+
+    Once its run has ended, the entry only waits to be cleared by a queue runner, and may be removed.
+    """
+    if not entry.run_id:
+        return lock_is_held(runner_lock_path(home))
+    return RunDir(runs_dir(home) / entry.run_id).is_running()
 
 
 def claim(home: Path, entry: QueueEntry) -> QueueEntry | None:

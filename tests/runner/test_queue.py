@@ -12,8 +12,17 @@ import pytest
 
 from qlora_tui.registry.store import open_store
 from qlora_tui.runner.profile import save_profile
-from qlora_tui.runner.queue import add_entry, claim, list_entries, remove_entry, runner_log_path
-from qlora_tui.runner.queuerunner import queue_runner_pid
+from qlora_tui.runner.queue import (
+    QueueError,
+    add_entry,
+    claim,
+    list_entries,
+    mark_started,
+    remove_entry,
+    runner_lock_path,
+    runner_log_path,
+)
+from qlora_tui.runner.queuerunner import queue_runner_pid, try_lock
 from qlora_tui.runner.rundir import RunDir, list_runs, summarize
 from tests.conftest import quick_profile
 from tests.registry.helpers import cli
@@ -57,14 +66,25 @@ def test_entries_keep_their_order_and_remove_refuses_a_running_one(home: Path) -
     entries = [add_entry(home, quick_profile(name), source=name) for name in ("a", "b", "c")]
     assert [e.profile_name for e in list_entries(home)] == ["a", "b", "c"]
     assert all(e.state == "queued" for e in list_entries(home))
-    assert claim(home, entries[0]) is not None  # as the queue runner takes it
-    with pytest.raises(Exception, match="is running as run") as caught:
+    lock = try_lock(runner_lock_path(home))  # this test plays the queue runner
+    assert claim(home, entries[0]) is not None  # as the queue runner takes it to start it
+    with pytest.raises(QueueError, match="is starting"):
         remove_entry(home, entries[0].id)
-    assert "qlora-tui stop" in caught.value.hint  # type: ignore[attr-defined]
+    mark_started(home, entries[0], "20260101-000000-a-0000")
+    (home / "runs" / "20260101-000000-a-0000").mkdir(parents=True)
+    held = try_lock(home / "runs" / "20260101-000000-a-0000" / "runner.lock")  # its run, running
+    with pytest.raises(QueueError, match="is running as run 20260101-000000-a-0000") as caught:
+        remove_entry(home, entries[0].id)
+    assert caught.value.hint == "stop the run with: qlora-tui stop 20260101-000000-a-0000"
     assert remove_entry(home, entries[1].id[:4]).profile_name == "b"  # an id prefix is enough
     assert claim(home, entries[1]) is None  # removed first: never started
     assert [(e.profile_name, e.state) for e in list_entries(home)] == [("a", "running"), ("c", "queued")]
     assert entries[2].profile().to_dict() == quick_profile("c").to_dict()  # frozen as it was when added
+    assert lock is not None
+    assert held is not None
+    os.close(held)
+    os.close(lock)  # its run has ended and no queue runner works: the entry may go
+    assert remove_entry(home, entries[0].id).profile_name == "a"
 
 
 def test_queue_add_refuses_a_bad_profile_and_queues_none_of_the_others(home: Path, tmp_path: Path,
