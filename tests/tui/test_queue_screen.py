@@ -1,4 +1,4 @@
-"""The Queue view (5) and New run's ctrl+e, driven with Pilot over a real queue in the data home."""
+"""The Queue view (5) and New run's ctrl+o, driven with Pilot over a real queue in the data home."""
 
 from __future__ import annotations
 
@@ -73,9 +73,11 @@ async def test_new_run_queues_the_form_as_it_stands(held_queue: Path) -> None:
         assert isinstance(screen, NewRunScreen)
         await open_profile(pilot, screen, "demo")
         screen.query_one(f"#{field_id('top', 'name')}", Input).value = "from-form"
-        screen.query_one(f"#{field_id('train', 'max_steps')}", Input).value = "7"
+        steps = screen.query_one(f"#{field_id('train', 'max_steps')}", Input)
+        steps.value = "7"
+        steps.focus()  # the key works from inside a text field too
         await pilot.pause(0.2)
-        await pilot.press("ctrl+e")
+        await pilot.press("ctrl+o")
         await wait_for(pilot, lambda: bool(list_entries(home)), 10, "the queued entry")
     (entry,) = list_entries(home)
     profile = entry.profile()

@@ -23,7 +23,7 @@ HELP = """\
 [b]New run[/b]   pick a profile, edit its fields (checked as
           you type); the memory plan is on the right
           ctrl+s save as profile    ctrl+l launch
-          ctrl+e queue it    g  card size in GB (plan)
+          ctrl+o queue it    g  card size in GB (plan)
 [b]Registry[/b]  up/down choose a version
           m merge   c compare   p push to the Hub
           d delete (asks first)   v verify the files

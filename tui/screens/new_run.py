@@ -81,12 +81,12 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
     BINDINGS = [
         Binding("ctrl+s", "save", "Save profile"),
         Binding("ctrl+l", "launch", "Launch"),
-        Binding("ctrl+e", "enqueue", "Queue"),
+        Binding("ctrl+o", "enqueue", "Queue"),
         Binding("g", "card_size", "Card GB"),
     ]
     PALETTE = [("Save as profile", "Write the form to a profile file (ctrl+s)", "action_save"),
                ("Launch run", "Start this profile in the background (ctrl+l)", "action_launch"),
-               ("Queue run", "Start this profile after the queued runs (ctrl+e)", "action_enqueue")]
+               ("Queue run", "Start this profile after the queued runs (ctrl+o)", "action_enqueue")]
 
     class PlanReady(Message):
         def __init__(self, text: str, fits: bool | None) -> None:

@@ -145,7 +145,7 @@ class QueueScreen(ShowsWorkerErrors, Screen[None]):
             runner.update("queue runner idle: the queue is empty")
         empty = self.query_one("#queue-empty", Static)
         empty.display = not message.rows
-        empty.update("The queue is empty. a queues profiles; in New run, ctrl+e queues the form.")
+        empty.update("The queue is empty. a queues profiles; in New run, ctrl+o queues the form.")
 
     def selected_id(self) -> str | None:
         table = self.query_one(DataTable)
