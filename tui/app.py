@@ -159,7 +159,7 @@ class QloraApp(App[None]):
 
     def on_unmount(self) -> None:
         """However the app ends, its threads let go of the children, so the exit never waits for one."""
-        let_go([job for job in self.jobs if job.active], "leave")
+        let_go(self.jobs, "leave")  # idle ones too: the compare worker waits on its stdin for as long as it is open
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

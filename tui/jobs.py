@@ -37,6 +37,11 @@ def jobs_dir(home: Path) -> Path:
     return home / "jobs"
 
 
+def new_job_folder(home: Path, kind: str) -> Path:
+    """A fresh folder for one child's files (its lines, its stderr), named by time and kind."""
+    return jobs_dir(home) / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{secrets.token_hex(3)}"
+
+
 def stderr_tail(path: Path, lines: int = 5) -> str:
     """The last lines of a log file (a traceback's end), read from its last 16 KB."""
     try:
@@ -63,7 +68,7 @@ class WorkerJob:
         self.command = command or worker_command(home, args)
         self.what = what
         self.leave_on_quit = leave_on_quit
-        self.folder = jobs_dir(home) / f"{time.strftime('%Y%m%d-%H%M%S')}-{(args or ['job'])[0]}-{secrets.token_hex(3)}"
+        self.folder = new_job_folder(home, (args or ["job"])[0])
         self.proc: subprocess.Popen[bytes] | None = None
         self.finished = False
         self._released = threading.Event()
