@@ -17,7 +17,8 @@ def runner_line(home: Path, waiting: int) -> str:
 
     pid = queue_runner_pid(home)
     if pid is not None:
-        return f"queue runner: working (pid {pid}); it starts one run at a time, each when no other run is running"
+        who = "starting" if pid < 0 else f"pid {pid}"
+        return f"queue runner: working ({who}); it starts one run at a time, each when no other run is running"
     if waiting:
         return f"queue runner: not running, {waiting} waiting; start it with: qlora-tui queue resume"
     return "queue runner: idle (the queue is empty)"

@@ -242,9 +242,13 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
         status = ("loading the base model and adapters (a child process that keeps them)..."
                   if set(refs) != set(self.worker.loaded) else "generating (models already loaded)...")
         self.query_one("#compare-status", Static).update(status)
+        try:
+            self.worker.send({"op": "generate", "id": self.request, "refs": refs, "prompt": prompt,
+                              "history": self.history if self.chat else None, **decoding})
+        except OSError:  # it died just now; its end is reported by follow(), and ctrl+g starts a new one
+            self.notify("the compare worker has ended; ctrl+g starts it again", severity="error")
+            return
         self.running = True
-        self.worker.send({"op": "generate", "id": self.request, "refs": refs, "prompt": prompt,
-                          "history": self.history if self.chat else None, **decoding})
 
     def start_worker(self) -> None:
         if self.worker is not None and self.worker.alive:

@@ -31,7 +31,9 @@ HELP = """\
           a add profiles   d remove   r start runner
           enter  the running entry's monitor
 [b]Compare[/b]   type a prompt; space picks versions
-          ctrl+g generate: base + versions, one batch
+          ctrl+g generate: base + versions, one batch;
+          the models stay loaded for the next prompt
+          ctrl+t chat on/off    ctrl+n new chat
 """
 
 

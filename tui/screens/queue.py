@@ -137,8 +137,8 @@ class QueueScreen(ShowsWorkerErrors, Screen[None]):
         waiting = sum(row["state"] == "queued" for row in message.rows)
         runner = self.query_one("#queue-runner", Static)
         if message.runner_pid is not None:
-            runner.update(f"queue runner working (pid {message.runner_pid}): one run at a time; "
-                          "it goes on when the app closes")
+            who = "starting" if message.runner_pid < 0 else f"pid {message.runner_pid}"
+            runner.update(f"queue runner working ({who}): one run at a time; it goes on when the app closes")
         elif waiting:
             runner.update(Text(f"queue runner not running; {waiting} waiting: r starts it", style="bold yellow"))
         else:
