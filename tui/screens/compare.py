@@ -191,7 +191,7 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
     def show_mode(self) -> None:
         turns = len(next(iter(self.history.values()), [])) // 2
         text = (f"chat, turn {turns + 1} (ctrl+n: new chat)" if self.chat
-                else "single prompts (ctrl+t: chat, each pane its own)")
+                else "single prompts (ctrl+t: chat)")
         self.query_one("#compare-mode", Static).update(Text(text, style="dim"))
 
     def action_toggle_chat(self) -> None:
