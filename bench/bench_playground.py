@@ -7,9 +7,10 @@ answers PROMPTS in turn (base + the adapters, one batched call each, greedy,
 --tokens new tokens); the time is from sending a request to its answers line
 (the first also from starting the process). For reference, the one-shot
 `worker compare` that the screen ran for every prompt before is timed as well.
-Without --home, a home is made with the built-in tiny Llama and a short real
-QLoRA run (quick@1, 4-bit NF4 base).
-Usage: python bench/bench_playground.py [--home HOME --refs quick@1] [--tokens 48] [--rounds 3]
+Without --home, a home is made with the built-in tiny Llama and either a short
+real QLoRA run (--base nf4: quick@1 on the 4-bit NF4 base) or a LoRA made by a
+plain PEFT script on the fp32 base (--base fp32: no training).
+Usage: python bench/bench_playground.py [--base nf4|fp32 | --home HOME --refs quick@1] [--tokens 48] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -29,12 +30,20 @@ PROMPTS = ["Is the number even or odd?\n\n14", "Add the two numbers.\n\n12 and 5
            "Add the two numbers.\n\n3 and 40"]
 
 
-def make_home(folder: Path) -> tuple[Path, list[str]]:
+def make_home(folder: Path, base: str) -> tuple[Path, list[str]]:
     sys.path.insert(0, str(ROOT))
-    from tests.conftest import quick_profile, run_to_end
+    if base == "nf4":
+        from tests.conftest import quick_profile, run_to_end
 
-    run_to_end(folder, quick_profile("quick", max_steps=20))
-    return folder, ["quick@1"]
+        run_to_end(folder, quick_profile("quick", max_steps=20))
+        return folder, ["quick@1"]
+    from qlora_tui.registry.importer import import_adapter
+    from qlora_tui.registry.store import open_store
+    from tests.registry.conftest import make_peft_adapter, tiny_dir
+
+    adapter = make_peft_adapter(tiny_dir(folder), folder.parent / "lora", seed=1)
+    import_adapter(open_store(folder), adapter, "peft", base="builtin:tiny-llama")
+    return folder, ["peft@1"]
 
 
 def worker(home: Path, *args: str, stdin: Any = None) -> subprocess.Popen[str]:
@@ -83,20 +92,23 @@ def one_shot(home: Path, refs: list[str], tokens: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", choices=("nf4", "fp32"), default="nf4", help="the home made without --home")
     parser.add_argument("--home", type=Path)
     parser.add_argument("--refs", nargs="+", default=["quick@1"])
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        home, refs = (args.home, args.refs) if args.home else make_home(Path(tmp) / "home")
+        home, refs = (args.home, args.refs) if args.home else make_home(Path(tmp) / "home", args.base)
         rounds = [playground_round(home, refs, args.tokens) for _ in range(args.rounds)]
         shots = [one_shot(home, refs, args.tokens) for _ in range(args.rounds)]
     first = statistics.median(r[0][0] for r in rounds)
     second = statistics.median(r[0][1] for r in rounds)
     later = statistics.median(t for r in rounds for t in r[0][2:])
     load = statistics.median(r[1] for r in rounds)
-    print(f"base + {', '.join(refs)}; {args.tokens} new tokens; median of {args.rounds} rounds (fresh worker each)")
+    where = f"--home {args.home}" if args.home else f"--base {args.base}"
+    print(f"{where}: base + {', '.join(refs)}; {args.tokens} new tokens; median of {args.rounds} rounds "
+          "(fresh worker each)")
     print(f"  first prompt (start worker, import, load, generate): {first:6.2f} s  (of which loading {load:.2f} s)")
     print(f"  second prompt (models kept loaded):                   {second:6.2f} s")
     print(f"  third and fourth prompts:                             {later:6.2f} s")
