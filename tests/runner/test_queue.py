@@ -114,7 +114,7 @@ def test_queued_runs_start_in_order_and_one_that_fails_does_not_block_the_next(h
     assert [line.split()[1] for line in result.out.splitlines()] == ["first", "broken", "second"]
     listing = cli(capsys, home, "queue", "list")
     assert [line.split()[1] for line in listing.out.splitlines()[1:]] == ["first", "broken", "second"]
-    assert "queue runner: working (pid" in listing.err
+    assert "queue runner: working (" in listing.err  # (starting) until it has written its pid
     wait_until(lambda: queue_drained(home), QUEUE_GUARD_S, "the queue to drain")
     runs = runs_in_start_order(home)
     assert [summarize(r).state.profile_name or r.run_id.split("-")[2] for r in runs] == ["first", "broken", "second"]
