@@ -1,9 +1,11 @@
-"""`python -m qlora_tui.registry.worker merge|compare ...`: heavy registry work in a child process, as JSON lines.
+"""`python -m qlora_tui.registry.worker merge|compare|serve ...`: heavy registry work in a child process, as JSON lines.
 
 The app starts this so torch never enters its own process. Each stdout line is
 one JSON object: {"type": "progress", "message", "fraction"}, {"type": "text",
 "row", "label", "text"} (compare, as tokens arrive), then one {"type":
 "result", ...} (exit 0) or {"type": "error", "message", "hint"} (exit 1).
+`serve` keeps models loaded instead: it reads one JSON request a line on stdin
+and answers each (see serve()) until stdin closes.
 Whatever the libraries print goes to stderr, so stdout carries only these lines.
 """
 
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    sub.add_parser("serve", help="keep base and adapters loaded, answering JSON requests on stdin (the playground)")
     return parser
 
 
@@ -77,6 +80,65 @@ def run_job(args: argparse.Namespace, emit: Emitter) -> dict[str, Any]:
     return {"answers": [a.to_json() for a in answers]}
 
 
+def serve(args: argparse.Namespace, emit: Emitter) -> int:
+    """Answer requests from stdin, one JSON object a line, with the models kept loaded between them, until EOF.
+
+    Requests: {"op": "load", "refs": [...]}; {"op": "generate", "id", "refs", "prompt", "history"?,
+    "max_new_tokens", "temperature", "top_p", "seed"}; {"op": "free"}. Answers: "ready" (pid) once;
+    "loaded" (refs, base_loaded, loaded, freed, seconds) only when the chosen versions changed what is in
+    memory; "text" (id, row, label, text) as tokens arrive; "answers" (id, answers); "freed"; "error"
+    (id, message, hint, kind), after which the worker goes on serving.
+    """
+    from qlora_tui.registry.playground import Playground
+    from qlora_tui.registry.store import open_store
+
+    playground = Playground(open_store(data_home(args.home)))
+    emit("ready", pid=os.getpid())
+    while line := sys.stdin.readline():
+        if line.strip():
+            handle_request(playground, line, emit)
+    playground.free()
+    return 0
+
+
+def handle_request(playground: Any, line: str, emit: Emitter) -> None:
+    """One serve request; whatever fails becomes an error line and the worker stays up for the next one."""
+    try:
+        request = json.loads(line)
+    except ValueError:
+        request = None
+    if not isinstance(request, dict):
+        emit("error", id=None, message="a request is one JSON object a line", hint=line[:80], kind="protocol")
+        return
+    try:
+        op, rid = request.get("op"), request.get("id")
+        if op in ("load", "generate"):
+            report = playground.choose(list(request.get("refs") or []), on_progress=emit.progress,
+                                       on_warning=lambda message: emit("warning", id=rid, message=message))
+            if report.changed:
+                emit("loaded", id=rid, **report.to_json())
+        if op == "generate":
+            answers = playground.ask(
+                str(request.get("prompt", "")), history=request.get("history"),
+                max_new_tokens=int(request.get("max_new_tokens", 64)),
+                temperature=float(request.get("temperature", 0.0)), top_p=float(request.get("top_p", 1.0)),
+                seed=int(request.get("seed", 0)), on_progress=emit.progress,
+                on_text=lambda row, label, text: emit("text", id=rid, row=row, label=label, text=text))
+            emit("answers", id=rid, answers=[a.to_json() for a in answers])
+        elif op == "free":
+            emit("freed", id=rid, refs=playground.free())
+        elif op != "load":
+            emit("error", id=rid, message=f"unknown request {op!r}", hint="ops: load, generate, free", kind="protocol")
+    except UserFacingError as err:
+        emit("error", id=request.get("id"), message=err.message, hint=err.hint, kind=err.kind)
+    except Exception as err:  # the app must get a line, and the loaded models stay for the next prompt
+        emit("error", id=request.get("id"), message=f"{type(err).__name__}: {err}",
+             hint="the worker's stderr has the traceback", kind="internal")
+        import traceback
+
+        traceback.print_exc()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Keep the real stdout for our lines; point fd 1 at stderr so library prints cannot interleave with them.
@@ -84,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     try:
+        if args.job == "serve":
+            return serve(args, emit)
         emit("result", job=args.job, **run_job(args, emit))
         return 0
     except UserFacingError as err:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -20,6 +21,7 @@ from textual.widgets import Input
 
 from qlora_tui.runner.rundir import RunDir
 from qlora_tui.tui.screens.help import HelpScreen
+from qlora_tui.tui.screens.quit import AskQuit, ChildJob, QuitChoice, let_go
 from qlora_tui.tui.screens.runs import RunsScreen
 from qlora_tui.tui.settings import load_settings, save_setting
 
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from qlora_tui.tui.first_frame import PreloadedRuns
 
 THEMES = ("textual-dark", "textual-light")
-# One footer item for the four screen keys ("1234 Views"), so each screen's own keys fit 80 columns
+# One footer item for the screen keys ("12345 Views"), so each screen's own keys fit 80 columns
 SCREEN_KEYS = Binding.Group("Views", compact=True)
 
 
@@ -46,6 +48,12 @@ def registry_screen() -> Screen[None]:
     return RegistryScreen()
 
 
+def queue_screen() -> Screen[None]:
+    from qlora_tui.tui.screens.queue import QueueScreen
+
+    return QueueScreen()
+
+
 def compare_screen() -> Screen[None]:
     from qlora_tui.tui.screens.compare import CompareScreen
 
@@ -61,7 +69,8 @@ def is_text_box(widget: object) -> bool:
 class QloraApp(App[None]):
     TITLE = "qlora-tui"
     CSS_PATH = "app.tcss"
-    MODES = {"runs": RunsScreen, "new": new_run_screen, "registry": registry_screen, "compare": compare_screen}
+    MODES = {"runs": RunsScreen, "new": new_run_screen, "registry": registry_screen, "compare": compare_screen,
+             "queue": queue_screen}
     DEFAULT_MODE = "runs"
     BINDINGS = [  # in footer order: at 80 columns the last ones are cut first (help and the palette list all)
         Binding("question_mark", "help", "Help", key_display="?"),
@@ -70,6 +79,7 @@ class QloraApp(App[None]):
         Binding("2", "switch_mode('new')", "New run", group=SCREEN_KEYS),
         Binding("3", "switch_mode('registry')", "Registry", group=SCREEN_KEYS),
         Binding("4", "switch_mode('compare')", "Compare", group=SCREEN_KEYS),
+        Binding("5", "switch_mode('queue')", "Queue", group=SCREEN_KEYS),
         Binding("t", "toggle_theme", "Theme"),
         Binding("escape", "leave_field", "Leave field"),
     ]
@@ -82,6 +92,7 @@ class QloraApp(App[None]):
         theme = load_settings(home).get("theme")
         self.theme = theme if isinstance(theme, str) and theme in self.available_themes else THEMES[0]
         self.sub_title = str(home)
+        self.jobs: list[ChildJob] = []  # child processes the screens started (merges, the compare worker)
 
     def on_mount(self) -> None:
         self.theme_changed_signal.subscribe(self, self.remember_theme)
@@ -170,6 +181,45 @@ class QloraApp(App[None]):
         """Take the focus out of a text box, so the screen keys (1-4, ?, q...) work again; tab goes back in."""
         self.set_focus(None)
 
+    def add_job(self, job: ChildJob) -> None:
+        """Keep a child the app started in mind, so quitting can name it (and forget the finished ones)."""
+        self.jobs = [j for j in self.jobs if j.active] + [job]
+
+    def on_mount(self) -> None:
+        self.call_after_refresh(self.restart_queue)
+
+    @work(thread=True, exit_on_error=False)
+    def restart_queue(self) -> None:
+        """Runs left waiting in the queue (after a reboot, say) start again once the app is open."""
+        from qlora_tui.runner.queue import waiting
+        from qlora_tui.runner.queuerunner import spawn_queue_runner
+
+        count = len(waiting(self.home))
+        pid = spawn_queue_runner(self.home) if count else None
+        if pid is not None:
+            self.call_from_thread(self.notify, f"the run queue had no runner: started one (pid {pid}) for "
+                                  f"{count} waiting run(s); 5 shows the queue")
+
+    async def action_quit(self) -> None:
+        """Quit at once; with children at work, first say what runs and whether to leave or stop it."""
+        active = [job for job in self.jobs if job.active]
+        if isinstance(self.screen, AskQuit):
+            return
+        if not active:
+            self.exit()
+            return
+
+        def answered(choice: QuitChoice | None) -> None:
+            if choice is not None:
+                let_go(active, choice)
+                self.exit()
+
+        self.push_screen(AskQuit(active), answered)
+
+    def on_unmount(self) -> None:
+        """However the app ends, its threads let go of the children, so the exit never waits for one."""
+        let_go(self.jobs, "leave")  # idle ones too: the compare worker waits on its stdin for as long as it is open
+
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
@@ -177,13 +227,14 @@ class QloraApp(App[None]):
         self.theme = THEMES[(THEMES.index(self.theme) + 1) % len(THEMES)] if self.theme in THEMES else THEMES[0]
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
-        # Textual's own "Keys" panel would sit beside our Help, which lists every screen's keys
-        yield from (c for c in super().get_system_commands(screen) if c.title != "Keys")
+        # Textual's "Keys" panel would stand beside our Help (?), which lists the keys of every screen
+        yield from (command for command in super().get_system_commands(screen) if command.title != "Keys")
         yield SystemCommand("Runs", "All runs with their status (1)", lambda: self.switch_mode("runs"))
         yield SystemCommand("New run", "Set up and launch a run from a profile (2)", lambda: self.switch_mode("new"))
         yield SystemCommand("Registry", "Adapters and their versions (3)", lambda: self.switch_mode("registry"))
         yield SystemCommand("Compare", "Base and adapters answer one prompt side by side (4)",
                             lambda: self.switch_mode("compare"))
+        yield SystemCommand("Queue", "Runs waiting to start one after another (5)", lambda: self.switch_mode("queue"))
         yield SystemCommand("Help", "Keys of every screen (?)", self.action_help)
         yield SystemCommand("Toggle dark/light theme", "Switch between the dark and the light theme (t)",
                             self.action_toggle_theme)

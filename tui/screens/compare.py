@@ -1,7 +1,11 @@
 """Compare: the base model and chosen adapter versions answer one prompt side by side, as the text arrives.
 
-Generation runs in a child process (`python -m qlora_tui.registry.worker compare`), one
-batched generate call for all rows; each pane fills from the streamed lines.
+A playground: the first prompt starts a generation worker (`python -m
+qlora_tui.registry.worker serve`, tui/playground.py) that loads the base and the
+adapters once and keeps them; later prompts only generate, and choosing other
+versions loads or frees just what changed. In chat mode each pane keeps its own
+conversation (the model's chat template, turn after turn). Leaving the screen
+or quitting ends the worker and frees the models.
 """
 
 from __future__ import annotations
@@ -19,44 +23,82 @@ from textual.widgets import Footer, Header, Input, Label, SelectionList, Static,
 from textual.worker import Worker
 
 from qlora_tui.registry.store import open_store
-from qlora_tui.tui.jobs import run_worker
+from qlora_tui.tui.playground import PlaygroundWorker
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
+
+Turn = dict[str, str]
+
+
+def transcript(turns: list[Turn], partial: str | None = None) -> Text:
+    """A pane's conversation: the user's turns dim, the model's as they are; `partial` is an answer arriving."""
+    text = Text()
+    for turn in turns:
+        if turn["role"] == "user":
+            text.append(f"> {turn['content']}\n", style="dim")
+        else:
+            text.append(f"{turn['content']}\n\n")
+    if partial is not None:
+        text.append(partial)
+    return text
 
 
 class AnswerPane(Vertical):
-    """One row of the comparison: its label, the text so far, and its timing once done."""
+    """One row of the comparison: its label, the text so far (or its conversation), and its timing once done."""
 
     def __init__(self, label: str) -> None:
         super().__init__(classes="answer-pane")
         self.label = label
+        self.text: Text = Text()
+        self.timing = "generating..."
 
     def compose(self) -> ComposeResult:
         yield Label(self.label, classes="pane-title")
-        yield VerticalScroll(Static("", classes="answer-text"))
-        yield Static("generating...", classes="answer-timing")
+        yield VerticalScroll(Static(self.text, classes="answer-text"))
+        yield Static(self.timing, classes="answer-timing")
 
-    def set_text(self, text: str) -> None:
-        self.query_one(".answer-text", Static).update(Text(text))
+    def set_text(self, text: str | Text) -> None:
+        """Show text (kept until the pane is composed, when lines arrive first)."""
+        self.text = text if isinstance(text, Text) else Text(text)
+        if self.is_mounted and self.query(".answer-text"):
+            self.query_one(".answer-text", Static).update(self.text)
+            self.query_one(VerticalScroll).scroll_end(animate=False)
 
     def set_timing(self, text: str) -> None:
-        self.query_one(".answer-timing", Static).update(text)
+        self.timing = text
+        if self.is_mounted and self.query(".answer-timing"):
+            self.query_one(".answer-timing", Static).update(text)
 
 
 class CompareScreen(ShowsWorkerErrors, Screen[None]):
     AUTO_FOCUS = "#versions"  # not the prompt box: it would take the number keys that switch screens
-    BINDINGS = [Binding("ctrl+g", "generate", "Generate")]
-    PALETTE = [("Generate comparison", "Base and chosen versions answer the prompt (ctrl+g)", "action_generate")]
+    BINDINGS = [Binding("ctrl+g", "generate", "Generate"),
+                Binding("ctrl+t", "toggle_chat", "Chat on/off"),
+                Binding("ctrl+n", "new_chat", "New chat")]
+    PALETTE = [("Generate comparison", "Base and chosen versions answer the prompt (ctrl+g)", "action_generate"),
+               ("Toggle chat mode", "Keep each pane's conversation, turn after turn (ctrl+t)", "action_toggle_chat"),
+               ("New chat", "Forget the conversation; the models stay loaded (ctrl+n)", "action_new_chat")]
 
     class Streamed(Message):
         def __init__(self, line: dict[str, Any]) -> None:
             super().__init__()
             self.line = line
 
+    class WorkerEnded(Message):
+        def __init__(self, worker: PlaygroundWorker, code: int) -> None:
+            super().__init__()
+            self.worker, self.code = worker, code
+
     def __init__(self) -> None:
         super().__init__()
         self.wanted: list[str] = []
         self.running = False
         self.labels: list[str] = []
+        self.worker: PlaygroundWorker | None = None
+        self.chat = False
+        self.history: dict[str, list[Turn]] = {}  # chat mode: each label's turns so far
+        self.request = 0  # id of the latest request: lines of earlier ones are not painted
+        self.prompt = ""
+        self.loads = 0  # "loaded" lines seen from the current worker (the test of reuse)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -80,18 +122,40 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
                 yield SelectionList[str](id="versions")
             with Vertical(id="compare-results"):
                 yield Static("ctrl+g: the base and the picked versions answer.", id="compare-status")
+                yield Static("", id="compare-mode")
                 yield Horizontal(id="panes")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.load_versions()
+        self.show_mode()
 
     def on_screen_resume(self) -> None:
         self.load_versions()
 
+    def on_screen_suspend(self) -> None:
+        self.call_after_refresh(self.free_if_left)
+
+    def on_unmount(self) -> None:
+        self.stop_worker()
+
+    def free_if_left(self) -> None:
+        """Leaving Compare for another view frees the models; a dialog or the help over it does not."""
+        if self not in self.app.screen_stack and self.worker is not None:
+            self.stop_worker()
+            self.query_one("#compare-status", Static).update("models freed on leaving Compare; "
+                                                              "the next prompt loads them again")
+
+    def stop_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+            self.worker = None
+        self.running = False
+
     def load_versions(self) -> None:
         selection = self.query_one(SelectionList)
         chosen = set(selection.selected) | set(self.wanted)
+        was_at = selection.highlighted or 0
         selection.clear_options()
         store = open_store(self.app.home)  # type: ignore[attr-defined]
         for version in reversed(store.list_versions()):
@@ -99,6 +163,8 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
                 selection.add_option((f"{version.ref}  {version.method}  {version.base_model}", version.ref,
                                       version.ref in chosen))
         self.wanted = []
+        if selection.option_count:
+            selection.highlighted = min(was_at, selection.option_count - 1)  # space picks without an arrow key first
 
     def choose(self, refs: list[str]) -> None:
         """Preselect versions (from the Registry screen's Compare action)."""
@@ -106,7 +172,7 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
         if self.is_mounted:  # otherwise on_mount picks them up
             self.load_versions()
 
-    def _settings(self) -> list[str]:
+    def decoding(self) -> dict[str, Any]:
         def value(widget_id: str) -> str:
             return self.query_one(f"#{widget_id}", Input).value.strip()
 
@@ -118,12 +184,33 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
             raise ValueError(f"decoding settings: {err}") from None
         if not 1 <= max_new <= 4096 or temperature < 0 or not 0 < top_p <= 1:
             raise ValueError("decoding settings: max new tokens 1-4096, temperature >= 0, 0 < top-p <= 1")
-        return ["--max-new-tokens", str(max_new), "--temperature", str(temperature), "--top-p", str(top_p),
-                "--seed", str(seed)]
+        return {"max_new_tokens": max_new, "temperature": temperature, "top_p": top_p, "seed": seed}
+
+    # ------------------------------------------------------------ chat mode
+
+    def show_mode(self) -> None:
+        turns = len(next(iter(self.history.values()), [])) // 2
+        text = (f"chat, turn {turns + 1} (ctrl+n: new chat)" if self.chat
+                else "single prompts (ctrl+t: chat)")
+        self.query_one("#compare-mode", Static).update(Text(text, style="dim"))
+
+    def action_toggle_chat(self) -> None:
+        self.chat = not self.chat
+        self.history = {}
+        self.show_mode()
+
+    def action_new_chat(self) -> None:
+        self.history = {}
+        for pane in self.query(AnswerPane):
+            pane.set_text("")
+            pane.set_timing("")
+        self.show_mode()
+
+    # ------------------------------------------------------------ asking
 
     def action_generate(self) -> None:
         if self.running:
-            self.notify("a comparison is already generating", severity="warning")
+            self.notify("the versions are still answering", severity="warning")
             return
         refs = list(self.query_one(SelectionList).selected)
         prompt = self.query_one(TextArea).text.strip()
@@ -131,46 +218,104 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
             self.notify("type a prompt and pick at least one version (space)", severity="warning")
             return
         try:
-            settings = self._settings()
+            decoding = self.decoding()
         except ValueError as err:
             self.notify(str(err), severity="error")
             return
-        panes = self.query_one("#panes", Horizontal)
-        panes.remove_children()
-        self.labels = ["base", *refs]
-        panes.mount_all([AnswerPane(label) for label in self.labels])
-        self.query_one("#compare-status", Static).update("loading the base model and adapters (child process)...")
+        labels = ["base", *refs]
+        if labels != self.labels:
+            if self.chat and self.history:
+                self.notify("other versions: a new chat begins")
+            self.history = {}
+            panes = self.query_one("#panes", Horizontal)
+            panes.remove_children()
+            panes.mount_all([AnswerPane(label) for label in labels])
+            self.labels = labels
+        else:
+            for pane in self.query(AnswerPane):
+                pane.set_text(transcript(self.history.get(pane.label, []), "") if self.chat else "")
+                pane.set_timing("generating...")
+        self.start_worker()
+        assert self.worker is not None
+        self.request += 1
+        self.prompt = prompt
+        status = ("loading the base model and adapters (a child process that keeps them)..."
+                  if set(refs) != set(self.worker.loaded) else "generating (models already loaded)...")
+        self.query_one("#compare-status", Static).update(status)
+        try:
+            self.worker.send({"op": "generate", "id": self.request, "refs": refs, "prompt": prompt,
+                              "history": self.history if self.chat else None, **decoding})
+        except OSError:  # it died just now; its end is reported by follow(), and ctrl+g starts a new one
+            self.notify("the compare worker has ended; ctrl+g starts it again", severity="error")
+            return
         self.running = True
-        self.generate(refs, prompt, settings)
 
-    @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
-    def generate(self, refs: list[str], prompt: str, settings: list[str]) -> None:
-        run_worker(self.app.home, ["compare", *refs, "--prompt", prompt, *settings],  # type: ignore[attr-defined]
-                   lambda line: self.post_message(self.Streamed(line)))
+    def start_worker(self) -> None:
+        if self.worker is not None and self.worker.alive:
+            return
+        self.worker = PlaygroundWorker(self.app.home)  # type: ignore[attr-defined]
+        self.worker.start()
+        self.loads = 0
+        self.app.add_job(self.worker)  # type: ignore[attr-defined]
+        self.follow(self.worker)
+
+    @work(thread=True, group="compare", exit_on_error=False)
+    def follow(self, worker: PlaygroundWorker) -> None:
+        code = worker.follow(lambda line: self.post_message(self.Streamed(line)))
+        self.post_message(self.WorkerEnded(worker, code))
 
     def worker_failed(self, worker: Worker[object]) -> None:
         super().worker_failed(worker)
         if worker.group == "compare":
             self.running = False
 
+    def on_compare_screen_worker_ended(self, message: WorkerEnded) -> None:
+        if message.worker is not self.worker:
+            return  # one stopped on purpose
+        self.worker, self.running = None, False
+        self.query_one("#compare-status", Static).update(Text(
+            f"the compare worker ended (exit code {message.code}); the next prompt starts it again\n"
+            f"{message.worker.last_words()}", style="red"))
+
     def on_compare_screen_streamed(self, message: Streamed) -> None:
         line = message.line
-        panes = list(self.query(AnswerPane))
         kind = line.get("type")
+        if line.get("id") not in (None, self.request):
+            return  # a late line of a request the screen has moved on from
+        panes = list(self.query(AnswerPane))
         status = self.query_one("#compare-status", Static)
         if kind == "progress":
             status.update(str(line.get("message", "")))
+        elif kind == "loaded":
+            self.loads += 1
+        elif kind == "warning":
+            self.notify(str(line.get("message", "")), severity="warning", timeout=10)
         elif kind == "text" and 0 <= int(line.get("row", -1)) < len(panes):
-            panes[int(line["row"])].set_text(str(line.get("text", "")))
-        elif kind == "result":
-            self.running = False
-            for pane, answer in zip(panes, line.get("answers", [])):
-                pane.set_text(answer.get("text", ""))
-                pane.set_timing(f"{answer.get('new_tokens', 0)} tokens in {answer.get('seconds', 0):.2f} s")
-            status.update(Text("done: all rows came from one batched generate call", style="green"))
+            pane = panes[int(line["row"])]
+            text = str(line.get("text", ""))
+            pane.set_text(transcript(self.history.get(pane.label, []), text) if self.chat else text)
+        elif kind == "answers":
+            self.answered(panes, line.get("answers", []))
         elif kind == "error":
             self.running = False
             hint = f"\n{line['hint']}" if line.get("hint") else ""
             status.update(Text(f"{line.get('message')}{hint}", style="red"))
             for pane in panes:
                 pane.set_timing("")
+
+    def answered(self, panes: list[AnswerPane], answers: list[dict[str, Any]]) -> None:
+        self.running = False
+        for pane, answer in zip(panes, answers):
+            text = str(answer.get("text", ""))
+            if self.chat:
+                self.history.setdefault(pane.label, []).extend(
+                    [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": text}])
+                pane.set_text(transcript(self.history[pane.label]))
+            else:
+                pane.set_text(text)
+            pane.set_timing(f"{answer.get('new_tokens', 0)} tokens in {answer.get('seconds', 0):.2f} s")
+        pid = self.worker.pid if self.worker is not None else "?"
+        self.query_one("#compare-status", Static).update(Text(
+            f"done: one batched generate call; the models stay loaded (pid {pid})",
+            style="green"))
+        self.show_mode()

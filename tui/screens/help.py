@@ -10,7 +10,7 @@ from textual.widgets import Static
 
 HELP = """\
 [b]Everywhere[/b]
-  1 2 3 4   views: Runs, New run, Registry, Compare
+  1-5       views: Runs, New run, Registry, Compare, Queue
   ?         this help            t       dark/light theme
   ctrl+p    command palette      q       quit (runs go on)
   escape    leave a text box (tab goes back into the fields)
@@ -26,12 +26,17 @@ HELP = """\
           you type); the memory plan is on the right
           ctrl+s save as profile    ctrl+l launch
           ctrl+o data preview (rows as the model sees them)
-          g  card size in GB for the memory plan
+          ctrl+r queue it    g  card size in GB (plan)
 [b]Registry[/b]  up/down choose a version
           m merge   c compare   p push to the Hub
           d delete (asks first)   v verify the files
+[b]Queue[/b]     runs start one after another, app open or not
+          a add profiles   d remove   r start runner
+          enter  the running entry's monitor
 [b]Compare[/b]   type a prompt; space picks versions
-          ctrl+g generate: base + versions, one batch
+          ctrl+g generate: base + versions, one batch;
+          the models stay loaded for the next prompt
+          ctrl+t chat on/off    ctrl+n new chat
 """
 
 

@@ -89,12 +89,14 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
         Binding("ctrl+s", "save", "Save profile"),
         Binding("ctrl+l", "launch", "Launch"),
         Binding("ctrl+o", "preview_data", "Data preview"),
+        Binding("ctrl+r", "enqueue", "Queue"),
         Binding("g", "card_size", "Card GB"),
     ]
     PALETTE = [("Save as profile", "Write the form to a profile file (ctrl+s)", "action_save"),
                ("Launch run", "Start this profile in the background (ctrl+l)", "action_launch"),
                ("Preview the data", "First rows after the chat template, what trains, pre-flight counts (ctrl+o)",
-                "action_preview_data")]
+                "action_preview_data"),
+               ("Queue run", "Start this profile after the queued runs (ctrl+r)", "action_enqueue")]
 
     class PlanReady(Message):
         def __init__(self, text: str, fits: bool | None, request: int) -> None:
@@ -377,3 +379,13 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
             return
         self.notify(f"launched {run.run_id} in the background")
         self.app.open_monitor(run)  # type: ignore[attr-defined]
+
+    def action_enqueue(self) -> None:
+        from qlora_tui.runner.queuerunner import enqueue
+
+        try:
+            (entry,), _pid = enqueue(self.app.home, [(self.current_profile(), "the New run form")])  # type: ignore[attr-defined]
+        except UserFacingError as err:
+            self.notify(err.message, severity="error", timeout=10)
+            return
+        self.notify(f"queued {entry.profile_name} ({entry.id}): it starts after the runs before it; 5 shows the queue")

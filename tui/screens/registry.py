@@ -25,9 +25,14 @@ from qlora_tui.registry.errors import RegistryError
 from qlora_tui.registry.records import AdapterVersion
 from qlora_tui.registry.store import Store, open_store
 from qlora_tui.tui.format import number, size, timestamp
-from qlora_tui.tui.jobs import run_worker
+from qlora_tui.tui.jobs import WorkerJob
 from qlora_tui.tui.screens.dialogs import AskMerge, AskPush, Confirm, MergeOptions, PushOptions
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
+
+
+def merge_args(ref: str, options: MergeOptions) -> list[str]:
+    return ["merge", ref, "--out", options.out_dir, "--dtype", options.dtype, "--base-weights",
+            options.base_weights] + (["--force"] if options.force else [])
 
 
 def details_text(version: AdapterVersion, lineage: list[str]) -> Text:
@@ -229,14 +234,15 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
         def chosen(options: MergeOptions | None) -> None:
             if options is not None:
                 self.busy = True
-                self.merge(ref, options)
+                job = WorkerJob(self.app.home, merge_args(ref, options),  # type: ignore[attr-defined]
+                                what=f"merge of {ref}", leave_on_quit=True)
+                self.app.add_job(job)  # type: ignore[attr-defined]
+                self.merge(ref, job)
 
         self.app.push_screen(AskMerge(ref, default_out), chosen)
 
     @work(thread=True, exclusive=True, group="registry-job", exit_on_error=False)
-    def merge(self, ref: str, options: MergeOptions) -> None:
-        args = ["merge", ref, "--out", options.out_dir, "--dtype", options.dtype, "--base-weights",
-                options.base_weights] + (["--force"] if options.force else [])
+    def merge(self, ref: str, job: WorkerJob) -> None:
         self.post_message(self.JobProgress(f"merging {ref} (a child process)...", 0.0))
         outcome: dict[str, Any] = {}
 
@@ -246,7 +252,8 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
             elif line.get("type") in ("result", "error"):
                 outcome.update(line)
 
-        run_worker(self.app.home, args, emit)  # type: ignore[attr-defined]
+        if job.run(emit) is None:
+            return  # the app is quitting and left the merge running
         if outcome.get("type") == "result":
             fidelity = outcome.get("fidelity") or {}
             check = (f"; fidelity: top-1 agreement {fidelity['top1_agreement']:.3f}, max KL {fidelity['max_kl']:.2e}"
