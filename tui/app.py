@@ -96,6 +96,7 @@ class QloraApp(App[None]):
 
     def on_mount(self) -> None:
         self.theme_changed_signal.subscribe(self, self.remember_theme)
+        self.call_after_refresh(self.restart_queue)
 
     @property
     def gpus(self) -> Gpus:
@@ -185,8 +186,6 @@ class QloraApp(App[None]):
         """Keep a child the app started in mind, so quitting can name it (and forget the finished ones)."""
         self.jobs = [j for j in self.jobs if j.active] + [job]
 
-    def on_mount(self) -> None:
-        self.call_after_refresh(self.restart_queue)
 
     @work(thread=True, exit_on_error=False)
     def restart_queue(self) -> None:
