@@ -186,7 +186,6 @@ class QloraApp(App[None]):
         """Keep a child the app started in mind, so quitting can name it (and forget the finished ones)."""
         self.jobs = [j for j in self.jobs if j.active] + [job]
 
-
     @work(thread=True, exit_on_error=False)
     def restart_queue(self) -> None:
         """Runs left waiting in the queue (after a reboot, say) start again once the app is open."""
@@ -240,7 +239,6 @@ class QloraApp(App[None]):
         for action in getattr(screen, "PALETTE", ()):
             title, help_text, method = action
             yield SystemCommand(title, help_text, getattr(screen, method))
-
 
 def make_app(home: Path, preloaded: PreloadedRuns | None = None) -> QloraApp:
     return QloraApp(home, preloaded)
