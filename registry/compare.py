@@ -151,7 +151,7 @@ def compare_generate(store: Store, refs: list[str], prompt: str, *, max_new_toke
 
     import torch
 
-    model, tokenizer = _load(base_dir, versions, quant, report)
+    model, tokenizer = load_with_adapters(base_dir, versions, quant, report)
     labels = [BASE_LABEL] + [v.ref for v in versions]
     rows = [BASE_ROW] + [f"a{i}" for i in range(len(versions))]
     input_ids = tokenizer(prompt_text(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)["input_ids"]
@@ -190,7 +190,7 @@ def compare_generate(store: Store, refs: list[str], prompt: str, *, max_new_toke
             for (s, i), label, ref in zip(per_row, labels, [""] + [v.ref for v in versions])]
 
 
-def _load(base_dir: Any, versions: list[AdapterVersion], quant: Any, report: Callable[[str, float], None]
+def load_with_adapters(base_dir: Any, versions: list[AdapterVersion], quant: Any, report: Callable[[str, float], None]
           ) -> tuple[Any, Any]:
     """The base, loaded once as training loaded it, with every adapter on it as a0, a1, ...; and the tokenizer."""
     import torch
