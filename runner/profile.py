@@ -29,6 +29,7 @@ SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
 )
 LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
 
 
 def spec(default: Any, kind: str, help: str, **rules: Any) -> Any:
@@ -103,6 +104,8 @@ class TrainSection:
     save_total_limit: int = spec(2, "int", "complete checkpoints kept", min=1)
     logging_steps: int = spec(1, "int", "write a step event every N steps", min=1)
     eval_steps: int = spec(0, "int", "evaluate every N steps (0: at the end only)", min=0)
+    report_to: list[str] = spec([], "trackers", "experiment trackers that also get the metrics: tensorboard, wandb, "
+                                "mlflow, trackio", choices=TRACKERS)
 
 
 @dataclass
@@ -222,6 +225,16 @@ def check_value(path: str, meta: dict[str, Any], value: Any) -> Any:
         if "all-linear" in value and len(value) > 1:
             raise ProfileError(f'{path}: "all-linear" stands alone; got {value}')
         return list(value)
+    if kind == "trackers":
+        if isinstance(value, str):
+            value = [value] if value else []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ProfileError(f'{path}: must be a list of tracker names such as ["tensorboard"], got {_fmt(value)}')
+        unknown = [v for v in value if v not in meta["choices"]]
+        if unknown:
+            raise ProfileError(f"{path}: {', '.join(map(_fmt, unknown))} is not a tracker; use "
+                               f"{', '.join(meta['choices'])}")
+        return list(dict.fromkeys(value))
     raise AssertionError(kind)
 
 
@@ -254,7 +267,7 @@ def parse_field_text(section: str, key: str, text: str) -> Any:
             value = raw
     elif kind == "bool":
         value = {"true": True, "false": False, "yes": True, "no": False}.get(raw.lower(), raw)
-    elif kind == "targets":
+    elif kind in ("targets", "trackers"):
         value = [part.strip().strip('"') for part in raw.strip("[]").split(",") if part.strip()]
     elif kind == "str":
         value = text

@@ -53,6 +53,7 @@ class Prepared:
     parent_path: Path | None
     measure_pairs: list[dict[str, Any]] = field(default_factory=list)  # pairs for the before/after alignment check
     measure_slice: str = ""
+    report_to: list[str] = field(default_factory=list)  # the trackers found usable at start
 
 
 def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
@@ -91,8 +92,16 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     from transformers.trainer_callback import PrinterCallback
 
     from qlora_tui.runner.methods import build_trainer
+    from qlora_tui.runner.trackers import apply_env, guard_callbacks, setup_trackers
 
+    if profile.train.report_to:
+        trackers = setup_trackers(profile.train.report_to, run.path, home, profile.name)
+        for level, message in trackers.messages:
+            writer.write("log", level=level, message=message)
+        apply_env(trackers)
+        prepared.report_to = trackers.report_to
     trainer, callback = build_trainer(prepared, run, writer, stop_signalled)
+    guard_callbacks(trainer, lambda message: writer.write("log", level="warning", message=message))
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the events already hold them
     baseline = alignment_baseline(run, prepared, trainer, writer, resumed=resume_from is not None)
     started = time.monotonic()

@@ -24,7 +24,7 @@ def build_reward_trainer(prepared: Any, run: RunDir, writer: EventWriter,
 
     profile = prepared.profile
     model = load_policy(prepared, writer, task_type="SEQ_CLS")
-    config = RewardConfig(**trainer_arguments(profile, output_dir(run), bool(prepared.eval_data)),
+    config = RewardConfig(**trainer_arguments(profile, output_dir(run), bool(prepared.eval_data), prepared.report_to),
                           max_length=profile.train.max_seq_len)
     callback = events_callback(prepared, run, writer, stop_signalled)
     with trainable_weights_kept(model):

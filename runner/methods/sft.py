@@ -24,7 +24,7 @@ def build_sft_trainer(prepared: Any, run: RunDir, writer: EventWriter,
         return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
 
     config = SFTConfig(
-        **trainer_arguments(profile, output_dir(run), bool(prepared.eval_data)),
+        **trainer_arguments(profile, output_dir(run), bool(prepared.eval_data), prepared.report_to),
         max_length=profile.train.max_seq_len,
         dataset_kwargs={"skip_prepare_dataset": True},
     )

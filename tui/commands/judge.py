@@ -79,6 +79,32 @@ def cmd_eval(args: argparse.Namespace, home: Path) -> int:
     return 1 if args.fail_on_regression and regressed else 0
 
 
+def cmd_bench(args: argparse.Namespace, home: Path) -> int:
+    from qlora_tui.registry.bench import run_benchmark
+
+    result = run_benchmark(_store(home), args.ref, args.task, include=[Path(p) for p in args.include],
+                           limit=args.limit, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
+                           record=not args.no_record, on_progress=None if args.json else _progress)
+    if args.json:
+        print_json(result.to_json())
+        return 0
+    rows = []
+    for task in result.results:
+        base, ours = task.summary["base_metrics"], task.summary["metrics"]
+        for key in sorted(ours):
+            if "_stderr" in key or "," not in key:  # "metric,filter" keys are scores; sample_len and the like not
+                continue
+            stderr = ours.get(key.replace(",", "_stderr,", 1))
+            delta = ours[key] - base[key] if key in base else None
+            rows.append([task.name, key.split(",")[0], number(base.get(key)), number(ours[key]),
+                         "-" if delta is None else f"{delta:+.4f}", number(stderr)])
+    print(f"{result.ref} with lm-evaluation-harness {result.lm_eval_version} ({result.seconds:.1f} s)")
+    print(table(["TASK", "METRIC", "BASE", result.ref, "CHANGE", "STDERR"], rows))
+    if not args.no_record:
+        print("scores kept with the version (qlora-tui show lists them)")
+    return 0
+
+
 def cmd_export_gguf(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.registry.gguf_export import export_gguf
 
@@ -119,6 +145,20 @@ def add_commands(sub: Any) -> None:
                    help="exit 1 when a version fails a prompt its previous version passed (for CI)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="lm-evaluation-harness tasks on an adapter (loaded as trained) and its base; "
+                                     "scores kept with the version")
+    p.add_argument("ref", help="NAME, NAME@N or NAME@ALIAS")
+    p.add_argument("--task", action="append", required=True, metavar="NAME",
+                   help="an lm_eval task name (repeatable); your own YAML tasks in <home>/tasks or --include")
+    p.add_argument("--include", action="append", default=[], metavar="PATH",
+                   help="a folder (or YAML file) of task definitions of your own")
+    p.add_argument("--limit", type=float, help="at most this many examples per task (or a fraction below 1)")
+    p.add_argument("--num-fewshot", type=int)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-record", action="store_true", help="print the scores without keeping them")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("export-gguf", help="write a version as GGUF for llama.cpp and Ollama (merged, or "
                                            "--adapter-only), with an Ollama Modelfile")
