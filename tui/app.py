@@ -46,10 +46,17 @@ def compare_screen() -> Screen[None]:
     return CompareScreen()
 
 
+def eval_screen() -> Screen[None]:
+    from qlora_tui.tui.screens.eval import EvalScreen
+
+    return EvalScreen()
+
+
 class QloraApp(App[None]):
     TITLE = "qlora-tui"
     CSS_PATH = "app.tcss"
-    MODES = {"runs": RunsScreen, "new": new_run_screen, "registry": registry_screen, "compare": compare_screen}
+    MODES = {"runs": RunsScreen, "new": new_run_screen, "registry": registry_screen, "compare": compare_screen,
+             "eval": eval_screen}
     DEFAULT_MODE = "runs"
     BINDINGS = [  # in footer order: at 80 columns the last ones are cut first (help and the palette list all)
         Binding("question_mark", "help", "Help", key_display="?"),
@@ -58,6 +65,7 @@ class QloraApp(App[None]):
         Binding("2", "switch_mode('new')", "New run", group=SCREEN_KEYS),
         Binding("3", "switch_mode('registry')", "Registry", group=SCREEN_KEYS),
         Binding("4", "switch_mode('compare')", "Compare", group=SCREEN_KEYS),
+        Binding("5", "switch_mode('eval')", "Eval", group=SCREEN_KEYS),
         Binding("t", "toggle_theme", "Theme"),
         Binding("escape", "leave_field", "Leave field"),
     ]
@@ -124,6 +132,8 @@ class QloraApp(App[None]):
         yield SystemCommand("Registry", "Adapters and their versions (3)", lambda: self.switch_mode("registry"))
         yield SystemCommand("Compare", "Base and adapters answer one prompt side by side (4)",
                             lambda: self.switch_mode("compare"))
+        yield SystemCommand("Eval", "Prompt sets over versions: pass rates and answers side by side (5)",
+                            lambda: self.switch_mode("eval"))
         yield SystemCommand("Help", "Keys of every screen (?)", self.action_help)
         yield SystemCommand("Toggle dark/light theme", "Switch between the dark and the light theme (t)",
                             self.action_toggle_theme)

@@ -10,7 +10,7 @@ from textual.widgets import Static
 
 HELP = """\
 [b]Everywhere[/b]
-  1 2 3 4   views: Runs, New run, Registry, Compare
+  1 2 3 4 5 views: Runs, New run, Registry, Compare, Eval
   ?         this help            t       dark/light theme
   ctrl+p    command palette      q       quit (runs go on)
   escape    leave a text box (tab goes back into the fields)
@@ -29,6 +29,9 @@ HELP = """\
           d delete (asks first)   v verify the files
 [b]Compare[/b]   type a prompt; space picks versions
           ctrl+g generate: base + versions, one batch
+[b]Eval[/b]      pick a prompt set, space picks versions
+          ctrl+g run (batched, kept with each version)
+          enter on a prompt: its answers side by side
 """
 
 
