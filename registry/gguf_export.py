@@ -2,8 +2,8 @@
 
 An adapter is merged first (registry/merge.py: into its unquantized base, NF4
 round trip for QLoRA, as `merge` does) into a work area; a merged version is
-read as it is. Tensor names come from the gguf package's TensorNameMap, the
-tokenizer from registry/gguf_vocab.py. Tensors stream one at a time (header and
+read as it is. Tensor names come from the gguf package's TensorNameMap; the
+tokenizer's metadata is made by registry/gguf_vocab.py. Tensors stream one at a time (header and
 tensor table first, from the safetensors headers), so memory stays near one
 tensor. `--adapter-only` writes a GGUF LoRA (llama.cpp's `--lora`, Ollama's
 ADAPTER) and, unless given one, the base as GGUF beside it. Every file is read

@@ -81,6 +81,8 @@ def setup_trackers(wanted: list[str], run_path: Path, home: Path, project: str,
                                                   "does not report to it; events.jsonl has every metric"))
                 continue
             setup.env["MLFLOW_TRACKING_URI"] = uri
+            if not uri.startswith(("http://", "https://", "databricks", "sqlite:", "postgresql", "mysql")):
+                setup.env["MLFLOW_ALLOW_FILE_STORE"] = "true"  # MLflow 3 refuses its file store unless told
             setup.env.setdefault("MLFLOW_EXPERIMENT_NAME", env.get("MLFLOW_EXPERIMENT_NAME") or project)
             setup.messages.append(("info", f"MLflow: experiment {setup.env['MLFLOW_EXPERIMENT_NAME']} at {uri}"))
         elif name == "wandb":
