@@ -47,8 +47,9 @@ def setup(work: Path, prompts: int, new_tokens: int) -> Path:
     return home
 
 
-def generation_ratio(home: Path, batch_rows: int) -> tuple[float, float, int]:
-    """(batched seconds, alone seconds, rows) with one loaded model."""
+def generation_ratio(home: Path, batch_rows: int) -> tuple[float, float, float, int]:
+    """Seconds of the batched pass, of each model alone with as many rows per call, and of each model alone with
+    as many prompts per call; and the rows, with one loaded model."""
     from qlora_tui.registry.basemodel import version_base
     from qlora_tui.registry.compare import load_with_adapters, resolve_versions
     from qlora_tui.registry.evalrun import chat_text, generate_rows, routing_for
@@ -69,8 +70,7 @@ def generation_ratio(home: Path, batch_rows: int) -> tuple[float, float, int]:
     names = [BASE_ROW, "a0", "a1", "a2"]
     settings = {"stop_ids": {tokenizer.eos_token_id}, "pad_id": tokenizer.pad_token_id, "routing": routing}
 
-    def run(models: list[str]) -> float:
-        per_call = max(1, batch_rows // len(models))
+    def run(models: list[str], per_call: int) -> float:
         started = time.perf_counter()
         for start in range(0, len(texts), per_call):
             chunk = texts[start:start + per_call]
@@ -78,10 +78,12 @@ def generation_ratio(home: Path, batch_rows: int) -> tuple[float, float, int]:
                           prompt_set.decoding, **settings)
         return time.perf_counter() - started
 
-    run(names[:1])  # warm-up
-    batched = run(names)
-    alone = sum(run([name]) for name in names)
-    return batched, alone, len(texts) * len(names)
+    prompts_per_call = max(1, batch_rows // len(names))
+    run(names[:1], batch_rows)  # warm-up
+    batched = run(names, prompts_per_call)
+    same_rows = sum(run([name], batch_rows) for name in names)
+    same_prompts = sum(run([name], prompts_per_call) for name in names)
+    return batched, same_rows, same_prompts, len(texts) * len(names)
 
 
 def commands(home: Path, batch_rows: int) -> tuple[float, float]:
@@ -109,10 +111,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         home = setup(Path(tmp), args.prompts, args.new_tokens)
-        batched, alone, rows = generation_ratio(home, args.batch_rows)
+        batched, same_rows, same_prompts, rows = generation_ratio(home, args.batch_rows)
         print(f"generation, {rows} rows ({args.prompts} prompts x base + 3 versions), {args.new_tokens} new tokens, "
               f"{args.batch_rows} rows per call, {torch.get_num_threads()} threads:")
-        print(f"  batched {batched:.1f} s, each model alone {alone:.1f} s: {alone / batched:.2f}x")
+        print(f"  batched (base + 3 versions per call) {batched:.1f} s")
+        print(f"  each model alone, {args.batch_rows} prompts per call (as many rows): {same_rows:.1f} s: "
+              f"{same_rows / batched:.2f}x")
+        print(f"  each model alone, {args.batch_rows // 4} prompts per call (as many prompts): {same_prompts:.1f} s: "
+              f"{same_prompts / batched:.2f}x")
         together, separate = commands(home, args.batch_rows)
         print(f"command: eval of 3 versions at once {together:.1f} s, 3 separate evals {separate:.1f} s: "
               f"{separate / together:.2f}x")

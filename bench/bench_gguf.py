@@ -32,17 +32,39 @@ def bench_merge_module() -> object:
     return module
 
 
+def rss_anon_mb() -> float:
+    """Anonymous resident memory: what the process allocated, without the file pages it has mapped."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def child(home: Path, ref: str, out: Path, quant: str, adapter_only: bool) -> None:
+    import threading
+
+    import torch  # noqa: F401  imports happen before the clock starts
+
     from qlora_tui.registry.gguf_export import export_gguf
     from qlora_tui.registry.store import open_store
 
     store = open_store(home)
+    peak = [rss_anon_mb()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], rss_anon_mb())
+
+    threading.Thread(target=sample, daemon=True).start()
+    baseline = rss_anon_mb()
     started = time.perf_counter()
     result = export_gguf(store, ref, out, quant=quant, adapter_only=adapter_only, force=True)
     seconds = time.perf_counter() - started
+    done.set()
     sizes = out.stat().st_size + (result.base_gguf.stat().st_size if result.base_gguf else 0)
     print(json.dumps({"seconds": seconds, "peak_rss_mb": bench_merge_module().peak_rss_mb(),  # type: ignore[attr-defined]
-                      "file_mb": sizes / 2**20}))
+                      "peak_anon_mb": peak[0], "anon_before_mb": baseline, "file_mb": sizes / 2**20}))
 
 
 def measure(home: Path, ref: str, work: Path, quant: str, adapter_only: bool) -> dict[str, float]:
@@ -70,8 +92,8 @@ def setup(work: Path, layers: int, big: bool) -> tuple[Path, list[tuple[str, str
     store = open_store(home)
     import_adapter(store, make_peft_adapter(tiny, work / "tiny-lora", seed=1, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]), "demo", base=TINY)
-    models = [("demo model (tiny Llama, 0.3M parameters)", "demo@1", sum(
-        p.stat().st_size for p in tiny.glob("*.safetensors")) / 2**20)]
+    tiny_mb = sum(p.stat().st_size for p in tiny.glob("*.safetensors")) / 2**20
+    models = [(f"demo model (tiny Llama, {tiny_mb / 4:.2f}M parameters)", "demo@1", tiny_mb)]
     if big:
         merge = bench_merge_module()
         base = work / "big"
@@ -98,14 +120,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-gguf-") as tmp:
         work = Path(tmp)
         home, models = setup(work, args.layers, not args.skip_big)
-        print("| model | safetensors | export | seconds | peak RSS | GGUF size |")
-        print("|---|---|---|---|---|---|")
+        print("| model | safetensors | export | seconds | peak RSS (VmHWM) | peak anonymous RSS (after imports) "
+              "| GGUF size |")
+        print("|---|---|---|---|---|---|---|")
         for label, ref, mb in models:
             for quant, adapter_only in (("f16", False), ("q8_0", False), ("f16", True)):
                 figures = measure(home, ref, work, quant, adapter_only)
                 what = f"{quant}{' --adapter-only (+ base)' if adapter_only else ' merged'}"
                 print(f"| {label} | {mb:.0f} MB | {what} | {figures['seconds']:.1f} | "
-                      f"{figures['peak_rss_mb']:.0f} MB | {figures['file_mb']:.1f} MB |", flush=True)
+                      f"{figures['peak_rss_mb']:.0f} MB | {figures['peak_anon_mb']:.0f} MB "
+                      f"({figures['peak_anon_mb'] - figures['anon_before_mb']:.0f} MB) | {figures['file_mb']:.1f} MB |",
+                      flush=True)
 
 
 if __name__ == "__main__":

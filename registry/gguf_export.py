@@ -179,12 +179,18 @@ def read_config(model_dir: Path) -> dict[str, Any]:
         raise RegistryError(f"{model_dir}: no readable config.json ({err})") from None
 
 
+MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+               "qwen3": "Qwen3ForCausalLM"}
+
+
 def arch_of(config: dict[str, Any], what: str) -> ArchSpec:
-    names = config.get("architectures") or []
+    """The architecture from config.json's `architectures`, or from its model_type when it names none."""
+    names = config.get("architectures") or [MODEL_TYPES.get(str(config.get("model_type")), "")]
     for name in names:
         if name in ARCHITECTURES:
             return ARCHITECTURES[name]
-    raise RegistryError(f"{what}: architecture {', '.join(names) or config.get('model_type', '?')} is not one "
+    shown = ", ".join(n for n in names if n) or str(config.get("model_type", "?"))
+    raise RegistryError(f"{what}: architecture {shown} is not one "
                         f"export-gguf writes ({', '.join(ARCHITECTURES)})",
                         hint="llama.cpp's convert_hf_to_gguf.py covers more architectures; run it on a merged model "
                              "(qlora-tui merge REF --out DIR)")
@@ -310,6 +316,7 @@ def tensor_data(planned: PlannedTensor, config: dict[str, Any], handles: dict[Pa
     from safetensors import safe_open
 
     if planned.source not in handles:
+        handles.clear()  # tensors come file by file: only the current file stays mapped
         handles[planned.source] = safe_open(str(planned.source), framework="pt")
     data = handles[planned.source].get_tensor(planned.hf_name).to(torch.float32).numpy()
     if planned.scale != 1.0:
