@@ -19,10 +19,29 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "builtin:tiny-llama"
+
+
+@dataclass
+class Seconds:
+    """Wall seconds and this process's CPU seconds: on a machine shared with other jobs, the CPU seconds are
+    the steadier measure of the work done."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    def __add__(self, other: Seconds) -> Seconds:
+        return Seconds(self.wall + other.wall, self.cpu + other.cpu)
+
+    def ratio(self, other: Seconds) -> str:
+        return f"{self.wall / other.wall:.2f}x wall, {self.cpu / other.cpu:.2f}x CPU"
+
+    def __str__(self) -> str:
+        return f"{self.wall:.1f} s wall, {self.cpu:.1f} s CPU"
 
 
 def setup(work: Path, prompts: int, new_tokens: int) -> Path:
@@ -47,7 +66,7 @@ def setup(work: Path, prompts: int, new_tokens: int) -> Path:
     return home
 
 
-def generation_ratio(home: Path, batch_rows: int) -> tuple[float, float, float, int]:
+def generation_ratio(home: Path, batch_rows: int) -> tuple[Seconds, Seconds, Seconds, int]:
     """Seconds of the batched pass, of each model alone with as many rows per call, and of each model alone with
     as many prompts per call; and the rows, with one loaded model."""
     from qlora_tui.registry.basemodel import version_base
@@ -70,35 +89,35 @@ def generation_ratio(home: Path, batch_rows: int) -> tuple[float, float, float, 
     names = [BASE_ROW, "a0", "a1", "a2"]
     settings = {"stop_ids": {tokenizer.eos_token_id}, "pad_id": tokenizer.pad_token_id, "routing": routing}
 
-    def run(models: list[str], per_call: int) -> float:
-        started = time.perf_counter()
+    def run(models: list[str], per_call: int) -> Seconds:
+        started, cpu = time.perf_counter(), time.process_time()
         for start in range(0, len(texts), per_call):
             chunk = texts[start:start + per_call]
             generate_rows(model, tokenizer, [t for t in chunk for _ in models], models * len(chunk),
                           prompt_set.decoding, **settings)
-        return time.perf_counter() - started
+        return Seconds(time.perf_counter() - started, time.process_time() - cpu)
 
     prompts_per_call = max(1, batch_rows // len(names))
     run(names[:1], batch_rows)  # warm-up
     batched = run(names, prompts_per_call)
-    same_rows = sum(run([name], batch_rows) for name in names)
-    same_prompts = sum(run([name], prompts_per_call) for name in names)
+    same_rows = sum((run([name], batch_rows) for name in names), Seconds())
+    same_prompts = sum((run([name], prompts_per_call) for name in names), Seconds())
     return batched, same_rows, same_prompts, len(texts) * len(names)
 
 
-def commands(home: Path, batch_rows: int) -> tuple[float, float]:
-    """Wall seconds of `eval` of three versions at once against three separate one-version evals."""
+def commands(home: Path, batch_rows: int) -> tuple[Seconds, Seconds]:
+    """Seconds of `eval` of three versions at once against three separate one-version evals."""
     from qlora_tui.registry.evalrun import run_prompt_set
     from qlora_tui.registry.store import open_store
 
     store = open_store(home)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     run_prompt_set(store, ["demo@1", "demo@2", "demo@3"], "bench", batch_rows=batch_rows, record=False)
-    together = time.perf_counter() - started
-    started = time.perf_counter()
+    together = Seconds(time.perf_counter() - started, time.process_time() - cpu)
+    started, cpu = time.perf_counter(), time.process_time()
     for ref in ("demo@1", "demo@2", "demo@3"):
         run_prompt_set(store, [ref], "bench", batch_rows=batch_rows, record=False)
-    return together, time.perf_counter() - started
+    return together, Seconds(time.perf_counter() - started, time.process_time() - cpu)
 
 
 def main() -> None:
@@ -114,14 +133,14 @@ def main() -> None:
         batched, same_rows, same_prompts, rows = generation_ratio(home, args.batch_rows)
         print(f"generation, {rows} rows ({args.prompts} prompts x base + 3 versions), {args.new_tokens} new tokens, "
               f"{args.batch_rows} rows per call, {torch.get_num_threads()} threads:")
-        print(f"  batched (base + 3 versions per call) {batched:.1f} s")
-        print(f"  each model alone, {args.batch_rows} prompts per call (as many rows): {same_rows:.1f} s: "
-              f"{same_rows / batched:.2f}x")
-        print(f"  each model alone, {args.batch_rows // 4} prompts per call (as many prompts): {same_prompts:.1f} s: "
-              f"{same_prompts / batched:.2f}x")
+        print(f"  batched (base + 3 versions per call): {batched}")
+        print(f"  each model alone, {args.batch_rows} prompts per call (as many rows): {same_rows}: "
+              f"{same_rows.ratio(batched)}")
+        print(f"  each model alone, {args.batch_rows // 4} prompts per call (as many prompts): {same_prompts}: "
+              f"{same_prompts.ratio(batched)}")
         together, separate = commands(home, args.batch_rows)
-        print(f"command: eval of 3 versions at once {together:.1f} s, 3 separate evals {separate:.1f} s: "
-              f"{separate / together:.2f}x")
+        print(f"command: eval of 3 versions at once {together}; 3 separate evals {separate}: "
+              f"{separate.ratio(together)}")
 
 
 if __name__ == "__main__":
