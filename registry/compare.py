@@ -191,7 +191,7 @@ def load_session(store: Store, refs: list[str], *, on_progress: Callable[[str, f
     report = on_progress or (lambda message, fraction: None)
     versions = resolve_versions(store, refs)
     key, resolved = base_key(store, versions, on_warning)
-    model, tokenizer = _load(resolved.path, versions, training_quant(versions[0]), report)
+    model, tokenizer = load_with_adapters(resolved.path, versions, training_quant(versions[0]), report)
     return CompareSession(model, tokenizer, key, versions, {v.ref: f"a{i}" for i, v in enumerate(versions)},
                           len(versions), _pristine_4bit(model))
 
@@ -308,7 +308,7 @@ def _batch(tokenizer: Any, texts: list[str], pad_id: int) -> tuple[Any, Any]:
     return ids, mask
 
 
-def _load(base_dir: Any, versions: list[AdapterVersion], quant: Any, report: Callable[[str, float], None]
+def load_with_adapters(base_dir: Any, versions: list[AdapterVersion], quant: Any, report: Callable[[str, float], None]
           ) -> tuple[Any, Any]:
     """The base, loaded once as training loaded it, with every adapter on it as a0, a1, ...; and the tokenizer."""
     import torch

@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from qlora_tui.registry.evalrecords import EvalResult
 from qlora_tui.registry.records import AdapterVersion
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -38,8 +39,10 @@ def _shown(value: Any) -> str:
     return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def model_card(version: AdapterVersion, repo: str, *, merged: bool = False) -> str:
-    """README.md for `repo` holding this version (an adapter, or the merged model when `merged`)."""
+def model_card(version: AdapterVersion, repo: str, *, merged: bool = False, evals: list[EvalResult] | None = None
+               ) -> str:
+    """README.md for `repo` holding this version (an adapter, or the merged model when `merged`); `evals`: its eval
+    results, of which the latest per prompt set and benchmark task are listed."""
     profile = _profile(version)
     base = hub_id(version.base_model)
     dataset = hub_id(version.dataset)
@@ -80,6 +83,13 @@ def model_card(version: AdapterVersion, repo: str, *, merged: bool = False) -> s
     if version.metrics:
         lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_shown(v)} |" for k, v in sorted(version.metrics.items())]
+    if evals:
+        from qlora_tui.registry.evalsummary import latest_per_set, result_line
+
+        latest = latest_per_set(evals)
+        lines += ["", "## Evaluations", "", f"Latest results per prompt set and benchmark task, from "
+                  f"`{latest[-1].ref or version.ref}` (`qlora-tui eval` / `qlora-tui bench`):", ""]
+        lines += [f"- {result_line(r)} (set {r.content_hash})" for r in latest]
     merge = version.extra.get("merge")
     fidelity = version.extra.get("fidelity")
     if merged and merge:

@@ -93,7 +93,10 @@ def push_version(store: Store, ref: str, repo: str, *, private: bool = False, me
 
     endpoint = os.environ.get("HF_ENDPOINT") or None
     api = HfApi(endpoint=endpoint, token=secret)
-    card = model_card(target, repo, merged=is_merged).encode()
+    evals = store.evals(target.ref, with_answers=False)
+    if not evals and target.parent_ref:  # a merged model is judged as the adapter it came from
+        evals = store.evals(target.parent_ref, with_answers=False)
+    card = model_card(target, repo, merged=is_merged, evals=evals).encode()
     operations = [CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(target.path / f.path))
                   for f in target.files if f.path != "README.md"]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card))

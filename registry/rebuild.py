@@ -21,6 +21,7 @@ from typing import Any
 
 from qlora_tui.core.hashing import hash_tree
 from qlora_tui.registry.errors import RegistryError
+from qlora_tui.registry.evalrecords import EvalResult, insert_eval
 from qlora_tui.registry.records import KINDS, NAME_PATTERN
 from qlora_tui.registry.schema import migrate
 from qlora_tui.registry.sidecars import name_path, read_json, record_files, version_dirs
@@ -55,12 +56,22 @@ def _from_record(store: Store, name: str, number: int, record: dict[str, Any]) -
             "location": str(record["location"]), "extra": dict(record.get("extra") or {}),
             "files": [(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in record.get("files", [])],
             "pushes": [dict(p) for p in record.get("pushes", [])],
+            "evals": _evals_of(record),
         }
     except (KeyError, TypeError, ValueError) as err:
         return f"its record is incomplete ({type(err).__name__}: {err})"
     if entry["kind"] not in KINDS or record.get("name", name) != name or int(record.get("version", number)) != number:
         return "its record names another version or kind"
     return entry
+
+
+def _evals_of(record: dict[str, Any]) -> list[EvalResult]:
+    """The record's eval results; one that cannot be read is left out rather than costing the version."""
+    results = []
+    for value in record.get("evals") or []:
+        with suppress(KeyError, TypeError, ValueError, AttributeError):
+            results.append(EvalResult.from_json(value))
+    return results
 
 
 def _from_directory(store: Store, name: str, number: int, folder: Path) -> dict[str, Any]:
@@ -73,7 +84,7 @@ def _from_directory(store: Store, name: str, number: int, folder: Path) -> dict[
             "base_model": str(config.get("base_model_name_or_path") or "unknown"), "base_revision": "",
             "method": "", "profile": "", "dataset": "", "dataset_fingerprint": "", "metrics": {}, "parent": "",
             "library_versions": {}, "run_id": "", "location": folder.relative_to(store.root).as_posix(),
-            "extra": {"recovered": RECOVERED_NOTE}, "files": files, "pushes": []}
+            "extra": {"recovered": RECOVERED_NOTE}, "files": files, "pushes": [], "evals": []}
 
 
 def collect(store: Store, report: RebuildReport) -> list[dict[str, Any]]:
@@ -122,6 +133,8 @@ def _write_index(db_path: Path, entries: list[dict[str, Any]], store: Store) -> 
                              "VALUES (?,?,?,?,?,?)",
                              (cur.lastrowid, p.get("repo", ""), p.get("commit_id", ""), p.get("url", ""),
                               int(bool(p.get("merged"))), float(p.get("pushed") or 0)))
+            for result in e["evals"]:
+                insert_eval(conn, ids[f"{e['name']}@{e['number']}"], result)
         for e in entries:
             if e["parent"] in ids:
                 conn.execute("UPDATE versions SET parent_id = ? WHERE id = ?",

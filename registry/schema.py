@@ -68,6 +68,33 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX versions_run ON versions(run_id);
     """,
+    # 2 -> 3: judged versions: prompt-set and benchmark results, each with the content hash of what was run
+    """
+    CREATE TABLE evals (
+        id INTEGER PRIMARY KEY,
+        version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        created REAL NOT NULL,
+        settings TEXT NOT NULL DEFAULT '{}',
+        summary TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE eval_answers (
+        eval_id INTEGER NOT NULL REFERENCES evals(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        prompt_id TEXT NOT NULL,
+        prompt TEXT NOT NULL DEFAULT '',
+        answer TEXT NOT NULL DEFAULT '',
+        passed INTEGER,
+        score REAL,
+        detail TEXT NOT NULL DEFAULT '{}',
+        base_answer TEXT NOT NULL DEFAULT '',
+        base_passed INTEGER,
+        PRIMARY KEY (eval_id, position)
+    );
+    CREATE INDEX evals_version ON evals(version_id, kind, name);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -28,6 +28,7 @@ from qlora_tui.core.hashing import hash_tree
 from qlora_tui.core.home import registry_dir
 from qlora_tui.core.testhooks import kill_point
 from qlora_tui.registry.errors import NotFoundError, RegistryError
+from qlora_tui.registry.evalrecords import EvalResult, evals_for_record, insert_eval, read_evals
 from qlora_tui.registry.records import (
     KINDS,
     AdapterVersion,
@@ -209,7 +210,8 @@ class Store:
         """Write the records of these versions and names as the open transaction has them."""
         for version_id in version_ids:
             version = self._load(conn, "v.id = ?", (version_id,))
-            record = version.to_json() | {"format": FORMAT, "location": self._location_of(conn, version_id)}
+            record = version.to_json() | {"format": FORMAT, "location": self._location_of(conn, version_id),
+                                          "evals": evals_for_record(conn, version_id)}
             for key in ("path", "aliases", "ref"):
                 record.pop(key, None)
             write_json(record_path(self.adapters_root, version.name, version.number), record)
@@ -340,6 +342,26 @@ class Store:
                          (version.id, repo, commit_id, url, int(merged), time.time()))
             self._write_records(conn, [version.id], [])
         return self.get(version.ref)
+
+    def add_eval(self, ref: str, result: EvalResult) -> EvalResult:
+        """Keep one eval result (a prompt set's answers or a benchmark's scores) with the version, in the index
+        and in its record, so a rebuilt index still has it."""
+        version = self.get(ref)
+        with self.write_transaction() as conn:
+            result.id = insert_eval(conn, version.id, result)
+            self._write_records(conn, [version.id], [])
+        result.ref = version.ref
+        return result
+
+    def evals(self, ref: str, *, kind: str | None = None, name: str | None = None,
+              with_answers: bool = True) -> list[EvalResult]:
+        """A version's eval results, oldest first; optionally one kind ("prompts", "bench") and one set or task."""
+        version = self.get(ref)
+        with self.connection() as conn:
+            results = read_evals(conn, version.id, kind=kind, name=name, with_answers=with_answers)
+        for result in results:
+            result.ref = version.ref
+        return results
 
     def delete(self, ref: str, *, force: bool = False) -> tuple[AdapterVersion, list[str]]:
         """Remove a version from the index, then its stored files; returns it and the refs that derived from it.

@@ -1,4 +1,4 @@
-"""`python -m qlora_tui.registry.worker merge|compare|serve ...`: heavy registry work in a child process, as JSON lines.
+"""`python -m qlora_tui.registry.worker merge|compare|serve|eval ...`: heavy registry work in a child, as JSON lines.
 
 The app starts this so torch never enters its own process. Each stdout line is
 one JSON object: {"type": "progress", "message", "fraction"}, {"type": "text",
@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     sub.add_parser("serve", help="keep base and adapters loaded, answering JSON requests on stdin (the playground)")
+    p = sub.add_parser("eval", help="base + versions answer a prompt set, batched; results kept with each version")
+    p.add_argument("refs", nargs="+")
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--batch-rows", type=int, default=32)
     return parser
 
 
@@ -70,6 +74,12 @@ def run_job(args: argparse.Namespace, emit: Emitter) -> dict[str, Any]:
                                force=args.force, on_progress=emit.progress, name=args.name,
                                check=not args.no_check)
         return result.to_json()
+    if args.job == "eval":
+        from qlora_tui.registry.evalrun import run_prompt_set
+
+        report = run_prompt_set(store, args.refs, args.prompts, batch_rows=args.batch_rows,
+                                on_progress=emit.progress, on_warning=lambda message: emit("warning", message=message))
+        return report.to_json()
     from qlora_tui.registry.compare import compare_generate
 
     answers = compare_generate(

@@ -31,6 +31,7 @@ SCHEDULERS = (
 )
 LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
 
 
 def spec(default: Any, kind: str, help: str, **rules: Any) -> Any:
@@ -111,6 +112,8 @@ class TrainSection:
                          "(SFT; other methods pad)")
     liger: bool = spec(True, "bool", "Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU) when liger-kernel is "
                        "installed and a CUDA GPU is present")
+    report_to: list[str] = spec([], "trackers", "experiment trackers that also get the metrics: tensorboard, wandb, "
+                                "mlflow, trackio", choices=TRACKERS)
 
 
 @dataclass
@@ -252,6 +255,16 @@ def check_value(path: str, meta: dict[str, Any], value: Any) -> Any:
         if "all-linear" in value and len(value) > 1:
             raise ProfileError(f'{path}: "all-linear" stands alone; got {value}')
         return list(value)
+    if kind == "trackers":
+        if isinstance(value, str):
+            value = [value] if value else []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ProfileError(f'{path}: must be a list of tracker names such as ["tensorboard"], got {_fmt(value)}')
+        unknown = [v for v in value if v not in meta["choices"]]
+        if unknown:
+            raise ProfileError(f"{path}: {', '.join(map(_fmt, unknown))} is not a tracker; use "
+                               f"{', '.join(meta['choices'])}")
+        return list(dict.fromkeys(value))
     raise AssertionError(kind)
 
 
@@ -284,7 +297,7 @@ def parse_field_text(section: str, key: str, text: str) -> Any:
             value = raw
     elif kind == "bool":
         value = {"true": True, "false": False, "yes": True, "no": False}.get(raw.lower(), raw)
-    elif kind == "targets":
+    elif kind in ("targets", "trackers"):
         value = [part.strip().strip('"') for part in raw.strip("[]").split(",") if part.strip()]
     elif kind == "str":
         value = text

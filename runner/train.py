@@ -56,6 +56,7 @@ class Prepared:
     measure_pairs: list[dict[str, Any]] = field(default_factory=list)  # pairs for the before/after alignment check
     measure_slice: str = ""
     fast: FastPath | None = None  # attention kernel, packing and Liger, chosen before the weights load
+    report_to: list[str] = field(default_factory=list)  # the trackers found usable at start
 
 
 def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
@@ -106,9 +107,17 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     from transformers.trainer_callback import PrinterCallback
 
     from qlora_tui.runner.methods import build_trainer
+    from qlora_tui.runner.trackers import apply_env, guard_callbacks, setup_trackers
 
+    if profile.train.report_to:
+        trackers = setup_trackers(profile.train.report_to, run.path, home, profile.name)
+        for level, message in trackers.messages:
+            writer.write("log", level=level, message=message)
+        apply_env(trackers)
+        prepared.report_to = trackers.report_to
     trainer, callback = build_trainer(prepared, run, writer, stop_signalled)
     callback.memory_estimate_gb = estimate_gb if gpu else None
+    guard_callbacks(trainer, lambda message: writer.write("log", level="warning", message=message))
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the events already hold them
     if stopped_while_starting(run, writer, stop_signalled, step=resumed_step or 0):
         return

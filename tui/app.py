@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from qlora_tui.tui.first_frame import PreloadedRuns
 
 THEMES = ("textual-dark", "textual-light")
-# One footer item for the screen keys ("12345 Views"), so each screen's own keys fit 80 columns
+# One footer item for the screen keys ("123456 Views"), so each screen's own keys fit 80 columns
 SCREEN_KEYS = Binding.Group("Views", compact=True)
 
 
@@ -60,6 +60,12 @@ def compare_screen() -> Screen[None]:
     return CompareScreen()
 
 
+def eval_screen() -> Screen[None]:
+    from qlora_tui.tui.screens.eval import EvalScreen
+
+    return EvalScreen()
+
+
 def is_text_box(widget: object) -> bool:
     """An Input or a TextArea; TextArea's module loads only once a screen uses one, and this check keeps it so."""
     text_area = sys.modules.get("textual.widgets._text_area")
@@ -70,7 +76,8 @@ class QloraApp(App[None]):
     TITLE = "qlora-tui"
     CSS_PATH = "app.tcss"
     MODES = {"runs": RunsScreen, "new": new_run_screen, "registry": registry_screen, "compare": compare_screen,
-             "queue": queue_screen}
+             "queue": queue_screen,
+             "eval": eval_screen}
     DEFAULT_MODE = "runs"
     BINDINGS = [  # in footer order: at 80 columns the last ones are cut first (help and the palette list all)
         Binding("question_mark", "help", "Help", key_display="?"),
@@ -80,6 +87,7 @@ class QloraApp(App[None]):
         Binding("3", "switch_mode('registry')", "Registry", group=SCREEN_KEYS),
         Binding("4", "switch_mode('compare')", "Compare", group=SCREEN_KEYS),
         Binding("5", "switch_mode('queue')", "Queue", group=SCREEN_KEYS),
+        Binding("6", "switch_mode('eval')", "Eval", group=SCREEN_KEYS),
         Binding("t", "toggle_theme", "Theme"),
         Binding("escape", "leave_field", "Leave field"),
     ]
@@ -233,6 +241,8 @@ class QloraApp(App[None]):
         yield SystemCommand("Compare", "Base and adapters answer one prompt side by side (4)",
                             lambda: self.switch_mode("compare"))
         yield SystemCommand("Queue", "Runs waiting to start one after another (5)", lambda: self.switch_mode("queue"))
+        yield SystemCommand("Eval", "Prompt sets over versions: pass rates and answers side by side (6)",
+                            lambda: self.switch_mode("eval"))
         yield SystemCommand("Help", "Keys of every screen (?)", self.action_help)
         yield SystemCommand("Toggle dark/light theme", "Switch between the dark and the light theme (t)",
                             self.action_toggle_theme)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from qlora_tui.runner import distributed
@@ -15,9 +16,10 @@ from qlora_tui.runner.profile import Profile
 from qlora_tui.runner.rundir import RunDir
 
 
-def trainer_arguments(profile: Profile, output_dir: str, has_eval: bool,
-                      fast: FastPath | None = None) -> dict[str, Any]:
-    """TrainingArguments shared by every method, from the profile's [train] section and the fast path's kernels."""
+def trainer_arguments(profile: Profile, output_dir: str, has_eval: bool, fast: FastPath | None = None,
+                      report_to: list[str] | None = None) -> dict[str, Any]:
+    """TrainingArguments shared by every method, from the profile's [train] section, the fast path's kernels and
+    `report_to`: the trackers runner/trackers.py found usable."""
     import torch
 
     t = profile.train
@@ -47,7 +49,9 @@ def trainer_arguments(profile: Profile, output_dir: str, has_eval: bool,
         logging_nan_inf_filter=False,  # a NaN loss must reach our callback, not be averaged away
         eval_strategy="steps" if has_eval and t.eval_steps else "no",
         eval_steps=t.eval_steps or None,
-        report_to=[],
+        report_to=list(report_to or []),
+        run_name=Path(output_dir).parent.parent.name if report_to else None,  # the run id
+        project=profile.name,
         disable_tqdm=True,
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,

@@ -37,7 +37,7 @@ def build_preference_trainer(prepared: Any, run: RunDir, writer: EventWriter,
     profile, method = prepared.profile, prepared.profile.train.method
     options = profile.method
     model = load_policy(prepared, writer)
-    args = trainer_arguments(profile, output_dir(run), bool(prepared.eval_data), prepared.fast)
+    args = trainer_arguments(profile, output_dir(run), bool(prepared.eval_data), prepared.fast, prepared.report_to)
     train = conversational_dataset(prepared.train_data)
     evaluation = conversational_dataset(prepared.eval_data)
     callback = events_callback(prepared, run, writer, stop_signalled)

@@ -24,7 +24,7 @@ def build_reward_trainer(prepared: Any, run: RunDir, writer: EventWriter,
 
     profile = prepared.profile
     model = load_policy(prepared, writer, task_type="SEQ_CLS")
-    args = trainer_arguments(profile, output_dir(run), bool(prepared.eval_data), prepared.fast)
+    args = trainer_arguments(profile, output_dir(run), bool(prepared.eval_data), prepared.fast, prepared.report_to)
     config = RewardConfig(**args, max_length=profile.train.max_seq_len)
     callback = events_callback(prepared, run, writer, stop_signalled)
     with trainable_weights_kept(model):

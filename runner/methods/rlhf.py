@@ -68,7 +68,7 @@ def build_rlhf_trainer(prepared: Any, run: RunDir, writer: EventWriter,
     writer.write("log", level="info", message=f"reward model: {reward_ref}; KL coefficient beta = {options.beta}")
     policy = load_policy(prepared, writer)
     reward_model = load_reward_model(prepared, reward_dir)
-    args = trainer_arguments(profile, output_dir(run), False, prepared.fast)
+    args = trainer_arguments(profile, output_dir(run), False, prepared.fast, prepared.report_to)
     config = RLOOConfig(
         **args, num_generations=options.num_generations, max_completion_length=options.max_completion_len,
         temperature=options.temperature, beta=options.beta, log_completions=False,

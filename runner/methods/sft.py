@@ -30,7 +30,7 @@ def build_sft_trainer(prepared: Any, run: RunDir, writer: EventWriter,
         return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
 
     config = SFTConfig(
-        **trainer_arguments(profile, output_dir(run), bool(prepared.eval_data), prepared.fast),
+        **trainer_arguments(profile, output_dir(run), bool(prepared.eval_data), prepared.fast, prepared.report_to),
         # the preflight already cut rows at max_seq_len; TRL refuses a max_length it would not enforce padding-free
         max_length=None if packing else profile.train.max_seq_len,
         padding_free=packing,

@@ -38,7 +38,10 @@ def cmd_show(args: argparse.Namespace, home: Path) -> int:
     store = open_store(home)
     version = store.get(args.ref)
     if args.json:
-        print_json(version.to_json() | {"lineage": [v.ref for v in store.lineage(version.ref)]})
+        from qlora_tui.registry.evalsummary import latest_per_set
+
+        evals = [r.to_json(with_answers=False) for r in latest_per_set(store.evals(version.ref, with_answers=False))]
+        print_json(version.to_json() | {"lineage": [v.ref for v in store.lineage(version.ref)], "evals": evals})
         return 0
     print(f"{version.ref}  ({version.kind})")
     lines = [
@@ -71,6 +74,13 @@ def cmd_show(args: argparse.Namespace, home: Path) -> int:
         print(f"    {f.path}  {size(f.size)}  sha256:{f.sha256}")
     for p in version.pushes:
         print(f"  pushed  {p.repo}  {p.commit_id}  {p.url}")
+    from qlora_tui.registry.evalsummary import latest_per_set, result_line
+
+    latest = latest_per_set(store.evals(version.ref, with_answers=False))
+    if latest:
+        print("  evals (latest per set)")
+        for result in latest:
+            print(f"    {result_line(result)}")
     if version.profile and args.profile:
         print("  profile\n" + "\n".join(f"    {line}" for line in version.profile.splitlines()))
     return 0

@@ -10,7 +10,7 @@ from textual.widgets import Static
 
 HELP = """\
 [b]Everywhere[/b]
-  1-5       views: Runs, New run, Registry, Compare, Queue
+  1-6       views: Runs, New run, Registry, Compare, Queue, Eval
   ?         this help            t       dark/light theme
   ctrl+p    command palette      q       quit (runs go on)
   escape    leave a text box (tab goes back into the fields)
@@ -37,6 +37,9 @@ HELP = """\
           ctrl+g generate: base + versions, one batch;
           the models stay loaded for the next prompt
           ctrl+t chat on/off    ctrl+n new chat
+[b]Eval[/b]      pick a prompt set, space picks versions
+          ctrl+g run (batched, kept with each version)
+          enter on a prompt: its answers side by side
 """
 
 
