@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -90,9 +91,32 @@ def check_same_base(versions: list[AdapterVersion]) -> str:
     return versions[0].base_model
 
 
-def prompt_text(tokenizer: Any, prompt: str) -> str:
-    """The prompt through the chat template when the tokenizer has one, as a chat-tuned adapter expects it."""
-    if getattr(tokenizer, "chat_template", None):
+def trained_on_text(version: AdapterVersion) -> bool:
+    """True for a version trained on plain `text` rows (no chat template), which expects a raw prompt."""
+    recorded = version.extra.get("data_format")
+    if recorded:
+        return recorded == "text"
+    try:
+        return tomllib.loads(version.profile).get("data", {}).get("format") == "text" if version.profile else False
+    except tomllib.TOMLDecodeError:
+        return False
+
+
+def raw_by_default(versions: list[AdapterVersion]) -> tuple[bool, str]:
+    """Prompt raw when every version was trained on plain text; with a mix, the chat template and a warning."""
+    text = [v.ref for v in versions if trained_on_text(v)]
+    if text and len(text) == len(versions):
+        return True, ""
+    if text:
+        return False, (f"{', '.join(text)} {'was' if len(text) == 1 else 'were'} trained on plain text, the others on "
+                       "chat rows: the prompt goes through the chat template; --raw sends it as typed")
+    return False, ""
+
+
+def prompt_text(tokenizer: Any, prompt: str, raw: bool = False) -> str:
+    """The prompt through the chat template when the tokenizer has one, as a chat-tuned adapter expects it;
+    as typed when `raw` (an adapter trained on plain text continues it)."""
+    if not raw and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
     return prompt
@@ -124,13 +148,14 @@ def resolve_versions(store: Store, refs: list[str]) -> list[AdapterVersion]:
 
 
 def compare_generate(store: Store, refs: list[str], prompt: str, *, max_new_tokens: int = 64,
-                     temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                     temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, raw: bool | None = None,
                      on_text: TextCallback | None = None,
                      on_progress: Callable[[str, float], None] | None = None,
                      on_warning: Callable[[str], None] | None = None) -> list[Answer]:
     """Answer `prompt` with the base (row 0, label "base") and each adapter, in one batched generate call.
 
-    Greedy when temperature is 0; otherwise sampled with `seed`.
+    Greedy when temperature is 0; otherwise sampled with `seed`. `raw` sends the prompt as typed instead of
+    through the chat template; None decides from the versions (raw when all were trained on plain text).
     `on_text(row, label, text_so_far)` is called as tokens arrive; `on_warning` hears of a base whose
     revision differs from the one an adapter was trained on.
     """
@@ -146,7 +171,11 @@ def compare_generate(store: Store, refs: list[str], prompt: str, *, max_new_toke
     quant = training_quant(versions[0])
     resolved = version_base(store, versions[0])
     base_dir = resolved.path
-    for warning in base_revision_warnings(versions, resolved):
+    warnings = base_revision_warnings(versions, resolved)
+    if raw is None:
+        raw, mixed = raw_by_default(versions)
+        warnings += [mixed] if mixed else []
+    for warning in warnings:
         (on_warning or (lambda message: None))(warning)
 
     import torch
@@ -154,7 +183,8 @@ def compare_generate(store: Store, refs: list[str], prompt: str, *, max_new_toke
     model, tokenizer = _load(base_dir, versions, quant, report)
     labels = [BASE_LABEL] + [v.ref for v in versions]
     rows = [BASE_ROW] + [f"a{i}" for i in range(len(versions))]
-    input_ids = tokenizer(prompt_text(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    text = prompt_text(tokenizer, prompt, raw)
+    input_ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     stop_ids = {i for i in _as_list(model.generation_config.eos_token_id) + [tokenizer.eos_token_id] if i is not None}
     settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0,
                                 "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None

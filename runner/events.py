@@ -184,6 +184,8 @@ class RunState:
     adapter_path: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
     reference: str = ""
+    alignment_slice: str = ""
+    warnings: list[str] = field(default_factory=list)
     events_seen: int = 0
 
 
@@ -210,6 +212,7 @@ def fold_event(state: RunState, event: dict[str, Any]) -> RunState:
         state.device = event.get("device", state.device)
         state.max_steps = int(event.get("max_steps") or state.max_steps)
         state.reference = event.get("reference", state.reference)
+        state.alignment_slice = event.get("alignment_slice", state.alignment_slice)
         if state.started_t is None:
             state.started_t = t
         if event.get("resumed_from_step") is not None:
@@ -232,6 +235,12 @@ def fold_event(state: RunState, event: dict[str, Any]) -> RunState:
             number = as_float(value)
             if key.startswith("align/") and number is not None:
                 state.metrics[key] = number
+    elif kind == "alignment_step":
+        step = int(event.get("step") or 0)
+        for key, value in event.items():
+            number = as_float(value)
+            if key.startswith("align/") and number is not None:
+                state.metric_history.setdefault(key, []).append((step, number))
     elif kind == "checkpoint":
         state.checkpoints.append((int(event.get("step") or 0), str(event.get("path", ""))))
     elif kind == "log":
@@ -245,6 +254,7 @@ def fold_event(state: RunState, event: dict[str, Any]) -> RunState:
             state.registry_ref = str(event.get("registry_ref", ""))
             state.adapter_path = str(event.get("adapter_path", ""))
             state.summary = dict(event.get("summary") or {})
+            state.warnings = [str(w) for w in event.get("warnings") or []]
         elif kind == "error":
             state.error = {k: str(event.get(k, "")) for k in ("kind", "message", "hint")}
             if event.get("step") is not None:

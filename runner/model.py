@@ -74,7 +74,7 @@ def compute_dtype(profile: Profile) -> Any:
 
 def quantization_config(profile: Profile) -> Any:
     q = profile.quant
-    return bnb_config(q.bits, q.type, q.double_quant, q.compute_dtype)
+    return bnb_config(q.bits, q.type, q.double_quant, q.compute_dtype, int8_threshold=q.llm_int8_threshold)
 
 
 def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "CAUSAL_LM",

@@ -33,6 +33,32 @@ def step_line(state: RunState) -> str:
     return "  ".join(parts)
 
 
+def _change(summary: dict[str, Any], name: str) -> str | None:
+    before, after = summary.get(f"align/{name}_before"), summary.get(f"align/{name}_after")
+    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
+        return None
+    return f"{number(before)} -> {number(after)}"
+
+
+def alignment_lines(method: str, summary: dict[str, Any]) -> list[str]:
+    """The before/after alignment figures of a finished preference, reward or RL run."""
+    lines = []
+    if method == "rlhf":
+        sampled, greedy = _change(summary, "reward"), _change(summary, "greedy_reward")
+        if sampled:
+            lines.append(f"reward of sampled answers (what RL optimises): {sampled}")
+        if greedy:
+            lines.append(f"reward of greedy answers: {greedy}")
+    else:
+        accuracy, margin = _change(summary, "accuracy"), _change(summary, "margin")
+        if accuracy:
+            what = "ranking accuracy" if method == "reward" else "preference accuracy"
+            lines.append(f"{what}: {accuracy}, mean margin {margin}")
+    if lines and isinstance(summary.get("align/best_step"), (int, float)):
+        lines.append(f"best measured at step {int(summary['align/best_step'])}")
+    return lines
+
+
 class ProgressPrinter:
     """Turns events into lines: one rewritten status line on a terminal, a line every few seconds otherwise."""
 
@@ -76,12 +102,18 @@ class ProgressPrinter:
             resumed = event.get("resumed_from_step")
             self._line(f"training {event.get('profile_name')} ({event.get('method')}) on {event.get('base_model')}, "
                        f"{event.get('device')}" + (f", resuming at step {resumed}" if resumed else ""))
+            if event.get("alignment_slice"):
+                self._line(f"alignment is measured on {event['alignment_slice']}")
         elif kind == "checkpoint":
             self._line(f"checkpoint at step {event.get('step')}: {event.get('path')}")
         elif kind == "eval":
             self._line(f"eval at step {event.get('step')}: loss {number(event.get('eval_loss'))}")
         elif kind == "done":
             self._line(f"done: registered {event.get('registry_ref')}\n  files: {event.get('adapter_path')}")
+            for line in alignment_lines(state.method, dict(event.get("summary") or {})):
+                self._line(f"  {line}")
+            for warning in event.get("warnings") or []:
+                self._line(f"warning: {warning}")
         elif kind == "stopped":
             self._line(f"stopped at step {event.get('step')}; continue with: qlora-tui resume {state.run_id}")
         elif kind == "error":

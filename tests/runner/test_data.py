@@ -128,3 +128,18 @@ def test_text_field_names_the_column_of_plain_text(tmp_path: Path) -> None:
     assert data.format == "text" and data.examples[0].text == "Be yourself."
     with pytest.raises(DataError, match=r"quotes.jsonl:1: row lacks 'body' \(data.text_field\); it has author, quote"):
         convert(path, "text", text_field="body")
+
+
+def test_a_text_set_without_a_text_column_names_data_text_field_in_its_hint(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "quotes.jsonl", [{"quote": "Be yourself.", "author": "Wilde"}])
+    with pytest.raises(DataError) as err:
+        convert(path, "text")
+    assert err.value.message == f"{path}:1: text row lacks 'text'; text rows have text"
+    assert err.value.hint.startswith('set data.text_field to the column that holds the text (e.g. data.text_field = '
+                                     '"quote")') and "this row has: quote, author" in err.value.hint
+    with pytest.raises(DataError) as err:
+        convert(path, "text", text_field="body")
+    assert "data.text_field" in err.value.hint
+    with pytest.raises(DataError) as err:
+        convert(path)  # auto cannot tell: the hint says how to name a text column
+    assert 'data.format = "text" and data.text_field = "COLUMN"' in err.value.hint
