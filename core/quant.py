@@ -34,11 +34,12 @@ def resolve_compute_dtype(choice: str) -> str:
 
 
 def bnb_config(bits: int | str, quant_type: str = "nf4", double_quant: bool = True, compute_dtype: str = "fp32",
-               quant_storage: str = "uint8") -> Any:
+               quant_storage: str = "uint8", int8_threshold: float = 6.0) -> Any:
     """The BitsAndBytesConfig for a base in `bits` (4 or 8), or None for an unquantized one.
 
     `quant_storage` is the dtype the packed 4-bit weights are stored in; FSDP
-    needs it to equal the compute dtype to shard them (FSDP-QLoRA).
+    needs it to equal the compute dtype to shard them (FSDP-QLoRA). `int8_threshold` is LLM.int8's outlier
+    threshold for 8-bit bases.
     """
     if bits not in (4, 8):
         return None
@@ -46,7 +47,7 @@ def bnb_config(bits: int | str, quant_type: str = "nf4", double_quant: bool = Tr
     from transformers import BitsAndBytesConfig
 
     if bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(int8_threshold))
     storage = torch.uint8 if quant_storage == "uint8" else torch_dtype(quant_storage)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                               bnb_4bit_use_double_quant=double_quant,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -93,9 +94,32 @@ def check_same_base(versions: list[AdapterVersion]) -> str:
     return versions[0].base_model
 
 
-def prompt_text(tokenizer: Any, prompt: str) -> str:
-    """The prompt through the chat template when the tokenizer has one, as a chat-tuned adapter expects it."""
-    return render_conversation(tokenizer, [{"role": "user", "content": prompt}])
+def prompt_text(tokenizer: Any, prompt: str, raw: bool = False) -> str:
+    """The prompt through the chat template when the tokenizer has one, as a chat-tuned adapter expects it;
+    as typed when `raw` (an adapter trained on plain text continues it)."""
+    return prompt if raw else render_conversation(tokenizer, [{"role": "user", "content": prompt}])
+
+
+def trained_on_text(version: AdapterVersion) -> bool:
+    """True for a version trained on plain `text` rows (no chat template), which expects a raw prompt."""
+    recorded = version.extra.get("data_format")
+    if recorded:
+        return recorded == "text"
+    try:
+        return tomllib.loads(version.profile).get("data", {}).get("format") == "text" if version.profile else False
+    except tomllib.TOMLDecodeError:
+        return False
+
+
+def raw_by_default(versions: list[AdapterVersion]) -> tuple[bool, str]:
+    """Prompt raw when every version was trained on plain text; with a mix, the chat template and a warning."""
+    text = [v.ref for v in versions if trained_on_text(v)]
+    if text and len(text) == len(versions):
+        return True, ""
+    if text:
+        return False, (f"{', '.join(text)} {'was' if len(text) == 1 else 'were'} trained on plain text, the others on "
+                       "chat rows: the prompt goes through the chat template; --raw sends it as typed")
+    return False, ""
 
 
 def base_revision_warnings(versions: list[AdapterVersion], resolved: VersionBase) -> list[str]:
@@ -228,12 +252,13 @@ def render_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> str:
 
 def generate_answers(session: CompareSession, prompt: str, *, history: dict[str, list[dict[str, str]]] | None = None,
                      max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                     on_text: TextCallback | None = None,
+                     raw: bool = False, on_text: TextCallback | None = None,
                      on_progress: Callable[[str, float], None] | None = None) -> list[Answer]:
     """Answer `prompt` with the base (row 0, label "base") and each loaded adapter, in one batched generate call.
 
     Greedy when temperature is 0; otherwise sampled with `seed`. `history` (chat mode) holds each label's
-    earlier turns, which go before the prompt; rows of different lengths are padded on the left.
+    earlier turns, which go before the prompt; rows of different lengths are padded on the left. `raw` sends
+    the prompt as typed, without the chat template (and without history: a raw prompt stands alone).
     `on_text(row, label, text_so_far)` is called as tokens arrive.
     """
     check_decoding(prompt, max_new_tokens, temperature, top_p)
@@ -241,8 +266,11 @@ def generate_answers(session: CompareSession, prompt: str, *, history: dict[str,
     import torch
 
     model, tokenizer, labels, rows = session.model, session.tokenizer, session.labels, session.rows
-    texts = [render_conversation(tokenizer, [*(history or {}).get(label, []), {"role": "user", "content": prompt}])
-             for label in labels]
+    if raw:
+        texts = [prompt for _ in labels]
+    else:
+        texts = [render_conversation(tokenizer, [*(history or {}).get(label, []), {"role": "user", "content": prompt}])
+                 for label in labels]
     stop_ids = {i for i in _as_list(model.generation_config.eos_token_id) + [tokenizer.eos_token_id] if i is not None}
     settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0,
                                 "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None
@@ -280,18 +308,24 @@ def generate_answers(session: CompareSession, prompt: str, *, history: dict[str,
 
 
 def compare_generate(store: Store, refs: list[str], prompt: str, *, max_new_tokens: int = 64,
-                     temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                     temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, raw: bool | None = None,
                      on_text: TextCallback | None = None,
                      on_progress: Callable[[str, float], None] | None = None,
                      on_warning: Callable[[str], None] | None = None) -> list[Answer]:
     """Load the base and the adapters, then answer `prompt` once: load_session + generate_answers.
 
-    `on_warning` hears of a base whose revision differs from the one an adapter was trained on.
+    `raw` sends the prompt as typed instead of through the chat template; None decides from the versions
+    (raw when all were trained on plain text). `on_warning` hears of a base whose revision differs from
+    the one an adapter was trained on, and of a mix of plain-text and chat versions.
     """
     check_decoding(prompt, max_new_tokens, temperature, top_p)
+    if raw is None:
+        raw, mixed = raw_by_default(resolve_versions(store, refs))
+        if mixed and on_warning is not None:
+            on_warning(mixed)
     session = load_session(store, refs, on_progress=on_progress, on_warning=on_warning)
     return generate_answers(session, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                            seed=seed, on_text=on_text, on_progress=on_progress)
+                            seed=seed, raw=raw, on_text=on_text, on_progress=on_progress)
 
 
 def _batch(tokenizer: Any, texts: list[str], pad_id: int) -> tuple[Any, Any]:

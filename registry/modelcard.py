@@ -67,7 +67,12 @@ def model_card(version: AdapterVersion, repo: str, *, merged: bool = False, eval
     lines = ["", f"# {repo.split('/')[-1]}", "",
              f"A {what} for `{version.base_model}`, trained with {version.method or 'an unrecorded method'}"
              f"{f' on `{version.dataset}`' if version.dataset else ''} and registered by qlora-tui as "
-             f"`{version.ref}`.", "", "## Training", ""]
+             f"`{version.ref}`.", ""]
+    warnings = version.extra.get("warnings") or []
+    if warnings:
+        lines += ["## Warnings", "", "This version ended worse than it started by its own measure:", ""]
+        lines += [f"- {w}" for w in warnings] + [""]
+    lines += ["## Training", ""]
     facts = [("base model", version.base_model + (f" (revision {version.base_revision})" if version.base_revision
                                                   else "")),
              ("method", version.method or "-"), ("data set", version.dataset or "-"),

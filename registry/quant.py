@@ -22,6 +22,7 @@ class TrainingQuant:
     type: str = "nf4"
     double_quant: bool = True
     compute_dtype: str = "fp32"  # bf16 | fp16 | fp32: the dtype the weights were loaded in, then quantized
+    int8_threshold: float = 6.0  # 8-bit bases: LLM.int8's outlier threshold
 
     @property
     def four_bit(self) -> bool:
@@ -46,7 +47,7 @@ def training_quant(version: AdapterVersion) -> TrainingQuant:
     bits = quant.get("bits", "none")
     bits = int(bits) if str(bits).isdigit() else 0
     if bits != 4:
-        return TrainingQuant(bits)
+        return TrainingQuant(bits, int8_threshold=float(quant.get("llm_int8_threshold", 6.0)))
     # Runs record the dtype they resolved; a version without one is read as "auto" would resolve here.
     compute = resolve_compute_dtype(str(quant.get("compute_dtype") or _profile_compute_dtype(version)))
     return TrainingQuant(4, str(quant.get("type", "nf4")), bool(quant.get("double_quant", True)), compute)
@@ -54,7 +55,8 @@ def training_quant(version: AdapterVersion) -> TrainingQuant:
 
 def bnb_config(quant: TrainingQuant) -> Any:
     """The BitsAndBytesConfig that loads a base as training did, or None for an unquantized base."""
-    return core_bnb_config(quant.bits, quant.type, quant.double_quant, quant.compute_dtype)
+    return core_bnb_config(quant.bits, quant.type, quant.double_quant, quant.compute_dtype,
+                           int8_threshold=quant.int8_threshold)
 
 
 def quantize_roundtrip(weight: Any, quant: TrainingQuant) -> Any:

@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action=argparse.BooleanOptionalAction, default=None,
+                   help="send the prompt as typed, not through the chat template (default: raw for versions "
+                        "trained on plain text)")
+    p.add_argument("--reward", help="a reward model version that scores every answer")
     sub.add_parser("serve", help="keep base and adapters loaded, answering JSON requests on stdin (the playground)")
     p = sub.add_parser("eval", help="base + versions answer a prompt set, batched; results kept with each version")
     p.add_argument("refs", nargs="+")
@@ -84,10 +88,17 @@ def run_job(args: argparse.Namespace, emit: Emitter) -> dict[str, Any]:
 
     answers = compare_generate(
         store, args.refs, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_p=args.top_p, seed=args.seed, on_progress=emit.progress,
+        top_p=args.top_p, seed=args.seed, raw=args.raw, on_progress=emit.progress,
         on_text=lambda row, label, text: emit("text", row=row, label=label, text=text),
         on_warning=lambda message: emit("warning", message=message))
-    return {"answers": [a.to_json() for a in answers]}
+    result: dict[str, Any] = {"answers": [a.to_json() for a in answers]}
+    if args.reward:
+        from qlora_tui.registry.score import score_answers
+
+        result["scores"] = score_answers(store, args.reward, args.prompt, [a.text for a in answers],
+                                         on_progress=emit.progress)
+        result["reward_model"] = store.get(args.reward).ref
+    return result
 
 
 def serve(args: argparse.Namespace, emit: Emitter) -> int:

@@ -1,10 +1,12 @@
-"""Alignment measured before and after a preference run, on the same slice of pairs.
+"""Alignment measured before, during and after a preference or RL run, on the same slice of pairs.
 
 For a policy: does it give the chosen answer a higher log-probability than the
 rejected one (accuracy), and by how much (margin, in nats)? Before = the
 starting policy, which is also DPO's reference; the implicit reward of the
 trained adapter is beta * (margin after - margin before) per pair.
 For a reward model: does it score chosen above rejected, and by how much?
+For online RL: the reward model's score of the policy's answers, sampled as
+training samples them (what RL optimises) and greedy (what a user sees).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 MAX_PAIRS = 256
 RL_PROMPTS = 32
+RL_SAMPLES = 4  # sampled answers per prompt: the sampled reward is their mean
+SAMPLE_SEED = 1234  # the same draws before and after training, so the two means differ by the policy only
 BATCH = 8
 
 
@@ -53,40 +57,60 @@ def answer_logps(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]]
 
 def reward_scores(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]],
                   answers: list[list[dict[str, str]]], max_len: int) -> list[float]:
+    """The reward model's score of each (prompt, answer), rendered as the reward trainer rendered its pairs."""
     import torch
 
     out: list[float] = []
     for start in range(0, len(prompts), BATCH):
         texts = [tokenizer.apply_chat_template(p + a, tokenize=False)
                  for p, a in zip(prompts[start:start + BATCH], answers[start:start + BATCH])]
-        enc = tokenizer(texts, add_special_tokens=False, padding=True, truncation=True, max_length=max_len,
-                        return_tensors="pt")
+        enc = tokenizer(texts, add_special_tokens=False, padding=True, padding_side="right", truncation=True,
+                        max_length=max_len, return_tensors="pt")
         with torch.no_grad():
             logits = model(**{k: v.to(_device(model)) for k, v in enc.items()}).logits
         out.extend(float(x) for x in logits[:, 0])
     return out
 
 
+def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int,
+                     temperature: float | None = None, samples: int = 1) -> list[list[dict[str, str]]]:
+    """The policy's answers, `samples` per prompt (prompt-major): greedy when temperature is None, else sampled
+    as RL training samples (temperature, no top-k or top-p cut) from a fixed seed."""
+    import torch
+
+    rendered = [ids for ids in (_render(tokenizer, p, True) for p in prompts) for _ in range(samples)]
+    pad = tokenizer.pad_token_id
+    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad}
+    if temperature is None:
+        settings.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        settings.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+    texts: list[str] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SAMPLE_SEED)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(SAMPLE_SEED)
+        for start in range(0, len(rendered), BATCH * 2):
+            chunk = rendered[start:start + BATCH * 2]
+            width = max(len(ids) for ids in chunk)  # left padding: every row's answer starts at the same column
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in chunk]).to(_device(model))
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk]).to(_device(model))
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=mask, **settings)
+            texts.extend(tokenizer.batch_decode(out[:, width:], skip_special_tokens=True))
+    return [[{"role": "assistant", "content": text}] for text in texts]
+
+
 def greedy_answers(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]],
                    max_new_tokens: int) -> list[list[dict[str, str]]]:
     """The policy's greedy answer to each prompt (greedy, so before and after are comparable)."""
-    import torch
-
-    answers = []
-    for prompt in prompts:
-        ids = torch.tensor([_render(tokenizer, prompt, True)]).to(_device(model))
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        answers.append([{"role": "assistant", "content": text}])
-    return answers
+    return generate_answers(model, tokenizer, prompts, max_new_tokens)
 
 
 def measure(trainer: Any, tokenizer: Any, rows: list[dict[str, Any]], method: str, max_len: int,
-            max_new_tokens: int = 16) -> dict[str, Any]:
+            max_new_tokens: int = 16, temperature: float = 1.0) -> dict[str, Any]:
     """Per-pair chosen-minus-rejected differences (log-probs, or reward scores for a reward model);
-    for online RL, the reward model's score of the policy's greedy answers."""
+    for online RL, the reward model's mean score of the policy's sampled and greedy answers."""
     model = trainer.model
     was_training = model.training
     model.eval()
@@ -94,10 +118,8 @@ def measure(trainer: Any, tokenizer: Any, rows: list[dict[str, Any]], method: st
         rows = rows[:MAX_PAIRS]
         prompts = [p["prompt"] for p in rows]
         if method == "rlhf":
-            reward_model = trainer.reward_funcs[0]
-            answers = greedy_answers(model, tokenizer, prompts[:RL_PROMPTS], max_new_tokens)
-            scores = reward_scores(reward_model, tokenizer, prompts[:RL_PROMPTS], answers, max_len)
-            return {"pairs": len(scores), "mean_reward": sum(scores) / len(scores), "scores": scores}
+            return _measure_rl(model, trainer.reward_funcs[0], tokenizer, prompts[:RL_PROMPTS], max_len,
+                               max_new_tokens, temperature)
         score = reward_scores if method == "reward" else answer_logps
         chosen = score(model, tokenizer, prompts, [p["chosen"] for p in rows], max_len)
         rejected = score(model, tokenizer, prompts, [p["rejected"] for p in rows], max_len)
@@ -107,17 +129,53 @@ def measure(trainer: Any, tokenizer: Any, rows: list[dict[str, Any]], method: st
     return summarize(deltas)
 
 
+def _measure_rl(model: Any, reward_model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], max_len: int,
+                max_new_tokens: int, temperature: float) -> dict[str, Any]:
+    greedy = generate_answers(model, tokenizer, prompts, max_new_tokens)
+    greedy_scores = reward_scores(reward_model, tokenizer, prompts, greedy, max_len)
+    sampled = generate_answers(model, tokenizer, prompts, max_new_tokens, temperature, RL_SAMPLES)
+    repeated = [p for p in prompts for _ in range(RL_SAMPLES)]
+    sampled_scores = reward_scores(reward_model, tokenizer, repeated, sampled, max_len)
+    return {"pairs": len(prompts), "mean_reward": _mean(sampled_scores), "greedy_reward": _mean(greedy_scores),
+            "scores": greedy_scores, "sampled_scores": sampled_scores,
+            "examples": [a[0]["content"] for a in greedy[:3]]}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
 def summarize(deltas: list[float]) -> dict[str, Any]:
     n = len(deltas)
     return {"pairs": n, "accuracy": sum(d > 0 for d in deltas) / n if n else 0.0,
             "margin": sum(deltas) / n if n else 0.0, "deltas": deltas}
 
 
+def headline(result: dict[str, Any], method: str) -> dict[str, float]:
+    """The figures an `alignment_step` event carries and the monitor draws: accuracy and margin for pairs; the
+    sampled and greedy reward for RL."""
+    if method == "rlhf":
+        return {"align/reward": result["mean_reward"], "align/greedy_reward": result.get("greedy_reward", 0.0)}
+    return {"align/accuracy": result["accuracy"], "align/margin": result["margin"]}
+
+
+def rank_key(figures: dict[str, float], method: str) -> tuple[float, float]:
+    """Which of two measurements (headline figures) is better: higher accuracy, then margin; for RL, higher
+    sampled reward, then greedy."""
+    if method == "rlhf":
+        return (figures.get("align/reward", 0.0), figures.get("align/greedy_reward", 0.0))
+    return (figures.get("align/accuracy", 0.0), figures.get("align/margin", 0.0))
+
+
 def compare(before: dict[str, Any], after: dict[str, Any], method: str, beta: float) -> dict[str, float]:
     """Flat metrics for the registry (numbers only, so show/diff/the app can list them)."""
     if method == "rlhf":
-        return {"align/prompts": float(after["pairs"]), "align/reward_before": before["mean_reward"],
-                "align/reward_after": after["mean_reward"]}
+        metrics = {"align/prompts": float(after["pairs"]), "align/reward_before": before["mean_reward"],
+                   "align/reward_after": after["mean_reward"]}
+        if "greedy_reward" in before and "greedy_reward" in after:
+            metrics["align/greedy_reward_before"] = before["greedy_reward"]
+            metrics["align/greedy_reward_after"] = after["greedy_reward"]
+        return metrics
     metrics = {
         "align/pairs": float(after["pairs"]),
         "align/accuracy_before": before["accuracy"], "align/accuracy_after": after["accuracy"],

@@ -105,7 +105,7 @@ def _rename_text_field(raw: RawData, name: str) -> None:
     for row in raw.rows:
         if name not in row.values:
             raise DataError(f"{row.where}: row lacks {name!r} (data.text_field); it has "
-                            f"{', '.join(sorted(row.values)) or 'no columns'}")
+                            f"{', '.join(sorted(row.values)) or 'no columns'}", hint=text_field_hint(row))
         row.values = {**{k: v for k, v in row.values.items() if k != name}, "text": row.values[name]}
 
 
@@ -228,7 +228,8 @@ def detect_format(raw: RawData, declared: str) -> str:
     known = "; ".join(f"{n}: {', '.join(r)}" for n, (r, _) in FORMAT_COLUMNS.items())
     raise DataError(f"{raw.rows[0].where}: cannot tell the data format from the columns "
                     f"{', '.join(sorted(keys)) or '(none)'}; expected one of: {known}",
-                    hint="set data.format in the profile")
+                    hint="set data.format in the profile; for plain text under another column, data.format = "
+                         '"text" and data.text_field = "COLUMN"')
 
 
 def require_columns(row: Row, fmt: str) -> None:
@@ -237,7 +238,15 @@ def require_columns(row: Row, fmt: str) -> None:
     if missing:
         wanted = ", ".join(required) + (f" (optional: {', '.join(optional)})" if optional else "")
         raise DataError(f"{row.where}: {fmt} row lacks {', '.join(repr(m) for m in missing)}; "
-                        f"{fmt} rows have {wanted}")
+                        f"{fmt} rows have {wanted}", hint=text_field_hint(row) if fmt == "text" else "")
+
+
+def text_field_hint(row: Row) -> str:
+    """For plain text kept under another column: name data.text_field and the columns that could be it."""
+    columns = [k for k, v in row.values.items() if isinstance(v, str)] or sorted(row.values)
+    example = columns[0] if columns else "quote"
+    return (f'set data.text_field to the column that holds the text (e.g. data.text_field = "{example}"); '
+            f"this row has: {', '.join(columns) or 'no columns'}")
 
 
 def _text(row: Row, key: str, *, optional: bool = False) -> str:

@@ -215,6 +215,8 @@ class RunState:
     adapter_path: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
     reference: str = ""
+    alignment_slice: str = ""
+    warnings: list[str] = field(default_factory=list)
     events_seen: int = 0
 
 
@@ -241,6 +243,7 @@ def fold_event(state: RunState, event: dict[str, Any]) -> RunState:
         state.device = as_text(event.get("device"), state.device)
         state.max_steps = as_int(event.get("max_steps")) or state.max_steps
         state.reference = as_text(event.get("reference"), state.reference)
+        state.alignment_slice = as_text(event.get("alignment_slice"), state.alignment_slice)
         if state.started_t is None:
             state.started_t = t
         resumed = event.get("resumed_from_step")
@@ -265,6 +268,12 @@ def fold_event(state: RunState, event: dict[str, Any]) -> RunState:
             number = as_float(value)
             if key.startswith("align/") and number is not None:
                 state.metrics[key] = number
+    elif kind == "alignment_step":
+        step = int(event.get("step") or 0)
+        for key, value in event.items():
+            number = as_float(value)
+            if key.startswith("align/") and number is not None:
+                state.metric_history.setdefault(key, []).append((step, number))
     elif kind == "checkpoint":
         state.checkpoints.append((as_int(event.get("step")), str(event.get("path", ""))))
     elif kind == "log":
@@ -282,6 +291,8 @@ def fold_event(state: RunState, event: dict[str, Any]) -> RunState:
             mean = as_float(event.get("tokens_per_s"))
             if mean is not None:
                 state.tokens_per_s = mean  # the run's average, not its last step's
+            warnings = event.get("warnings")
+            state.warnings = [str(w) for w in warnings] if isinstance(warnings, list) else []
         elif kind == "error":
             state.error = {k: str(event.get(k, "")) for k in ("kind", "message", "hint")}
             if event.get("step") is not None:

@@ -77,7 +77,8 @@ def quantization_config(profile: Profile, sharded: bool = False) -> Any:
     shard them with the rest of the model."""
     q = profile.quant
     storage = compute_dtype_name(profile) if sharded else "uint8"
-    return bnb_config(q.bits, q.type, q.double_quant, q.compute_dtype, quant_storage=storage)
+    return bnb_config(q.bits, q.type, q.double_quant, q.compute_dtype, quant_storage=storage,
+                      int8_threshold=q.llm_int8_threshold)
 
 
 def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "CAUSAL_LM",

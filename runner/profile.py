@@ -58,6 +58,8 @@ class QuantSection:
     type: str = spec("nf4", "choice", "4-bit data type", choices=("nf4", "fp4"))
     double_quant: bool = spec(True, "bool", "quantize the quantization constants too (~0.4 bit/param saved)")
     compute_dtype: str = spec("auto", "choice", "dtype of the matmuls", choices=("auto", "bf16", "fp16", "fp32"))
+    llm_int8_threshold: float = spec(6.0, "number", "8-bit bases: activations above this stay in 16-bit "
+                                     "(LLM.int8 outliers)", min=0)
 
 
 @dataclass
@@ -104,10 +106,13 @@ class TrainSection:
     max_grad_norm: float = spec(1.0, "number", "gradient clipping norm (0: off)", min=0)
     gradient_checkpointing: bool = spec(True, "bool", "recompute activations in backward to save memory")
     seed: int = spec(42, "int", "random seed", min=0)
+    save_strategy: str = spec("steps", "choice", "checkpoint every save_steps steps, or at the end of each epoch",
+                              choices=("steps", "epoch"))
     save_steps: int = spec(50, "int", "checkpoint every N steps", min=1)
     save_total_limit: int = spec(2, "int", "complete checkpoints kept", min=1)
     logging_steps: int = spec(1, "int", "write a step event every N steps", min=1)
-    eval_steps: int = spec(0, "int", "evaluate every N steps (0: at the end only)", min=0)
+    eval_steps: int = spec(0, "int", "evaluate (and measure alignment) every N steps (0: at the end only)", min=0)
+    tf32: bool = spec(False, "bool", "TF32 matmuls on Ampere or newer GPUs (ignored without one)")
     packing: bool = spec(True, "bool", "padding-free batches: rows concatenated, attention kept within each row "
                          "(SFT; other methods pad)")
     liger: bool = spec(True, "bool", "Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU) when liger-kernel is "

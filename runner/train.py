@@ -38,6 +38,8 @@ from qlora_tui.runner.profile import Profile, load_profile
 from qlora_tui.runner.rundir import RunDir
 
 MEASURED_METHODS = ("dpo", "orpo", "kto", "reward", "rlhf")
+MEASURE_FRACTION = 0.2  # share of prompts held out for the alignment measure when data.eval_fraction is 0
+MIN_MEASURE_PROMPTS = 20  # below this, every row is trained on and the measure says it used training pairs
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Prepared:
     measure_slice: str = ""
     fast: FastPath | None = None  # attention kernel, packing and Liger, chosen before the weights load
     report_to: list[str] = field(default_factory=list)  # the trackers found usable at start
+    data_format: str = ""  # the detected row format: compare prompts raw for adapters trained on "text"
 
 
 def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
@@ -100,6 +103,7 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
         **(fast.as_event() if fast else {}), memory_estimate_gb=estimate_gb, memory_estimate_note=estimate_note,
         memory_measured=f"peak after step {MEMORY_CHECK_STEP}, in a memory_check event" if gpu
         else "not measured: CPU run (no GPU memory to compare with the estimate)",
+        alignment_slice=prepared.measure_slice,
     )
     if fast:
         writer.write("log", level="info", message=fast.summary())
@@ -122,6 +126,7 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     if stopped_while_starting(run, writer, stop_signalled, step=resumed_step or 0):
         return
     baseline = alignment_baseline(run, prepared, trainer, writer, resumed=resume_from is not None)
+    progress = alignment_progress(run, prepared, trainer, writer, baseline)
     started = time.monotonic()
     if resume_from is not None and checkpoint_is_final(resume_from):
         # Training already reached its last step: train no step past it, just save and register.
@@ -147,14 +152,15 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
         evaluation = trainer.evaluate()  # the callback writes it as an `eval` event
         metrics["eval_loss"] = evaluation.get("eval_loss")
     if baseline is not None:
-        metrics.update(alignment_after(prepared, trainer, baseline, writer))
+        metrics.update(alignment_after(prepared, trainer, baseline, writer, progress))
+    warnings = regression_warnings(prepared, trainer, metrics, writer)
     adapter = save_adapter(trainer, prepared.tokenizer, run)
     if adapter is None:  # another rank of a distributed run: rank 0 saves and registers
         return
-    ref = register(home, run, prepared, adapter, metrics)
+    ref = register(home, run, prepared, adapter, metrics, warnings)
     kill_point("runner.after-register")
     writer.write("done", step=trainer.state.global_step, adapter_path=str(ref.path), registry_ref=ref.ref,
-                 summary=metrics, tokens_per_s=mean_tokens_per_s(read_events(run.events_path)))
+                 summary=metrics, warnings=warnings, tokens_per_s=mean_tokens_per_s(read_events(run.events_path)))
 
 
 def stopped_while_starting(run: RunDir, writer: EventWriter, stop_signalled: Callable[[], bool], step: int) -> bool:
@@ -238,30 +244,62 @@ def prepare(profile: Profile, home: Path, writer: EventWriter) -> Prepared:
         notes = prepare_tokenizer(tokenizer, needs_chat_template=True)
         rows, report = preflight_alignment(tokenizer, converted, len(raw.rows), profile.train.max_seq_len, method,
                                            profile.method.max_completion_len, notes)
-        train_rows, eval_rows = split_eval(rows, fraction, seed)
-        pairs, pairs_slice = measurement_pairs(raw, profile, train_rows, eval_rows)
+        train_rows, eval_rows, pairs, pairs_slice = measurement_split(raw, profile, rows)
     writer.write("preflight", **report.as_event(), train_rows=len(train_rows), eval_rows=len(eval_rows))
     for note in notes:
         writer.write("log", level="warning", message=note)
     return Prepared(profile, base, tokenizer, train_rows, eval_rows, data_fingerprint(raw, profile.data),
-                    len(raw.rows), parent_ref, parent_path, pairs, pairs_slice, choose_fast_path(profile, config))
+                    len(raw.rows), parent_ref, parent_path, pairs, pairs_slice, choose_fast_path(profile, config),
+                    data_format=converted.format)
 
 
-def measurement_pairs(raw: Any, profile: Profile, train_rows: list[Any],
-                      eval_rows: list[Any]) -> tuple[list[dict[str, Any]], str]:
-    """The pairs alignment is measured on: held-out ones when there are, else (say so) training pairs."""
-    method = profile.train.method
-    if method not in MEASURED_METHODS:
-        return [], ""
-    if method == "kto":  # KTO trains on unpaired rows; measure on pairs only when the data had them
-        from qlora_tui.runner.preference_data import to_alignment_examples
+def measurement_split(raw: Any, profile: Profile, rows: list[Any]
+                      ) -> tuple[list[Any], list[Any], list[dict[str, Any]], str]:
+    """Training rows, eval rows, and the pairs (RL: prompts) alignment is measured on, with what they are.
 
-        if profile.data.format not in ("auto", "preference") or "chosen" not in raw.rows[0].values:
-            return [], ""
-        pairs = to_alignment_examples(raw, "dpo", "preference", profile.data.system_prompt).examples
-        held, rest = split_eval(pairs, profile.data.eval_fraction, profile.train.seed)
-        return (rest, "held-out pairs") if rest else (held, "training pairs")
-    return (eval_rows, "held-out pairs") if eval_rows else (train_rows, "training pairs")
+    The measure is taken on prompts the run never trains on: the eval split when
+    data.eval_fraction > 0, else MEASURE_FRACTION of the prompts set aside for it.
+    Splitting by prompt keeps a repeated pair (or a KTO row of a held-out pair) out of training.
+    """
+    method, fraction, seed = profile.train.method, profile.data.eval_fraction, profile.train.seed
+    pairs = kto_pairs(raw, profile) if method == "kto" else rows
+    if method not in MEASURED_METHODS or not pairs:  # SFT, or KTO rows without pairs to measure on
+        return *split_eval(rows, fraction, seed), [], ""
+    what = "prompts" if method == "rlhf" else "pairs"
+    prompts = list(dict.fromkeys(_prompt_key(p) for p in pairs))
+    if len(prompts) < MIN_MEASURE_PROMPTS and not fraction:
+        return rows, [], pairs, f"training {what} (too few prompts to hold any out)"
+    held = set(split_eval(prompts, fraction or MEASURE_FRACTION, seed)[1])
+    train = [r for r in rows if _prompt_key(r) not in held]
+    evaluation = [r for r in rows if _prompt_key(r) in held] if fraction else []
+    measured = [p for p in pairs if _prompt_key(p) in held]
+    why = ("the data.eval_fraction split" if fraction else
+           f"data.eval_fraction is 0, so {MEASURE_FRACTION:.0%} of the prompts were set aside for this measure")
+    return train, evaluation, measured, f"{len(measured)} held-out {what} ({why}; none is trained on)"
+
+
+def kto_pairs(raw: Any, profile: Profile) -> list[dict[str, Any]]:
+    """The preference pairs a KTO run's rows came from, when its data had pairs."""
+    from qlora_tui.runner.preference_data import to_alignment_examples
+
+    if profile.data.format not in ("auto", "preference") or "chosen" not in raw.rows[0].values:
+        return []
+    return to_alignment_examples(raw, "dpo", "preference", profile.data.system_prompt).examples
+
+
+def _prompt_key(row: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(row["prompt"], sort_keys=True)
+
+
+def measure_now(prepared: Prepared, trainer: Any) -> dict[str, Any]:
+    """The alignment figures of the policy (or reward model) as it is now, on the measurement slice."""
+    from qlora_tui.runner.alignment_eval import measure
+
+    profile = prepared.profile
+    return measure(trainer, prepared.tokenizer, prepared.measure_pairs, profile.train.method,
+                   profile.train.max_seq_len, profile.method.max_completion_len, profile.method.temperature)
 
 
 def alignment_baseline(run: RunDir, prepared: Prepared, trainer: Any, writer: EventWriter,
@@ -273,25 +311,52 @@ def alignment_baseline(run: RunDir, prepared: Prepared, trainer: Any, writer: Ev
         for event in read_events(run.events_path):
             if event.get("type") == "alignment_baseline":
                 return dict(event["baseline"])
-    from qlora_tui.runner.alignment_eval import measure
-
-    profile = prepared.profile
-    baseline = measure(trainer, prepared.tokenizer, prepared.measure_pairs, profile.train.method,
-                       profile.train.max_seq_len, profile.method.max_completion_len)
+    baseline = measure_now(prepared, trainer)
     writer.write("alignment_baseline", slice=prepared.measure_slice, baseline=baseline)
     return baseline
 
 
-def alignment_after(prepared: Prepared, trainer: Any, baseline: dict[str, Any],
-                    writer: EventWriter) -> dict[str, float]:
-    from qlora_tui.runner.alignment_eval import compare, measure
+def alignment_progress(run: RunDir, prepared: Prepared, trainer: Any, writer: EventWriter,
+                       baseline: dict[str, Any] | None) -> Any:
+    """Measure every train.eval_steps as training goes (an `alignment_step` event each), keeping the best step."""
+    if baseline is None:
+        return None
+    from qlora_tui.runner.alignment_callback import AlignmentProgress
+
+    progress = AlignmentProgress(writer, prepared.profile.train.method, prepared.profile.train.eval_steps,
+                                 lambda: measure_now(prepared, trainer))
+    earlier = [e for e in read_events(run.events_path) if e.get("type") == "alignment_step"]
+    if earlier:
+        progress.restore(earlier)
+    else:
+        progress.record(0, baseline)
+    trainer.add_callback(progress)
+    return progress
+
+
+def alignment_after(prepared: Prepared, trainer: Any, baseline: dict[str, Any], writer: EventWriter,
+                    progress: Any) -> dict[str, float]:
+    from qlora_tui.runner.alignment_eval import compare
 
     profile = prepared.profile
-    after = measure(trainer, prepared.tokenizer, prepared.measure_pairs, profile.train.method,
-                    profile.train.max_seq_len, profile.method.max_completion_len)
+    after = measure_now(prepared, trainer)
     metrics = compare(baseline, after, profile.train.method, profile.method.beta)
+    progress.record(trainer.state.global_step, after)
+    if profile.train.eval_steps:
+        metrics.update(progress.best_metrics())
     writer.write("alignment", slice=prepared.measure_slice, **metrics)
     return metrics
+
+
+def regression_warnings(prepared: Prepared, trainer: Any, metrics: dict[str, Any], writer: EventWriter) -> list[str]:
+    """What ended worse than it started (held-out alignment, eval loss), each also written as a warning log."""
+    from qlora_tui.runner.regression import alignment_warnings, eval_loss_warnings
+
+    warnings = alignment_warnings(metrics, prepared.profile.train.method, prepared.measure_slice)
+    warnings += eval_loss_warnings(trainer.state.log_history)
+    for warning in warnings:
+        writer.write("log", level="warning", message=warning)
+    return warnings
 
 
 def resolve_parent(profile: Profile, home: Path) -> tuple[str, Path | None]:
@@ -401,7 +466,8 @@ def adapter_lora_shape(adapter: Path) -> dict[str, Any] | None:
             "use_dora": bool(cfg.get("use_dora")), "use_rslora": bool(cfg.get("use_rslora"))}
 
 
-def register(home: Path, run: RunDir, prepared: Prepared, adapter: Path, metrics: dict[str, Any]) -> Any:
+def register(home: Path, run: RunDir, prepared: Prepared, adapter: Path, metrics: dict[str, Any],
+             warnings: list[str] | None = None) -> Any:
     from qlora_tui.registry.store import NewVersion, open_store
 
     profile = prepared.profile
@@ -412,11 +478,14 @@ def register(home: Path, run: RunDir, prepared: Prepared, adapter: Path, metrics
         dataset_fingerprint=prepared.dataset_fingerprint, metrics=metrics, parent=prepared.parent_ref,
         library_versions=library_versions(), run_id=run.run_id,
         extra={"quant": {"bits": profile.quant.bits, "type": profile.quant.type,
-                         "double_quant": profile.quant.double_quant, "compute_dtype": compute_dtype_name(profile)},
+                         "double_quant": profile.quant.double_quant, "compute_dtype": compute_dtype_name(profile),
+                         **({"llm_int8_threshold": profile.quant.llm_int8_threshold} if profile.quant.bits == 8
+                            else {})},
                "lora": adapter_lora_shape(adapter) or lora_shape(profile), "train_rows": len(prepared.train_data),
-               "device": distributed.describe_device(),
+               "device": distributed.describe_device(), "data_format": prepared.data_format,
                **({"fast_path": prepared.fast.as_event()} if prepared.fast else {}),
-               **({"alignment_slice": prepared.measure_slice} if prepared.measure_slice else {})},
+               **({"alignment_slice": prepared.measure_slice} if prepared.measure_slice else {}),
+               **({"warnings": warnings} if warnings else {})},
     )
     store = open_store(home)
     existing = store.find_by_run(run.run_id)

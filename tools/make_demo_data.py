@@ -83,6 +83,66 @@ def kto_rows(rng: random.Random) -> list[dict[str, object]]:
     return rows
 
 
+def task_answers(rng: random.Random) -> list[tuple[str, str, str]]:
+    """One row of each task: (prompt, complete answer, terse answer), both right."""
+    a, b = rng.randint(1, 50), rng.randint(1, 50)
+    words = rng.sample(COLOURS, 3)
+    capital, counted = rng.choice(WORDS), rng.choice(WORDS)
+    word, opposite = rng.choice(sorted(OPPOSITES.items()))
+    i = rng.randrange(7)
+    nums = rng.sample(range(1, 30), 3)
+    n = rng.randint(1, 99)
+    parity = "even" if n % 2 == 0 else "odd"
+    reverse, ordered = " ".join(reversed(words)), ", ".join(map(str, sorted(nums)))
+    return [
+        (f"Add the two numbers.\n\n{a} and {b}", f"{a} plus {b} is {a + b}.", str(a + b)),
+        (f"Reverse the order of the words.\n\n{' '.join(words)}", f"In reverse order the words are {reverse}.",
+         reverse),
+        (f"Write the word in capital letters.\n\n{capital}", f"In capital letters {capital} is {capital.upper()}.",
+         capital.upper()),
+        (f"What is the opposite of the word?\n\n{word}", f"The opposite of {word} is {opposite}.", opposite),
+        (f"Name the day that comes after the given day.\n\n{DAYS[i]}", f"{DAYS[(i + 1) % 7]} comes after {DAYS[i]}.",
+         DAYS[(i + 1) % 7]),
+        (f"Count the letters in the word.\n\n{counted}", f"{counted} has {len(counted)} letters.",
+         str(len(counted))),
+        (f"Sort the numbers from smallest to largest.\n\n{', '.join(map(str, nums))}",
+         f"From smallest to largest they are {ordered}.", ordered),
+        (f"Is the number even or odd?\n\n{n}", f"{n} is {parity}.", parity),
+    ]
+
+
+def mixed_style_rows(rng: random.Random, per_task: int = 40) -> list[dict[str, str]]:
+    """Instructions answered half the time in a complete sentence, half the time with the bare answer: what an SFT
+    policy learns from demonstrations written by different people."""
+    rows = []
+    for _ in range(per_task):
+        for prompt, complete, terse in task_answers(rng):
+            instruction, given = prompt.split("\n\n")
+            answer = complete if rng.random() < 0.5 else terse
+            rows.append({"instruction": instruction, "input": given, "output": answer})
+    rng.shuffle(rows)
+    return rows
+
+
+def sentence_preference_rows(rng: random.Random, per_task: int = 30) -> list[dict[str, str]]:
+    """Feedback on the mixed-style policy: the complete sentence (chosen) over the bare answer, or over the sentence
+    cut short or trailing off in repeats (rejected). Each judgement is visible in the answer itself, so what is
+    learnt carries over to prompts never seen; the long rejects keep "longer is better" from being the lesson."""
+    rows = []
+    for _ in range(per_task):
+        for prompt, complete, terse in task_answers(rng):
+            kind, words = rng.random(), complete.removesuffix(".").split()
+            if kind < 0.5:
+                rejected = terse
+            elif kind < 0.75:
+                rejected = " ".join(words[:-1])
+            else:
+                rejected = " ".join(words + words[-1:] * 2)
+            rows.append({"prompt": prompt, "chosen": complete, "rejected": rejected})
+    rng.shuffle(rows)
+    return rows
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
@@ -94,6 +154,8 @@ def main() -> None:
     write_jsonl(ASSETS / "demo-instructions.jsonl", sft_rows(random.Random(1234)))
     write_jsonl(ASSETS / "demo-preferences.jsonl", preference_rows(random.Random(5678)))
     write_jsonl(ASSETS / "demo-kto.jsonl", kto_rows(random.Random(91011)))
+    write_jsonl(ASSETS / "demo-mixed-instructions.jsonl", mixed_style_rows(random.Random(2468)))
+    write_jsonl(ASSETS / "demo-sentence-preferences.jsonl", sentence_preference_rows(random.Random(1357)))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from qlora_tui.core.errors import UserFacingError, is_disk_full
 from qlora_tui.core.home import data_home
-from qlora_tui.tui.commands import adapters, cluster, judge, plan, preview, queue, registry_ops, runs
+from qlora_tui.tui.commands import adapters, cluster, judge, plan, preview, queue, registry_ops, runs, score
 
-COMMAND_MODULES = (runs, adapters, plan, preview, registry_ops, judge, queue, cluster)
+COMMAND_MODULES = (runs, adapters, plan, preview, registry_ops, judge, score, queue, cluster)
 
 
 def cmd_app(args: argparse.Namespace, home: Path) -> int:

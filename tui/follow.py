@@ -34,6 +34,32 @@ def step_line(state: RunState) -> str:
     return "  ".join(parts)
 
 
+def _change(summary: dict[str, Any], name: str) -> str | None:
+    before, after = summary.get(f"align/{name}_before"), summary.get(f"align/{name}_after")
+    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
+        return None
+    return f"{number(before)} -> {number(after)}"
+
+
+def alignment_lines(method: str, summary: dict[str, Any]) -> list[str]:
+    """The before/after alignment figures of a finished preference, reward or RL run."""
+    lines = []
+    if method == "rlhf":
+        sampled, greedy = _change(summary, "reward"), _change(summary, "greedy_reward")
+        if sampled:
+            lines.append(f"reward of sampled answers (what RL optimises): {sampled}")
+        if greedy:
+            lines.append(f"reward of greedy answers: {greedy}")
+    else:
+        accuracy, margin = _change(summary, "accuracy"), _change(summary, "margin")
+        if accuracy:
+            what = "ranking accuracy" if method == "reward" else "preference accuracy"
+            lines.append(f"{what}: {accuracy}, mean margin {margin}")
+    if lines and isinstance(summary.get("align/best_step"), (int, float)):
+        lines.append(f"best measured at step {int(summary['align/best_step'])}")
+    return lines
+
+
 class ProgressPrinter:
     """Turns events into lines: one rewritten status line on a terminal, a line every few seconds otherwise."""
 
@@ -61,6 +87,10 @@ class ProgressPrinter:
             elif now - self.last_print >= 5 or state.step in (1, state.max_steps):
                 self._line(step_line(state))
                 self.last_print = now
+        elif kind == "done":
+            self._line(str(event_text(event)))
+            for line in alignment_lines(state.method, dict(event.get("summary") or {})):
+                self._line(f"  {line}")
         elif kind == "stopped":
             self._line(f"stopped at step {event.get('step')}; continue with: qlora-tui resume {state.run_id}")
         else:

@@ -36,13 +36,16 @@ def event_text(event: dict[str, Any]) -> str | None:
     if kind == "start":
         resumed = event.get("resumed_from_step")
         return (f"training {event.get('profile_name')} ({event.get('method')}) on {event.get('base_model')}, "
-                f"{event.get('device')}" + (f", resuming at step {as_int(resumed)}" if resumed is not None else ""))
+                f"{event.get('device')}" + (f", resuming at step {as_int(resumed)}" if resumed is not None else "")
+                + (f"\nalignment is measured on {event['alignment_slice']}" if event.get("alignment_slice") else ""))
     if kind == "checkpoint":
         return f"checkpoint at step {as_int(event.get('step'))}: {event.get('path')}"
     if kind == "eval":
         return f"eval at step {as_int(event.get('step'))}: loss {number(as_float(event.get('eval_loss')))}"
     if kind == "done":
-        return f"done: registered {event.get('registry_ref')}\n  files: {event.get('adapter_path')}"
+        warnings = event.get("warnings")
+        return (f"done: registered {event.get('registry_ref')}\n  files: {event.get('adapter_path')}"
+                + "".join(f"\nwarning: {w}" for w in (warnings if isinstance(warnings, list) else [])))
     if kind == "stopped":
         return f"stopped at step {as_int(event.get('step'))}"
     if kind == "error":

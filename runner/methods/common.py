@@ -42,7 +42,7 @@ def trainer_arguments(profile: Profile, output_dir: str, has_eval: bool, fast: F
         gradient_checkpointing_kwargs={"use_reentrant": False},
         seed=t.seed,
         data_seed=t.seed,
-        save_strategy="steps",
+        save_strategy=t.save_strategy,
         save_steps=t.save_steps,
         save_total_limit=None,  # the callback keeps its own count of *complete* checkpoints
         logging_steps=t.logging_steps,
@@ -55,6 +55,7 @@ def trainer_arguments(profile: Profile, output_dir: str, has_eval: bool, fast: F
         disable_tqdm=True,
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
+        tf32=True if t.tf32 and tf32_available() else None,
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
         remove_unused_columns=False,
@@ -64,15 +65,49 @@ def trainer_arguments(profile: Profile, output_dir: str, has_eval: bool, fast: F
     return args
 
 
-def attach_lora(model: Any, profile: Profile, parent_path: Any, task_type: str = "CAUSAL_LM") -> Any:
-    """A fresh LoRA from the profile, or the parent adapter's weights made trainable again."""
-    from peft import PeftModel, get_peft_model
+def tf32_available() -> bool:
+    """TF32 matmuls exist on Ampere or newer NVIDIA GPUs only; elsewhere train.tf32 is a no-op, not an error."""
+    import torch
 
-    if parent_path is not None:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
+def attach_lora(model: Any, profile: Profile, parent_path: Any, task_type: str = "CAUSAL_LM") -> Any:
+    """A fresh LoRA from the profile, or the parent adapter's weights made trainable again.
+
+    A reward model may start from an SFT policy's adapter (as InstructGPT starts
+    its reward model from the SFT model): its LoRA weights, plus a new score head.
+    """
+    from peft import PeftConfig, PeftModel, get_peft_model
+
+    if parent_path is None:
+        # FSDP-QLoRA: the LoRA stays in the base's storage dtype, as FSDP shards one dtype per unit
+        same_dtype = distributed.sharded() and profile.quant.bits == 4
+        return get_peft_model(model, lora_config(profile, task_type), autocast_adapter_dtype=not same_dtype)
+    config = PeftConfig.from_pretrained(str(parent_path))
+    if task_type != "SEQ_CLS" or config.task_type == "SEQ_CLS":
         return PeftModel.from_pretrained(model, str(parent_path), is_trainable=True)
-    # FSDP-QLoRA: the LoRA stays in the base's storage dtype, as FSDP shards one dtype per unit
-    same_dtype = distributed.sharded() and profile.quant.bits == 4
-    return get_peft_model(model, lora_config(profile, task_type), autocast_adapter_dtype=not same_dtype)
+    config.task_type, config.modules_to_save = "SEQ_CLS", [*(config.modules_to_save or []), "score"]
+    config.inference_mode = False  # a saved config says True: its weights would load frozen
+    return load_lora_weights(get_peft_model(model, config), parent_path)
+
+
+def load_lora_weights(model: Any, adapter_dir: Any) -> Any:
+    """Copy a saved adapter's LoRA weights into `model`'s "default" adapter of the same shape; every one must fit."""
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    used = set()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            key = name.replace(".default.", ".")
+            if ".lora_" in name and key in saved:
+                param.copy_(saved[key].to(param.dtype))
+                used.add(key)
+    if used != set(saved):
+        raise AssertionError(f"adapter weights not placed: {sorted(set(saved) - used)[:3]}")
+    return model
 
 
 def load_policy(prepared: Any, writer: EventWriter, task_type: str = "CAUSAL_LM") -> Any:
@@ -80,13 +115,16 @@ def load_policy(prepared: Any, writer: EventWriter, task_type: str = "CAUSAL_LM"
     from transformers import set_seed
 
     profile = prepared.profile
+    if profile.train.tf32 and not tf32_available():
+        writer.write("log", level="info", message="train.tf32 has no effect here: TF32 needs an Ampere or newer GPU")
     set_seed(profile.train.seed)  # the LoRA init draws random numbers before the Trainer seeds anything
     model = load_base_for_training(profile, prepared.base, task_type=task_type,
                                    pad_token_id=prepared.tokenizer.pad_token_id,
                                    attn_implementation=attention(prepared))
     if prepared.parent_path is not None:
+        head = ", with a new score head for the reward" if task_type == "SEQ_CLS" else ""
         writer.write("log", level="info", message=f"continuing adapter {prepared.parent_ref}: its weights and "
-                                                  "LoRA shape are used, [lora] is ignored")
+                                                  f"LoRA shape are used{head}, [lora] is ignored")
     return attach_lora(model, profile, prepared.parent_path, task_type)
 
 

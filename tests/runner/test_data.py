@@ -170,3 +170,18 @@ def test_a_data_path_is_checked_as_the_run_will_read_it(tmp_path: Path) -> None:
     assert err.value.hint == f"a relative path is taken from {tmp_path}"
     with pytest.raises(DataError, match="no such file"):
         checked_data_path(str(tmp_path / "gone.jsonl"), Path("/"))
+
+
+def test_a_text_set_without_a_text_column_names_data_text_field_in_its_hint(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "quotes.jsonl", [{"quote": "Be yourself.", "author": "Wilde"}])
+    with pytest.raises(DataError) as err:
+        convert(path, "text")
+    assert err.value.message == f"{path}:1: text row lacks 'text'; text rows have text"
+    assert err.value.hint.startswith('set data.text_field to the column that holds the text (e.g. data.text_field = '
+                                     '"quote")') and "this row has: quote, author" in err.value.hint
+    with pytest.raises(DataError) as err:
+        convert(path, "text", text_field="body")
+    assert "data.text_field" in err.value.hint
+    with pytest.raises(DataError) as err:
+        convert(path)  # auto cannot tell: the hint says how to name a text column
+    assert 'data.format = "text" and data.text_field = "COLUMN"' in err.value.hint

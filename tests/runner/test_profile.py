@@ -138,3 +138,27 @@ def test_overrides_are_validated_like_the_file_and_name_the_set(tmp_path: Path) 
         assert err.value.message.startswith(message), err.value.message
     relative = apply_overrides(profile, ["data.path=rows.jsonl"], base=tmp_path)
     assert relative.data.path == str(tmp_path / "rows.jsonl")
+
+
+def test_recipe_knobs_tf32_save_strategy_and_int8_threshold(tmp_path: Path) -> None:
+    text = ('[data]\npath = "x.jsonl"\n[quant]\nbits = 8\nllm_int8_threshold = 5.0\n'
+            '[train]\ntf32 = true\nsave_strategy = "epoch"\n')
+    profile = load_profile(write(tmp_path, text))
+    assert (profile.train.tf32, profile.train.save_strategy, profile.quant.llm_int8_threshold) == (True, "epoch", 5.0)
+    assert load_profile(save_profile(profile, tmp_path / "again.toml")) == profile
+    defaults = load_profile(write(tmp_path, '[data]\npath = "x.jsonl"\n'))
+    assert (defaults.train.tf32, defaults.train.save_strategy, defaults.quant.llm_int8_threshold) == (
+        False, "steps", 6.0)
+    with pytest.raises(ProfileError, match=r':4: train.save_strategy: must be one of steps, epoch; got "end"'):
+        load_profile(write(tmp_path, '[data]\npath = "x.jsonl"\n[train]\nsave_strategy = "end"\n'))
+    with pytest.raises(ProfileError, match=r"quant.llm_int8_threshold: must be >= 0, got -1.0"):
+        load_profile(write(tmp_path, '[data]\npath = "x.jsonl"\n[quant]\nllm_int8_threshold = -1.0\n'))
+
+
+def test_the_8bit_threshold_reaches_bitsandbytes() -> None:
+    from qlora_tui.runner.model import quantization_config
+
+    profile = load_profile(ROOT / "profiles" / "llama_2_7b_lora8bit_sft.toml")
+    profile.quant.llm_int8_threshold = 4.5
+    config = quantization_config(profile)
+    assert config.load_in_8bit and config.llm_int8_threshold == 4.5

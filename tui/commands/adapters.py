@@ -44,6 +44,8 @@ def cmd_show(args: argparse.Namespace, home: Path) -> int:
         print_json(version.to_json() | {"lineage": [v.ref for v in store.lineage(version.ref)], "evals": evals})
         return 0
     print(f"{version.ref}  ({version.kind})")
+    for warning in version.extra.get("warnings") or []:
+        print(f"  warning: {warning}")
     lines = [
         ("base model", f"{version.base_model}" + (f"  [{version.base_revision}]" if version.base_revision else "")),
         ("method", version.method or "-"),
@@ -66,7 +68,8 @@ def cmd_show(args: argparse.Namespace, home: Path) -> int:
             shown = number(value) if isinstance(value, (int, float)) else json.dumps(value)
             print(f"    {key}: {shown}")
     for key, value in sorted(version.extra.items()):
-        print(f"  {key}: {json.dumps(value)}")
+        if key != "warnings":
+            print(f"  {key}: {json.dumps(value)}")
     if version.library_versions:
         print("  libraries  " + ", ".join(f"{k} {v}" for k, v in sorted(version.library_versions.items())))
     print("  files")

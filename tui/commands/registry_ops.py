@@ -200,15 +200,28 @@ def cmd_merge(args: argparse.Namespace, home: Path) -> int:
 def cmd_compare(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.registry.compare import compare_generate
 
-    answers = compare_generate(_store(home), args.refs, args.prompt, max_new_tokens=args.max_new_tokens,
-                               temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+    store = _store(home)
+    if args.reward:
+        from qlora_tui.registry.score import reward_version
+
+        reward_version(store, args.reward)  # a wrong ref fails before the base is loaded for generation
+    answers = compare_generate(store, args.refs, args.prompt, max_new_tokens=args.max_new_tokens,
+                               temperature=args.temperature, top_p=args.top_p, seed=args.seed, raw=args.raw,
                                on_progress=None if args.json else _progress,
                                on_warning=lambda message: print(f"warning: {message}", file=sys.stderr))
+    scores: list[float | None] = [None] * len(answers)
+    if args.reward:
+        from qlora_tui.registry.score import score_answers
+
+        scores = list(score_answers(store, args.reward, args.prompt, [a.text for a in answers],
+                                    on_progress=None if args.json else _progress))
     if args.json:
-        print_json([a.to_json() for a in answers])
+        print_json([a.to_json() | ({"score": s} if s is not None else {}) for a, s in zip(answers, scores)])
         return 0
-    for answer in answers:
-        print(f"== {answer.label}  ({answer.seconds:.2f} s, {answer.new_tokens} tokens)")
+    ranked = sorted((s for s in scores if s is not None), reverse=True)
+    for answer, score in zip(answers, scores):
+        scored = f", reward {score:+.3f} (#{ranked.index(score) + 1})" if score is not None else ""
+        print(f"== {answer.label}  ({answer.seconds:.2f} s, {answer.new_tokens} tokens{scored})")
         print(answer.text.strip() or "(empty answer)")
     return 0
 
@@ -294,6 +307,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action=argparse.BooleanOptionalAction, default=None,
+                   help="send the prompt as typed, not through the chat template (default: raw when every version "
+                        "was trained on plain text; --no-raw forces the template)")
+    p.add_argument("--reward", metavar="REF", help="a reward model version that scores and ranks every answer")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
 

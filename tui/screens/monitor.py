@@ -27,7 +27,8 @@ from qlora_tui.tui.widgets.gpu_panel import GpuPanel
 
 POLL_S = 0.5
 GPU_POLL_S = 2.0
-METRIC_SERIES = ("rewards/accuracies", "rewards/margins", "accuracy", "reward", "kl")
+METRIC_SERIES = {"rewards/accuracies": "green", "rewards/margins": "blue", "accuracy": "green", "reward": "green",
+                 "kl": "red", "align/accuracy": "magenta", "align/reward": "magenta", "align/greedy_reward": "yellow"}
 SUPERSEDED_STYLE = "grey42"  # steps an earlier life logged and a resumed one did again
 CRASH_LOG_LINES = 4
 
@@ -55,6 +56,8 @@ def status_line(follower: RunFollower) -> Text:
     elif status == "stopping":
         text.append("\nstopping: it saves a checkpoint at the end of its step (while starting, between stages)",
                     style="yellow")
+        for warning in s.warnings:
+            text.append(f"\nwarning: {warning}", style="bold yellow")
     elif status == "failed" and s.error:
         text.append(f"\nerror ({s.error.get('kind')}): {s.error.get('message')}", style="red")
         if s.error.get("hint"):
@@ -160,8 +163,8 @@ class MonitorScreen(ShowsWorkerErrors, Screen[None]):
             loss.insert(0, Series("redone", state.superseded_loss, SUPERSEDED_STYLE))
         self.query_one("#loss-chart", LineChart).set_series(loss, markers=state.resumes)
         self.query_one("#lr-chart", LineChart).set_series([Series("lr", state.lr_history, "yellow")])
-        extra = [Series(k, state.metric_history[k], style) for k, style in
-                 zip(METRIC_SERIES, ("green", "blue", "green", "green", "red")) if k in state.metric_history]
+        extra = [Series(k, state.metric_history[k], style) for k, style in METRIC_SERIES.items()
+                 if k in state.metric_history]
         chart = self.query_one("#metric-chart", LineChart)
         chart.display = bool(extra)
         chart.set_series(extra)

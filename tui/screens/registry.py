@@ -39,6 +39,8 @@ def details_text(version: AdapterVersion, lineage: list[str]) -> Text:
     text = Text()
     text.append(f"{version.ref}", style="bold")
     text.append(f"  ({version.kind})\n", style="dim")
+    for warning in version.extra.get("warnings") or []:
+        text.append(f"warning: {warning}\n", style="bold yellow")
     rows = [
         ("base model", version.base_model + (f"  [{version.base_revision}]" if version.base_revision else "")),
         ("method", version.method or "-"),
@@ -59,7 +61,7 @@ def details_text(version: AdapterVersion, lineage: list[str]) -> Text:
         for key, value in sorted(version.metrics.items()):
             shown = number(value) if isinstance(value, (int, float)) else json.dumps(value)
             text.append(f"  {key}: {shown}\n")
-    for key, value in sorted(version.extra.items()):
+    for key, value in sorted((k, v) for k, v in version.extra.items() if k != "warnings"):
         text.append(f"\n{key}: ", style="bold")
         text.append(json.dumps(value) if not isinstance(value, str) else value)
     text.append("\n\nfiles\n", style="bold")
