@@ -3,7 +3,7 @@
 Chains, each in a fresh data home per seed (every stage's train.seed set to it):
   RLHF:       qlora-tui run demo-rlhf-sft, demo-rlhf-reward, demo-rlhf
   SFT -> DPO: demo-rlhf-sft, then demo-dpo with [model] adapter = "demo-rlhf-sft"
-  DPO:        demo-dpo from the bare base
+  DPO:        demo-dpo from the bare base ([model] adapter = "")
 Prints one row per method and seed, then a markdown table of mean and spread (min..max) for docs/alignment.md.
 Usage: python bench/bench_alignment.py [--seeds 1 2 3] [--steps-scale 1.0] [--only rlhf,sft-dpo,dpo]
 """
@@ -81,7 +81,7 @@ def chains(work: Path, seed: int, scale: float, only: set[str]) -> list[tuple[st
         path = profile_file(home, "demo-dpo", seed, scale, model__adapter="demo-rlhf-sft")
         out.append(("sft-dpo", run(home, path, name="sft-dpo")))
     if "dpo" in only:
-        out.append(("dpo", run(home, profile_file(home, "demo-dpo", seed, scale))))
+        out.append(("dpo", run(home, profile_file(home, "demo-dpo", seed, scale, model__adapter=""), name="bare-dpo")))
     return out
 
 
