@@ -22,6 +22,7 @@ from qlora_tui.registry.compare import (
     base_key,
     generate_answers,
     load_session,
+    raw_by_default,
     resolve_versions,
 )
 from qlora_tui.registry.store import Store
@@ -55,6 +56,8 @@ class Playground:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.session: CompareSession | None = None
+        self.scorer: Any = None  # a loaded registry.score.RewardModel, kept for the next prompt like the session
+        self.last_raw = False  # whether the last answers were to the prompt as typed
 
     @property
     def refs(self) -> list[str]:
@@ -90,19 +93,37 @@ class Playground:
                 (on_warning or (lambda message: None))(warning)
         return report
 
-    def ask(self, prompt: str, *, history: dict[str, list[dict[str, str]]] | None = None,
+    def ask(self, prompt: str, *, history: dict[str, list[dict[str, str]]] | None = None, raw: bool | None = None,
             on_text: TextCallback | None = None, on_progress: Progress | None = None,
-            **decoding: Any) -> list[Answer]:
-        """Answer with the loaded session (choose() first): the base and each adapter, one batched call."""
+            on_warning: Warn | None = None, **decoding: Any) -> list[Answer]:
+        """Answer with the loaded session (choose() first): the base and each adapter, one batched call.
+
+        `raw` None: the prompt as typed when every version was trained on plain text, else the chat template.
+        """
         assert self.session is not None, "choose() loads the versions first"
-        return generate_answers(self.session, prompt, history=history, on_text=on_text, on_progress=on_progress,
-                                **decoding)
+        if raw is None:
+            raw, mixed = raw_by_default(self.session.versions)
+            if mixed and on_warning is not None:
+                on_warning(mixed)
+        self.last_raw = raw
+        return generate_answers(self.session, prompt, history=history, raw=raw, on_text=on_text,
+                                on_progress=on_progress, **decoding)
+
+    def score(self, ref: str, prompt: str, answers: list[str], on_progress: Progress | None = None) -> list[float]:
+        """A reward model's score of each answer, the reward model kept loaded while it stays the one asked for."""
+        from qlora_tui.registry.score import RewardModel, as_turns
+
+        if self.scorer is None or self.scorer.version.id != self.store.get(ref).id:
+            self.scorer = None
+            self.scorer = RewardModel(self.store, ref, on_progress)
+        turns = as_turns(prompt, "user", "prompt", "prompt")
+        return self.scorer.score([(turns, [{"role": "assistant", "content": a}]) for a in answers])
 
     def free(self) -> list[str]:
         """Drop the loaded session (base and adapters) and give its memory back; the refs it held."""
         held = self.refs
-        if self.session is not None:
-            self.session = None
+        if self.session is not None or self.scorer is not None:
+            self.session = self.scorer = None
             gc.collect()
             import torch
 

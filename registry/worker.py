@@ -104,11 +104,14 @@ def run_job(args: argparse.Namespace, emit: Emitter) -> dict[str, Any]:
 def serve(args: argparse.Namespace, emit: Emitter) -> int:
     """Answer requests from stdin, one JSON object a line, with the models kept loaded between them, until EOF.
 
-    Requests: {"op": "load", "refs": [...]}; {"op": "generate", "id", "refs", "prompt", "history"?,
-    "max_new_tokens", "temperature", "top_p", "seed"}; {"op": "free"}. Answers: "ready" (pid) once;
-    "loaded" (refs, base_loaded, loaded, freed, seconds) only when the chosen versions changed what is in
-    memory; "text" (id, row, label, text) as tokens arrive; "answers" (id, answers); "freed"; "error"
-    (id, message, hint, kind), after which the worker goes on serving.
+    Requests: {"op": "load", "refs": [...]}; {"op": "generate", "id", "refs", "prompt", "history"?, "raw"?,
+    "reward"?, "max_new_tokens", "temperature", "top_p", "seed"}; {"op": "free"}. `raw` true sends the
+    prompt as typed, false through the chat template, absent or null decides from the versions (raw when
+    all were trained on plain text); `reward` names a reward version that scores every answer. Answers:
+    "ready" (pid) once; "loaded" (refs, base_loaded, loaded, freed, seconds) only when the chosen versions
+    changed what is in memory; "text" (id, row, label, text) as tokens arrive; "answers" (id, answers, raw);
+    "scores" (id, reward_model, scores: one per answer, base first); "freed"; "error" (id, message, hint,
+    kind), after which the worker goes on serving.
     """
     from qlora_tui.registry.playground import Playground
     from qlora_tui.registry.store import open_store
@@ -139,13 +142,20 @@ def handle_request(playground: Any, line: str, emit: Emitter) -> None:
             if report.changed:
                 emit("loaded", id=rid, **report.to_json())
         if op == "generate":
+            raw = request.get("raw")
+            prompt = str(request.get("prompt", ""))
             answers = playground.ask(
-                str(request.get("prompt", "")), history=request.get("history"),
+                prompt, history=request.get("history"), raw=raw if isinstance(raw, bool) else None,
                 max_new_tokens=int(request.get("max_new_tokens", 64)),
                 temperature=float(request.get("temperature", 0.0)), top_p=float(request.get("top_p", 1.0)),
                 seed=int(request.get("seed", 0)), on_progress=emit.progress,
+                on_warning=lambda message: emit("warning", id=rid, message=message),
                 on_text=lambda row, label, text: emit("text", id=rid, row=row, label=label, text=text))
-            emit("answers", id=rid, answers=[a.to_json() for a in answers])
+            emit("answers", id=rid, answers=[a.to_json() for a in answers], raw=playground.last_raw)
+            if request.get("reward"):
+                scores = playground.score(str(request["reward"]), prompt, [a.text for a in answers],
+                                          on_progress=emit.progress)
+                emit("scores", id=rid, reward_model=str(request["reward"]), scores=scores)
         elif op == "free":
             emit("freed", id=rid, refs=playground.free())
         elif op != "load":

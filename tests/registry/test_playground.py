@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from qlora_tui.registry.compare import compare_generate, render_conversation
 from qlora_tui.registry.store import open_store
 from tests.registry.conftest import tiny_dir
@@ -118,3 +120,32 @@ def test_chat_turns_answer_as_separate_generate_calls_over_each_rows_conversatio
         out = model.generate(**ids, max_new_tokens=10, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         assert tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True) == answer["text"], \
             answer["label"]
+
+
+def test_raw_prompts_and_a_reward_model_that_scores_the_answers(ops_copy: Path) -> None:
+    """Issue 13: `raw` sends the prompt as typed (what a model trained on plain text continues), and a reward
+    version named in the request scores every answer, base first, as `score` would."""
+    from qlora_tui.registry.score import score_answers
+    from qlora_tui.runner.profile import load_profile
+    from tests.conftest import ROOT, run_to_end
+
+    reward = load_profile(ROOT / "profiles" / "demo-rlhf-reward.toml")
+    reward.name, reward.train.max_steps, reward.train.save_steps, reward.data.max_rows = "rm", 8, 8, 40
+    run_to_end(ops_copy, reward)
+    serve = Serve(ops_copy)
+    try:
+        templated = serve.ask({"op": "generate", "id": 1, "refs": ["quick@1"], "prompt": PROMPT, "max_new_tokens": 8})
+        raw = serve.ask({"op": "generate", "id": 2, "refs": ["quick@1"], "prompt": PROMPT, "max_new_tokens": 8,
+                         "raw": True, "reward": "rm"})
+        scored = serve.read_until("scores", "error")
+    finally:
+        serve.close()
+    assert templated[-1]["raw"] is False and raw[-1]["raw"] is True  # quick was trained on chat rows: template
+    store = open_store(ops_copy)
+    as_typed = compare_generate(store, ["quick@1"], PROMPT, max_new_tokens=8, raw=True)
+    assert [a["text"] for a in raw[-1]["answers"]] == [a.text for a in as_typed]
+    assert [a["text"] for a in raw[-1]["answers"]] != [a["text"] for a in templated[-1]["answers"]]
+    (line,) = of_type(scored, "scores")
+    assert line["id"] == 2 and line["reward_model"] == "rm"
+    expected = score_answers(store, "rm@1", PROMPT, [a["text"] for a in raw[-1]["answers"]])
+    assert line["scores"] == pytest.approx(expected, abs=1e-4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textual.widgets import SelectionList
+from textual.widgets import SelectionList, Static
 
 from qlora_tui.tui.app import QloraApp, make_app
 from qlora_tui.tui.screens.compare import CompareScreen
@@ -36,3 +36,27 @@ async def test_the_palette_lists_help_once(tmp_path: Path) -> None:
         titles = [command.title for command in app.get_system_commands(app.screen)]
         assert titles.count("Help") == 1 and "Keys" not in titles  # one entry for the keys, not two
         assert len(titles) == len(set(titles))
+
+
+async def test_ctrl_r_sends_the_prompt_raw_and_chat_goes_back_to_the_template(tmp_path: Path) -> None:
+    """Issue 13: the prompt form is on the mode line; ctrl+r switches to the prompt as typed, chat mode to the
+    template (a conversation needs it)."""
+    app = make_app(build_demo_home(tmp_path / "home"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+
+        def mode() -> str:
+            return str(screen.query_one("#compare-mode", Static).render())
+
+        await wait_for(pilot, lambda: "template, auto (ctrl+r)" in mode(), 10, "the automatic prompt form")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: "single prompts" in mode() and "raw (ctrl+r)" in mode(), 10, "raw prompts")
+        assert screen.raw is True
+        await pilot.press("ctrl+t")
+        await wait_for(pilot, lambda: mode().startswith("chat, turn 1") and "template (ctrl+r)" in mode(), 10,
+                       "chat with the template")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: mode().startswith("single prompts") and "raw (ctrl+r)" in mode(), 10,
+                       "raw again, which ends the chat")

@@ -73,10 +73,13 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
     AUTO_FOCUS = "#versions"  # not the prompt box: it would take the number keys that switch screens
     BINDINGS = [Binding("ctrl+g", "generate", "Generate"),
                 Binding("ctrl+t", "toggle_chat", "Chat on/off"),
-                Binding("ctrl+n", "new_chat", "New chat")]
+                Binding("ctrl+n", "new_chat", "New chat"),
+                Binding("ctrl+r", "toggle_raw", "Raw prompt")]
     PALETTE = [("Generate comparison", "Base and chosen versions answer the prompt (ctrl+g)", "action_generate"),
                ("Toggle chat mode", "Keep each pane's conversation, turn after turn (ctrl+t)", "action_toggle_chat"),
-               ("New chat", "Forget the conversation; the models stay loaded (ctrl+n)", "action_new_chat")]
+               ("New chat", "Forget the conversation; the models stay loaded (ctrl+n)", "action_new_chat"),
+               ("Toggle raw prompt", "Send the prompt as typed, or through the chat template (ctrl+r)",
+                "action_toggle_raw")]
 
     class Streamed(Message):
         def __init__(self, line: dict[str, Any]) -> None:
@@ -96,6 +99,10 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
         self.worker: PlaygroundWorker | None = None
         self.chat = False
         self.history: dict[str, list[Turn]] = {}  # chat mode: each label's turns so far
+        self.raw: bool | None = None  # the prompt as typed; None: as the versions were trained (text data: raw)
+        self.raw_used = False  # what the worker did with the last prompt
+        self.kinds: dict[str, str] = {}  # ref -> kind of the listed versions ("reward" ones score the answers)
+        self.scores: list[float] = []
         self.request = 0  # id of the latest request: lines of earlier ones are not painted
         self.prompt = ""
         self.loads = 0  # "loaded" lines seen from the current worker (the test of reuse)
@@ -158,10 +165,15 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
         was_at = selection.highlighted or 0
         selection.clear_options()
         store = open_store(self.app.home)  # type: ignore[attr-defined]
+        self.kinds = {}
         for version in reversed(store.list_versions()):
             if version.kind == "adapter":
                 selection.add_option((f"{version.ref}  {version.method}  {version.base_model}", version.ref,
                                       version.ref in chosen))
+            elif version.kind == "reward":
+                selection.add_option((f"{version.ref}  reward model: scores the answers", version.ref,
+                                      version.ref in chosen))
+            self.kinds[version.ref] = version.kind
         self.wanted = []
         if selection.option_count:
             selection.highlighted = min(was_at, selection.option_count - 1)  # space picks without an arrow key first
@@ -192,11 +204,22 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
         turns = len(next(iter(self.history.values()), [])) // 2
         text = (f"chat, turn {turns + 1} (ctrl+n: new chat)" if self.chat
                 else "single prompts (ctrl+t: chat)")
+        raw = self.raw if self.raw is not None else self.raw_used
+        text += f" · {'raw' if raw else 'template'}{', auto' if self.raw is None else ''} (ctrl+r)"
         self.query_one("#compare-mode", Static).update(Text(text, style="dim"))
 
     def action_toggle_chat(self) -> None:
         self.chat = not self.chat
         self.history = {}
+        if self.chat:
+            self.raw = False  # a conversation goes through the chat template
+        self.show_mode()
+
+    def action_toggle_raw(self) -> None:
+        """The prompt as typed (a model trained on plain text continues it) or through the chat template."""
+        self.raw = not (self.raw if self.raw is not None else self.raw_used)
+        if self.raw:
+            self.chat, self.history = False, {}
         self.show_mode()
 
     def action_new_chat(self) -> None:
@@ -212,10 +235,16 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
         if self.running:
             self.notify("the versions are still answering", severity="warning")
             return
-        refs = list(self.query_one(SelectionList).selected)
+        picked = list(self.query_one(SelectionList).selected)
+        refs = [ref for ref in picked if self.kinds.get(ref) != "reward"]
+        rewards = [ref for ref in picked if self.kinds.get(ref) == "reward"]
         prompt = self.query_one(TextArea).text.strip()
         if not refs or not prompt:
-            self.notify("type a prompt and pick at least one version (space)", severity="warning")
+            self.notify("type a prompt and pick at least one adapter version (space)", severity="warning")
+            return
+        if len(rewards) > 1:
+            self.notify(f"pick one reward model to score the answers; picked {', '.join(rewards)}",
+                        severity="warning")
             return
         try:
             decoding = self.decoding()
@@ -244,7 +273,8 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
         self.query_one("#compare-status", Static).update(status)
         try:
             self.worker.send({"op": "generate", "id": self.request, "refs": refs, "prompt": prompt,
-                              "history": self.history if self.chat else None, **decoding})
+                              "history": self.history if self.chat else None, "raw": self.raw,
+                              "reward": rewards[0] if rewards else None, **decoding})
         except OSError:  # it died just now; its end is reported by follow(), and ctrl+g starts a new one
             self.notify("the compare worker has ended; ctrl+g starts it again", severity="error")
             return
@@ -295,7 +325,10 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
             text = str(line.get("text", ""))
             pane.set_text(transcript(self.history.get(pane.label, []), text) if self.chat else text)
         elif kind == "answers":
+            self.raw_used = bool(line.get("raw"))
             self.answered(panes, line.get("answers", []))
+        elif kind == "scores":
+            self.show_scores(panes, line.get("scores") or [], str(line.get("reward_model", "")))
         elif kind == "error":
             self.running = False
             hint = f"\n{line['hint']}" if line.get("hint") else ""
@@ -319,3 +352,12 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
             f"done: one batched generate call; the models stay loaded (pid {pid})",
             style="green"))
         self.show_mode()
+
+    def show_scores(self, panes: list[AnswerPane], scores: list[float], reward_model: str) -> None:
+        """Each pane's reward and rank, after its timing: the reward model's verdict on the answers."""
+        self.scores = [float(s) for s in scores]
+        ranked = sorted(self.scores, reverse=True)
+        for pane, score in zip(panes, self.scores):
+            pane.set_timing(f"{pane.timing}  reward {score:+.2f} (#{ranked.index(score) + 1})")
+        self.query_one("#compare-status", Static).update(Text(
+            f"done; {reward_model} scored the answers (#1: the one it prefers)", style="green"))

@@ -37,6 +37,8 @@ HELP = """\
           ctrl+g generate: base + versions, one batch;
           the models stay loaded for the next prompt
           ctrl+t chat on/off    ctrl+n new chat
+          ctrl+r prompt as typed (raw) or through the template
+          a reward version picked scores and ranks the answers
 [b]Eval[/b]      pick a prompt set, space picks versions
           ctrl+g run (batched, kept with each version)
           enter on a prompt: its answers side by side
