@@ -28,9 +28,13 @@ FIGURES = {  # method -> (metric shown, before key, after key)
     "reward": ("held-out ranking accuracy", "align/accuracy_before", "align/accuracy_after"),
     "rlhf": ("held-out reward of sampled answers", "align/reward_before", "align/reward_after"),
     "rlhf-greedy": ("held-out reward of greedy answers", "align/greedy_reward_before", "align/greedy_reward_after"),
+    "rlhf-degenerate": ("degenerate greedy answers (share)", "align/degenerate_before", "align/degenerate_after"),
     "dpo": ("held-out preference accuracy", "align/accuracy_before", "align/accuracy_after"),
     "dpo-margin": ("held-out preference margin (nats)", "align/margin_before", "align/margin_after"),
 }
+
+
+ANSWER_PROMPTS = ("Add the two numbers.\n\n17 and 25", "Name the day that comes after the given day.\n\nMonday")
 
 
 def profile_file(home: Path, name: str, seed: int, steps_scale: float, **changes: Any) -> Path:
@@ -82,11 +86,20 @@ def chains(work: Path, seed: int, scale: float, only: set[str]) -> list[tuple[st
         out.append(("sft-dpo", run(home, path, name="sft-dpo")))
     if "dpo" in only:
         out.append(("dpo", run(home, profile_file(home, "demo-dpo", seed, scale, model__adapter=""), name="bare-dpo")))
+    refs = [ref for ref in ("demo-rlhf-sft", "demo-rlhf", "sft-dpo", "bare-dpo")
+            if ref == "demo-rlhf-sft" and only & {"rlhf", "sft-dpo"} or ref == "demo-rlhf" and "rlhf" in only
+            or ref == "sft-dpo" and "sft-dpo" in only or ref == "bare-dpo" and "dpo" in only]
+    for prompt in ANSWER_PROMPTS:  # what the numbers mean: the greedy answers a user would read
+        shown = subprocess.run([*CLI, "--home", str(home), "compare", *refs, "--prompt", prompt,
+                                "--max-new-tokens", "20", "--json"], cwd=ROOT, capture_output=True, text=True)
+        if shown.returncode == 0:
+            answers = "; ".join(f"{a['label']}: {a['text'].strip()!r}" for a in json.loads(shown.stdout))
+            print(f"seed {seed}  {prompt.splitlines()[-1]!r} -> {answers}", flush=True)
     return out
 
 
 def figures(method: str, metrics: dict[str, Any]) -> list[tuple[str, float, float]]:
-    keys = {"reward": ["reward"], "rlhf": ["rlhf", "rlhf-greedy"], "sft-dpo": ["dpo", "dpo-margin"],
+    keys = {"reward": ["reward"], "rlhf": ["rlhf", "rlhf-greedy", "rlhf-degenerate"], "sft-dpo": ["dpo", "dpo-margin"],
             "dpo": ["dpo", "dpo-margin"]}[method]
     return [(FIGURES[k][0], metrics[FIGURES[k][1]], metrics[FIGURES[k][2]]) for k in keys
             if FIGURES[k][1] in metrics]

@@ -136,9 +136,24 @@ def _measure_rl(model: Any, reward_model: Any, tokenizer: Any, prompts: list[lis
     sampled = generate_answers(model, tokenizer, prompts, max_new_tokens, temperature, RL_SAMPLES)
     repeated = [p for p in prompts for _ in range(RL_SAMPLES)]
     sampled_scores = reward_scores(reward_model, tokenizer, repeated, sampled, max_len)
+    texts = [a[0]["content"] for a in greedy]
     return {"pairs": len(prompts), "mean_reward": _mean(sampled_scores), "greedy_reward": _mean(greedy_scores),
-            "scores": greedy_scores, "sampled_scores": sampled_scores,
-            "examples": [a[0]["content"] for a in greedy[:3]]}
+            "scores": greedy_scores, "sampled_scores": sampled_scores, "examples": texts[:3],
+            "degenerate": _mean([float(is_degenerate(t)) for t in texts])}
+
+
+def is_degenerate(answer: str) -> bool:
+    """An answer no reader would want, however a reward model scores it: empty, one or two characters over and
+    over ("....."), or one word making up most of it ("is. is. is. is."). A policy whose answers turn into these
+    has found what the reward model over-rewards (reward hacking), not what it was meant to learn."""
+    text = answer.strip()
+    if not text:
+        return True
+    chars = [c for c in text if not c.isspace()]
+    if len(chars) >= 4 and len(set(chars)) <= 2:
+        return True
+    words = text.split()
+    return len(words) >= 4 and max(words.count(w) for w in set(words)) / len(words) >= 0.6
 
 
 def _mean(values: list[float]) -> float:
@@ -175,6 +190,9 @@ def compare(before: dict[str, Any], after: dict[str, Any], method: str, beta: fl
         if "greedy_reward" in before and "greedy_reward" in after:
             metrics["align/greedy_reward_before"] = before["greedy_reward"]
             metrics["align/greedy_reward_after"] = after["greedy_reward"]
+        if "degenerate" in before and "degenerate" in after:
+            metrics["align/degenerate_before"] = before["degenerate"]
+            metrics["align/degenerate_after"] = after["degenerate"]
         return metrics
     metrics = {
         "align/pairs": float(after["pairs"]),

@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 
+DEGENERATE_RISE = 0.25  # this much more of the greedy answers degenerate than before training is flagged
+
+
 def _f(value: float) -> str:
     return f"{value:.3g}"
 
@@ -31,6 +34,12 @@ def alignment_warnings(metrics: dict[str, Any], method: str, where: str) -> list
             out.append(f"regression: the reward of greedy answers fell from {_f(g_before)} to {_f(g_after)}{on}"
                        + (" while the sampled reward rose: what training samples improved, what greedy decoding "
                           "answers did not (try a lower method.temperature or a higher method.beta)" if rose else ""))
+        d_before, d_after = metrics.get("align/degenerate_before"), metrics.get("align/degenerate_after")
+        if d_before is not None and d_after is not None and d_after - d_before >= DEGENERATE_RISE:
+            out.append(f"reward hacking: {d_after:.0%} of the greedy answers{on} are degenerate (empty, or one "
+                       f"character or word over and over), up from {d_before:.0%}; the reward model scores them "
+                       "high, a reader would not (a higher method.beta, a lower train.lr or fewer steps keep the "
+                       "policy nearer its SFT start)")
         return out
     before, after = metrics.get("align/accuracy_before"), metrics.get("align/accuracy_after")
     if before is None or after is None:

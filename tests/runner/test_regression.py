@@ -111,3 +111,20 @@ def test_the_alignment_measure_holds_out_prompts_by_default() -> None:
     few = rows[:10]
     train, _, held, words = measurement_split(raw, profile, few)
     assert train == few == held and words == "training pairs (too few prompts to hold any out)"
+
+
+def test_answers_that_collapse_into_repeats_are_flagged_as_reward_hacking() -> None:
+    """Issue 13, found running the demo: RL at beta 0.02 answered "...................." to every held-out prompt,
+    which the reward model scored 9 (its SFT start: 0.2). A higher reward must not hide that."""
+    from qlora_tui.runner.alignment_eval import is_degenerate
+
+    assert [is_degenerate(a) for a in ("....................", ".\ufffd.\ufffd. is. is. is. is........", "", "  ",
+                                       "is is is is")] == [True] * 5
+    assert [is_degenerate(a) for a in ("Tuesday", "7", "Tuesday.", "17 plus 25 is 42.", "No, not at all.",
+                                       "the cat and the dog and the bird")] == [False] * 6
+    metrics = {"align/reward_before": -0.19, "align/reward_after": 9.42, "align/greedy_reward_before": 0.17,
+               "align/greedy_reward_after": 9.18, "align/degenerate_before": 0.0, "align/degenerate_after": 1.0}
+    (warning,) = alignment_warnings(metrics, "rlhf", "32 held-out prompts")
+    assert warning.startswith("reward hacking: 100% of the greedy answers on 32 held-out prompts are degenerate")
+    metrics["align/degenerate_after"] = 0.2
+    assert alignment_warnings(metrics, "rlhf", "") == []
