@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 DEGENERATE_RISE = 0.25  # this much more of the greedy answers degenerate than before training is flagged
 
 
