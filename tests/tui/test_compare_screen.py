@@ -50,13 +50,16 @@ async def test_ctrl_r_sends_the_prompt_raw_and_chat_goes_back_to_the_template(tm
         def mode() -> str:
             return str(screen.query_one("#compare-mode", Static).render())
 
-        await wait_for(pilot, lambda: "template, auto (ctrl+r)" in mode(), 10, "the automatic prompt form")
+        await wait_for(pilot, lambda: "prompt in the chat template, auto (ctrl+r)" in mode(), 10,
+                       "the automatic prompt form")
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: "single prompts" in mode() and "raw (ctrl+r)" in mode(), 10, "raw prompts")
+        raw = "prompt as typed (ctrl+r)"
+        await wait_for(pilot, lambda: "single prompts" in mode() and raw in mode(), 10, "raw prompts")
         assert screen.raw is True
         await pilot.press("ctrl+t")
-        await wait_for(pilot, lambda: mode().startswith("chat, turn 1") and "template (ctrl+r)" in mode(), 10,
+        templated = "prompt in the chat template (ctrl+r)"
+        await wait_for(pilot, lambda: mode().startswith("chat, turn 1") and templated in mode(), 10,
                        "chat with the template")
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: mode().startswith("single prompts") and "raw (ctrl+r)" in mode(), 10,
+        await wait_for(pilot, lambda: mode().startswith("single prompts") and raw in mode(), 10,
                        "raw again, which ends the chat")

@@ -205,7 +205,8 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
         text = (f"chat, turn {turns + 1} (ctrl+n: new chat)" if self.chat
                 else "single prompts (ctrl+t: chat)")
         raw = self.raw if self.raw is not None else self.raw_used
-        text += f" · {'raw' if raw else 'template'}{', auto' if self.raw is None else ''} (ctrl+r)"
+        form = "as typed" if raw else "in the chat template"
+        text += f"\nprompt {form}{', auto' if self.raw is None else ''} (ctrl+r)"
         self.query_one("#compare-mode", Static).update(Text(text, style="dim"))
 
     def action_toggle_chat(self) -> None:

@@ -10,7 +10,7 @@ from textual.widgets import Static
 
 HELP = """\
 [b]Everywhere[/b]
-  1-6       views: Runs, New run, Registry, Compare, Queue, Eval
+  1-6       Runs, New run, Registry, Compare, Queue, Eval
   ?         this help            t       dark/light theme
   ctrl+p    command palette      q       quit (runs go on)
   escape    leave a text box (tab goes back into the fields)
