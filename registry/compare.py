@@ -21,12 +21,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qlora_tui.core.models import revision_changed
-from qlora_tui.core.quant import torch_dtype
 from qlora_tui.registry.basemodel import VersionBase, version_base
 from qlora_tui.registry.errors import RegistryError
 from qlora_tui.registry.lora import check_adapter_files, read_adapter_config
 from qlora_tui.registry.lorabatch import BASE_ROW, configs_allow_stacking, stacked_rows
-from qlora_tui.registry.quant import bnb_config, training_quant
+from qlora_tui.registry.quant import load_kwargs, training_quant
 from qlora_tui.registry.records import AdapterVersion
 from qlora_tui.registry.store import Store
 
@@ -345,21 +344,13 @@ def _batch(tokenizer: Any, texts: list[str], pad_id: int) -> tuple[Any, Any]:
 def load_with_adapters(base_dir: Any, versions: list[AdapterVersion], quant: Any, report: Callable[[str, float], None]
           ) -> tuple[Any, Any]:
     """The base, loaded once as training loaded it, with every adapter on it as a0, a1, ...; and the tokenizer."""
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     first = versions[0].path
     tokenizer = AutoTokenizer.from_pretrained(first if (first / "tokenizer_config.json").is_file() else base_dir)
     report(f"loading {versions[0].base_model} ({quant.describe()})", 0.05)
-    on_gpu = torch.cuda.is_available()
-    kwargs: dict[str, Any] = {"dtype": torch_dtype(quant.compute_dtype) if quant.four_bit else (
-        torch.bfloat16 if on_gpu else torch.float32)}
-    if bnb_config(quant) is not None:
-        kwargs["quantization_config"] = bnb_config(quant)
-    if on_gpu:
-        kwargs["device_map"] = {"": 0}
-    model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, **load_kwargs(quant))
     for i, version in enumerate(versions):
         report(f"loading adapter {version.ref}", 0.3 + 0.4 * i / len(versions))
         if i == 0:

@@ -59,6 +59,22 @@ def bnb_config(quant: TrainingQuant) -> Any:
                            int8_threshold=quant.int8_threshold)
 
 
+def load_kwargs(quant: TrainingQuant) -> dict[str, Any]:
+    """from_pretrained's dtype, quantization and device for a base loaded to answer as training left it: the
+    4-bit compute dtype, else bf16 on a GPU and fp32 on the CPU; on the first GPU when there is one."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(quant.compute_dtype) if quant.four_bit else (
+        torch.bfloat16 if on_gpu else torch.float32)}
+    config = bnb_config(quant)
+    if config is not None:
+        kwargs["quantization_config"] = config
+    if on_gpu:
+        kwargs["device_map"] = {"": 0}
+    return kwargs
+
+
 def quantize_roundtrip(weight: Any, quant: TrainingQuant) -> Any:
     """The weight as the 4-bit base presented it in training: quantized and dequantized by bitsandbytes."""
     import bitsandbytes.functional as bnbf

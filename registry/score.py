@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from qlora_tui.core.quant import torch_dtype
 from qlora_tui.registry.basemodel import version_base
 from qlora_tui.registry.errors import RegistryError
 from qlora_tui.registry.lora import check_adapter_files
-from qlora_tui.registry.quant import bnb_config, training_quant
+from qlora_tui.registry.quant import load_kwargs, training_quant
 from qlora_tui.registry.records import AdapterVersion
 from qlora_tui.registry.store import Store
 
@@ -159,7 +158,6 @@ def score_answers(store: Store, ref: str, prompt: str, answers: list[str],
 
 
 def _load(store: Store, version: AdapterVersion, report: Callable[[str, float], None]) -> tuple[Any, Any]:
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -170,15 +168,8 @@ def _load(store: Store, version: AdapterVersion, report: Callable[[str, float], 
         tokenizer.pad_token = tokenizer.eos_token
     quant = training_quant(version)
     report(f"loading {version.base_model} ({quant.describe()}) with reward model {version.ref}", 0.1)
-    on_gpu = torch.cuda.is_available()
-    kwargs: dict[str, Any] = {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id,
-                              "dtype": torch_dtype(quant.compute_dtype) if quant.four_bit else (
-                                  torch.bfloat16 if on_gpu else torch.float32)}
-    if bnb_config(quant) is not None:
-        kwargs["quantization_config"] = bnb_config(quant)
-    if on_gpu:
-        kwargs["device_map"] = {"": 0}
-    base = AutoModelForSequenceClassification.from_pretrained(base_dir, **kwargs)
+    base = AutoModelForSequenceClassification.from_pretrained(
+        base_dir, num_labels=1, pad_token_id=tokenizer.pad_token_id, **load_kwargs(quant))
     model = PeftModel.from_pretrained(base, str(version.path)).eval()
     report("scoring", 0.8)
     return model, tokenizer
