@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the test fixtures build the bench's data home
 
 import pexpect  # noqa: E402
 import pyte  # noqa: E402
