@@ -20,6 +20,7 @@ from qlora_tui.core.models import BaseModel, revision_changed
 from qlora_tui.core.testhooks import kill_point
 from qlora_tui.core.versions import library_versions
 from qlora_tui.runner import checkpoints, distributed
+from qlora_tui.runner.alignment_eval import MAX_PAIRS, RL_PROMPTS
 from qlora_tui.runner.data import data_fingerprint, read_rows, to_sft_examples
 from qlora_tui.runner.errors import NonFiniteLossError, RunError
 from qlora_tui.runner.events import EventWriter, mean_tokens_per_s, read_events
@@ -273,6 +274,10 @@ def measurement_split(raw: Any, profile: Profile, rows: list[Any]
     train = [r for r in rows if _prompt_key(r) not in held]
     evaluation = [r for r in rows if _prompt_key(r) in held] if fraction else []
     measured = [p for p in pairs if _prompt_key(p) in held]
+    if method == "rlhf":  # RL measures each prompt once, and at most RL_PROMPTS of them
+        measured = list({_prompt_key(p): p for p in measured}.values())[:RL_PROMPTS]
+    else:
+        measured = measured[:MAX_PAIRS]  # what alignment_eval.measure scores, so the slice says what was measured
     why = ("the data.eval_fraction split" if fraction else
            f"data.eval_fraction is 0, so {MEASURE_FRACTION:.0%} of the prompts were set aside for this measure")
     return train, evaluation, measured, f"{len(measured)} held-out {what} ({why}; none is trained on)"
