@@ -72,9 +72,9 @@ class AnswerPane(Vertical):
 class CompareScreen(ShowsWorkerErrors, Screen[None]):
     AUTO_FOCUS = "#versions"  # not the prompt box: it would take the number keys that switch screens
     BINDINGS = [Binding("ctrl+g", "generate", "Generate"),
-                Binding("ctrl+t", "toggle_chat", "Chat on/off"),
+                Binding("ctrl+t", "toggle_chat", "Chat"),
                 Binding("ctrl+n", "new_chat", "New chat"),
-                Binding("ctrl+r", "toggle_raw", "Raw prompt")]
+                Binding("ctrl+r", "toggle_raw", "Raw")]
     PALETTE = [("Generate comparison", "Base and chosen versions answer the prompt (ctrl+g)", "action_generate"),
                ("Toggle chat mode", "Keep each pane's conversation, turn after turn (ctrl+t)", "action_toggle_chat"),
                ("New chat", "Forget the conversation; the models stay loaded (ctrl+n)", "action_new_chat"),
