@@ -143,11 +143,12 @@ def _measure_rl(model: Any, reward_model: Any, tokenizer: Any, prompts: list[lis
 
 
 def is_degenerate(answer: str) -> bool:
-    """An answer no reader would want, however a reward model scores it: empty, one or two characters over and
-    over ("....."), or one word making up most of it ("is. is. is. is."). A policy whose answers turn into these
-    has found what the reward model over-rewards (reward hacking), not what it was meant to learn."""
+    """An answer no reader would want, however a reward model scores it: empty or without a letter or digit
+    (".", "?!"), one or two characters over and over ("....."), or one word making up most of it
+    ("is. is. is. is."). A policy whose answers turn into these has found what the reward model over-rewards
+    (reward hacking), not what it was meant to learn."""
     text = answer.strip()
-    if not text:
+    if not any(c.isalnum() for c in text):
         return True
     chars = [c for c in text if not c.isspace()]
     if len(chars) >= 4 and len(set(chars)) <= 2:

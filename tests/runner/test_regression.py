@@ -115,11 +115,12 @@ def test_the_alignment_measure_holds_out_prompts_by_default() -> None:
 
 def test_answers_that_collapse_into_repeats_are_flagged_as_reward_hacking() -> None:
     """Issue 13, found running the demo: RL at beta 0.02 answered "...................." to every held-out prompt,
-    which the reward model scored 9 (its SFT start: 0.2). A higher reward must not hide that."""
+    which the reward model scored 9 (its SFT start: 0.2). A higher reward must not hide that. At the shipped beta a
+    seed answered a lone "." (bench_alignment, seed 3), which a reader would not want either."""
     from qlora_tui.runner.alignment_eval import is_degenerate
 
     assert [is_degenerate(a) for a in ("....................", ".\ufffd.\ufffd. is. is. is. is........", "", "  ",
-                                       "is is is is")] == [True] * 5
+                                       "is is is is", ".", " ?! ")] == [True] * 7
     assert [is_degenerate(a) for a in ("Tuesday", "7", "Tuesday.", "17 plus 25 is 42.", "No, not at all.",
                                        "the cat and the dog and the bird")] == [False] * 6
     metrics = {"align/reward_before": -0.19, "align/reward_after": 9.42, "align/greedy_reward_before": 0.17,
