@@ -35,10 +35,10 @@ def alignment_warnings(metrics: dict[str, Any], method: str, where: str) -> list
                           "answers did not (try a lower method.temperature or a higher method.beta)" if rose else ""))
         d_before, d_after = metrics.get("align/degenerate_before"), metrics.get("align/degenerate_after")
         if d_before is not None and d_after is not None and d_after - d_before >= DEGENERATE_RISE:
-            out.append(f"reward hacking: {d_after:.0%} of the greedy answers{on} are degenerate (empty, or one "
-                       f"character or word over and over), up from {d_before:.0%}; the reward model scores them "
-                       "high, a reader would not (a higher method.beta, a lower train.lr or fewer steps keep the "
-                       "policy nearer its SFT start)")
+            out.append(f"reward hacking: {d_after:.0%} of the greedy answers{on} are degenerate (empty, no letter "
+                       f"or digit, or one character or word over and over), up from {d_before:.0%}; the reward "
+                       "model scores them high, a reader would not (a higher method.beta, a lower train.lr or fewer "
+                       "steps keep the policy nearer its SFT start)")
         return out
     before, after = metrics.get("align/accuracy_before"), metrics.get("align/accuracy_after")
     if before is None or after is None:

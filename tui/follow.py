@@ -52,7 +52,7 @@ def alignment_lines(method: str, summary: dict[str, Any]) -> list[str]:
             lines.append(f"reward of greedy answers: {greedy}")
         before, after = summary.get("align/degenerate_before"), summary.get("align/degenerate_after")
         if isinstance(before, (int, float)) and isinstance(after, (int, float)):
-            lines.append(f"degenerate greedy answers (repeats, empty): {before:.0%} -> {after:.0%}")
+            lines.append(f"degenerate greedy answers (repeats, empty, no words): {before:.0%} -> {after:.0%}")
     else:
         accuracy, margin = _change(summary, "accuracy"), _change(summary, "margin")
         if accuracy:
