@@ -56,9 +56,13 @@ def alignment_warnings(metrics: dict[str, Any], method: str, where: str) -> list
 
 
 def eval_loss_warnings(log_history: list[dict[str, Any]]) -> list[str]:
-    """Eval loss that ends above the first evaluation's (needs at least two evaluations)."""
-    evals = [(int(h.get("step", 0)), float(h["eval_loss"])) for h in log_history
-             if isinstance(h.get("eval_loss"), (int, float))]
+    """Eval loss that ends above the first evaluation's (needs evaluations at two steps or more; a step evaluated
+    twice, as the last step can be, counts once, by its first figure)."""
+    by_step: dict[int, float] = {}
+    for h in log_history:
+        if isinstance(h.get("eval_loss"), (int, float)):
+            by_step.setdefault(int(h.get("step", 0)), float(h["eval_loss"]))
+    evals = sorted(by_step.items())
     if len(evals) < 2 or evals[-1][1] <= evals[0][1]:
         return []
     (first_step, first), (last_step, last) = evals[0], evals[-1]

@@ -52,6 +52,16 @@ def test_eval_loss_that_ends_above_its_start() -> None:
     assert eval_loss_warnings(history[:3]) == [] and eval_loss_warnings(history[-1:]) == []
 
 
+def test_two_evaluations_at_the_same_step_are_not_a_rise() -> None:
+    """Found by the chain test: a 15-step DPO run with eval_steps 20 was evaluated twice at its last step (0.838,
+    then 0.839) and warned "eval loss rose from 0.838 (step 15) to 0.839 (step 15)". One step is one measure."""
+    history = [{"loss": 2.0, "step": 15}, {"eval_loss": 0.838, "step": 15}, {"eval_loss": 0.839, "step": 15}]
+    assert eval_loss_warnings(history) == []
+    later = [*history, {"eval_loss": 0.9, "step": 25}]
+    (line,) = eval_loss_warnings(later)
+    assert line.startswith("regression: eval loss rose from 0.838 (step 15) to 0.9 (step 25)")
+
+
 def test_warnings_and_alignment_steps_fold_into_the_run_state() -> None:
     events = [
         {"type": "start", "t": 1, "method": "dpo", "alignment_slice": HELD},
