@@ -136,7 +136,9 @@ def test_score_ranks_pairs_as_the_reward_model_learnt(chain: Callable[[int], Pat
     assert scored["pairs"] == len(held) == version.metrics["align/pairs"]
     assert scored["accuracy"] == pytest.approx(version.metrics["align/accuracy_after"])
     margin = sum(r["chosen"] - r["rejected"] for r in scored["rows"]) / len(held)
-    assert margin == pytest.approx(version.metrics["align/margin_after"], abs=1e-3)
+    # score and the run's measure batch (and so pad) the pairs differently: 4-bit matmuls over other shapes agree
+    # to about 5e-4 of the margin's size (9.2077 against 9.2118 on seed 1), not to a fixed 1e-3
+    assert margin == pytest.approx(version.metrics["align/margin_after"], rel=1e-3, abs=1e-3)
     flipped = json.loads(cli(capsys, home, "score", "demo-rlhf-reward", "--pairs", str(swapped), "--json").out)
     assert [r["ranked_right"] for r in flipped["rows"]] == [not r["ranked_right"] for r in scored["rows"]]
 
