@@ -125,19 +125,24 @@ def mixed_style_rows(rng: random.Random, per_task: int = 40) -> list[dict[str, s
 
 
 def sentence_preference_rows(rng: random.Random, per_task: int = 30) -> list[dict[str, str]]:
-    """Feedback on the mixed-style policy: the complete sentence (chosen) over the bare answer, or over the sentence
-    cut short or trailing off in repeats (rejected). Each judgement is visible in the answer itself, so what is
-    learnt carries over to prompts never seen; the long rejects keep "longer is better" from being the lesson."""
+    """Feedback on the mixed-style policy: the complete sentence (chosen) over the bare answer, over the sentence
+    cut short or trailing off in repeats, or over an answer with nothing in it (rejected). Each judgement is visible
+    in the answer itself, so what is learnt carries over to prompts never seen; the long rejects keep "longer is
+    better" from being the lesson, and rejects that end in a full stop, or are nothing but one, keep "ends in a
+    full stop" from being it (a reward model that learnt that scored a lone "." highest, and RL found it)."""
     rows = []
     for _ in range(per_task):
         for prompt, complete, terse in task_answers(rng):
             kind, words = rng.random(), complete.removesuffix(".").split()
-            if kind < 0.5:
-                rejected = terse
-            elif kind < 0.75:
-                rejected = " ".join(words[:-1])
+            stop = "." if rng.random() < 0.5 else ""
+            if kind < 0.4:
+                rejected = terse + stop
+            elif kind < 0.6:
+                rejected = " ".join(words[:-1]) + stop
+            elif kind < 0.85:
+                rejected = " ".join(words + words[-1:] * 2) + stop
             else:
-                rejected = " ".join(words + words[-1:] * 2)
+                rejected = rng.choice((".", "..", "...", "?", "!"))
             rows.append({"prompt": prompt, "chosen": complete, "rejected": rejected})
     rng.shuffle(rows)
     return rows
