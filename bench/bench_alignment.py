@@ -39,8 +39,8 @@ ANSWER_PROMPTS = ("Add the two numbers.\n\n17 and 25", "Name the day that comes 
 
 def profile_file(home: Path, name: str, seed: int, steps_scale: float, **changes: Any) -> Path:
     """A copy of a shipped profile with train.seed (and optionally fewer steps) changed, under the home."""
+    from qlora_tui.core.profile.files import dumps_profile, load_profile
     from qlora_tui.runner.launch import PROFILE_HEADER
-    from qlora_tui.runner.profile import dumps_profile, load_profile
 
     profile = load_profile(ROOT / "profiles" / f"{name}.toml")
     profile.train.seed = seed

@@ -33,9 +33,9 @@ CLI = [sys.executable, "-c", "import sys; from qlora_tui.tui.cli import main; sy
 
 def train(home: Path, profile: Any, processes: int, name: str, threads: int | None = None) -> dict[str, Any]:
     """One real run through the CLI; its wall time, training time, tokens/s and adapter."""
+    from qlora_tui.core.profile.files import save_profile
     from qlora_tui.registry.store import open_store
     from qlora_tui.runner.events import read_events
-    from qlora_tui.runner.profile import save_profile
 
     profile.name = name
     path = save_profile(profile, home.parent / f"{name}.toml")
@@ -76,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from qlora_tui.core.builtin import ensure_builtin_model
-    from qlora_tui.runner.profile import load_profile
+    from qlora_tui.core.profile.files import load_profile
 
     n = args.processes
     with tempfile.TemporaryDirectory(prefix="bench-dist-") as tmp:

@@ -133,9 +133,9 @@ def tokenized_rows(model_dir: Path, data: Path, max_seq_len: int) -> tuple[Any, 
     """The rows as qlora-tui's preflight tokenizes them (same ids and response-only labels for both recipes)."""
     from transformers import AutoTokenizer
 
-    from qlora_tui.runner.data import read_rows, to_sft_examples
-    from qlora_tui.runner.preflight import prepare_tokenizer, tokenize_all
-    from qlora_tui.runner.profile import DataSection
+    from qlora_tui.core.profile.schema import DataSection
+    from qlora_tui.runner.data.preflight import prepare_tokenizer, tokenize_all
+    from qlora_tui.runner.data.rows import read_rows, to_sft_examples
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     raw = read_rows(DataSection(path=str(data), format="prompt_completion"))
@@ -248,7 +248,8 @@ def measured(events: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
 
 
 def fast_profile(args: argparse.Namespace, model_dir: Path, data: Path, path: Path) -> Path:
-    from qlora_tui.runner.profile import Profile, save_profile
+    from qlora_tui.core.profile.files import save_profile
+    from qlora_tui.core.profile.schema import Profile
 
     profile = Profile(name="bench-fast")
     profile.model.id, profile.data.path, profile.data.format = str(model_dir), str(data), "prompt_completion"
@@ -264,7 +265,7 @@ def fast_profile(args: argparse.Namespace, model_dir: Path, data: Path, path: Pa
 
 def recipe_profile(name: str, model_dir: Path, data: Path, steps: int, path: Path) -> Path:
     """A shipped 7B recipe on the random model and synthetic data, cut to `steps` optimizer steps."""
-    from qlora_tui.runner.profile import load_profile, save_profile
+    from qlora_tui.core.profile.files import load_profile, save_profile
 
     profile = load_profile(ROOT / "profiles" / f"{name}.toml")
     profile.name, profile.model.id, profile.data.path = f"bench-{name}", str(model_dir), str(data)

@@ -48,12 +48,13 @@ def variable_rows(path: Path, count: int = 400, seed: int = 7) -> None:
 
 def interleaved(home: Path, profile: Any, steps: int, warmup: int) -> dict[bool, dict[str, float]]:
     """Train the packed and the padded trainer on the same batches, one step each in turn; totals after warm-up."""
+    from qlora_tui.core.profile.files import dumps_profile
     from qlora_tui.runner.events import EventWriter
     from qlora_tui.runner.launch import PROFILE_HEADER
     from qlora_tui.runner.methods import build_trainer
-    from qlora_tui.runner.profile import dumps_profile
+    from qlora_tui.runner.policy import load_policy
+    from qlora_tui.runner.prepare import prepare
     from qlora_tui.runner.rundir import create_run
-    from qlora_tui.runner.train import prepare
 
     trainers, rows = {}, []
     for packing in (True, False):
@@ -61,7 +62,7 @@ def interleaved(home: Path, profile: Any, steps: int, warmup: int) -> dict[bool,
         run = create_run(home, dumps_profile(profile, PROFILE_HEADER), profile.name)
         writer = EventWriter(run.events_path)
         prepared = prepare(profile, home, writer)
-        trainer, _ = build_trainer(prepared, run, writer, lambda: False)
+        trainer, _ = build_trainer(prepared, load_policy(prepared, writer), run, writer, lambda: False)
         trainer.create_optimizer_and_scheduler(num_training_steps=steps)
         trainer.current_gradient_accumulation_steps = 1
         trainer.model.train()
@@ -109,7 +110,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args()
     from qlora_tui.core.builtin import ensure_builtin_model
-    from qlora_tui.runner.profile import load_profile
+    from qlora_tui.core.profile.files import load_profile
 
     work = Path(tempfile.mkdtemp(prefix="bench-packing-"))
     ensure_builtin_model(work / "models-home", "builtin:tiny-llama")

@@ -1,4 +1,4 @@
-"""The one base of every error a user can cause and fix, and the model errors both parts raise."""
+"""The one base of every error a user can cause and fix, and the profile and model errors every part raises."""
 
 from __future__ import annotations
 
@@ -19,6 +19,12 @@ class UserFacingError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ProfileError(UserFacingError):
+    """A profile (file, form field or --set) that does not validate; the message names the field."""
+
+    kind = "profile"
 
 
 class ModelError(UserFacingError):

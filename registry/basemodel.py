@@ -3,7 +3,6 @@ warning naming both revisions when the base found here holds other files."""
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +54,4 @@ def version_base(store: Store, version: AdapterVersion, *, download: bool = True
 
 
 def _requested_revision(version: AdapterVersion) -> str:
-    try:
-        return str(tomllib.loads(version.profile).get("model", {}).get("revision", ""))
-    except tomllib.TOMLDecodeError:
-        return ""
+    return version.settings.model.revision

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -104,10 +103,7 @@ def trained_on_text(version: AdapterVersion) -> bool:
     recorded = version.extra.get("data_format")
     if recorded:
         return recorded == "text"
-    try:
-        return tomllib.loads(version.profile).get("data", {}).get("format") == "text" if version.profile else False
-    except tomllib.TOMLDecodeError:
-        return False
+    return version.settings.data.format == "text"
 
 
 def raw_by_default(versions: list[AdapterVersion]) -> tuple[bool, str]:

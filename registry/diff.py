@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +31,7 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _profile_fields(version: AdapterVersion) -> dict[str, Any]:
-    if not version.profile:
-        return {}
-    try:
-        return flatten(tomllib.loads(version.profile))
-    except tomllib.TOMLDecodeError:
-        return {"(profile text)": version.profile}
+    return flatten(version.settings.to_dict()) if version.profile else {}
 
 
 def _compare(section: str, a: dict[str, Any], b: dict[str, Any]) -> list[Difference]:

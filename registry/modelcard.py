@@ -3,9 +3,7 @@ and load the model (method, data, hyper-parameters, metrics, merge fidelity, cod
 
 from __future__ import annotations
 
-import json
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +20,18 @@ def hub_id(value: str) -> str | None:
     return value
 
 
-def _yaml_list(values: list[str]) -> str:
-    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
-
-
 def _profile(version: AdapterVersion) -> dict[str, Any]:
-    try:
-        return tomllib.loads(version.profile) if version.profile else {}
-    except tomllib.TOMLDecodeError:
-        return {}
+    return version.settings.to_dict() if version.profile else {}
+
+
+def front_matter(*, base: str, merged: bool, tags: list[str], dataset: str, license_id: str) -> str:
+    """The card's YAML metadata block as the Hub reads it, written by huggingface_hub's own ModelCardData."""
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(base_model=base or None, library_name="transformers" if merged else "peft",
+                         pipeline_tag="text-generation", tags=tags, datasets=[dataset] if dataset else None,
+                         license=license_id or None)
+    return f"---\n{data.to_yaml()}\n---"
 
 
 def _shown(value: Any) -> str:
@@ -50,18 +51,8 @@ def model_card(version: AdapterVersion, repo: str, *, merged: bool = False, eval
     four_bit = str(quant.get("bits")) == "4"
     tags = ["qlora-tui", "lora"] + (["qlora"] if four_bit else []) + ([version.method] if version.method else [])
     tags += ["merged"] if merged else ["peft"]
-    front = ["---"]
-    if base:
-        front.append(f"base_model: {json.dumps(base)}")
-    front.append(f"library_name: {'transformers' if merged else 'peft'}")
-    front.append("pipeline_tag: text-generation")
-    front.append(f"tags: {_yaml_list(tags)}")
-    if dataset:
-        front.append(f"datasets: {_yaml_list([dataset])}")
-    license_id = version.extra.get("license") or profile.get("license")
-    if license_id:
-        front.append(f"license: {json.dumps(str(license_id))}")
-    front.append("---")
+    front = [front_matter(base=base, merged=merged, tags=tags, dataset=dataset,
+                          license_id=str(version.extra.get("license") or ""))]
 
     what = "merged model (LoRA folded into the base weights)" if merged else "LoRA adapter"
     lines = ["", f"# {repo.split('/')[-1]}", "",

@@ -3,7 +3,6 @@ loading the base the same way in fidelity checks and compare."""
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +34,7 @@ class TrainingQuant:
 
 
 def _profile_compute_dtype(version: AdapterVersion) -> str:
-    try:
-        return str(tomllib.loads(version.profile).get("quant", {}).get("compute_dtype", "auto"))
-    except tomllib.TOMLDecodeError:
-        return "auto"
+    return version.settings.quant.compute_dtype
 
 
 def training_quant(version: AdapterVersion) -> TrainingQuant:

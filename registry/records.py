@@ -7,10 +7,13 @@ opening an index.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from qlora_tui.core.names import NAME_PATTERN, NAME_RULE
+from qlora_tui.core.profile.files import stored_profile
+from qlora_tui.core.profile.schema import Profile
 from qlora_tui.registry.errors import RegistryError
 
 KINDS = ("adapter", "reward", "merged")
@@ -85,6 +88,11 @@ class AdapterVersion:
     def ref(self) -> str:
         """NAME@N, the form every command accepts."""
         return f"{self.name}@{self.number}"
+
+    @cached_property
+    def settings(self) -> Profile:
+        """The profile its run was started with, read through the schema (defaults where it says nothing)."""
+        return stored_profile(self.profile)
 
     def to_json(self) -> dict[str, Any]:
         """Everything about the version as plain JSON values (for --json and exports)."""

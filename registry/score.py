@@ -8,7 +8,6 @@ trainer rendered its pairs, so a score here is the score training optimised.
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,10 +102,7 @@ def read_pairs(path: Path) -> list[Pair]:
 
 
 def _max_len(version: AdapterVersion) -> int:
-    try:
-        return int(tomllib.loads(version.profile).get("train", {}).get("max_seq_len", 1024))
-    except (tomllib.TOMLDecodeError, TypeError, ValueError):
-        return 1024
+    return version.settings.train.max_seq_len
 
 
 class RewardModel:

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qlora_tui.core.locks import lock_is_held
+
 STRAY_AGE_S = 600  # an entry without a lock file is only a leftover once nobody can still be creating it
 
 
@@ -107,20 +109,6 @@ def work_area(tmp_root: Path, prefix: str) -> Iterator[WorkArea]:
         fresh.unlink(missing_ok=True)
 
 
-def _area_is_dead(lock_path: Path) -> bool:
-    try:
-        fd = os.open(lock_path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)  # closing drops the lock we may have taken; the owner is gone either way
-    return True
-
-
 def tree_size(path: Path) -> int:
     if path.is_symlink() or path.is_file():
         return path.lstat().st_size
@@ -137,7 +125,7 @@ def sweep_dead_areas(tmp_root: Path, keep: Callable[[Path], bool] = lambda path:
     for lock_path in sorted(tmp_root.glob("*.lock")):
         area_id = lock_path.name[: -len(".lock")]
         locked_ids.add(area_id)
-        if not _area_is_dead(lock_path):
+        if not lock_path.exists() or lock_is_held(lock_path):
             continue
         marker = tmp_root / f"{area_id}.json"
         targets = [tmp_root / area_id]

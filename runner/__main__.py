@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     lock_fd = args.lock_fd if args.lock_fd is not None else acquire_lock(run.lock_path)
     write_lock_body(lock_fd)
 
-    from qlora_tui.runner.dist_launch import launch_if_distributed
+    from qlora_tui.runner.dist.launch import launch_if_distributed
 
     launched = launch_if_distributed(run, resume=args.resume, processes=args.processes)
     if launched is not None:  # this process was the launcher of the run's processes, and they have ended

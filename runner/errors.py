@@ -11,10 +11,6 @@ class QloraError(UserFacingError):
     kind = "error"
 
 
-class ProfileError(QloraError):
-    kind = "profile"
-
-
 class DataError(QloraError):
     kind = "data"
 

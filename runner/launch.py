@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from qlora_tui.core.locks import lock_is_held
+from qlora_tui.core.profile.files import dumps_profile
+from qlora_tui.core.profile.schema import Profile
 from qlora_tui.runner.errors import RunError
-from qlora_tui.runner.profile import Profile, dumps_profile
-from qlora_tui.runner.rundir import RunDir, acquire_lock, create_locked_run, lock_is_held
+from qlora_tui.runner.rundir import RunDir, acquire_lock, create_locked_run
 
 PROFILE_HEADER = "Frozen copy of the profile this run was started with; resume reads it."
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qlora_tui.core.errors import UserFacingError
-from qlora_tui.runner.profile import Profile
+from qlora_tui.core.profile.schema import Profile
 
 GIB = 1024 ** 3
 GB = 1e9  # the estimator's unit
@@ -83,7 +83,7 @@ def matmul_params(model: Any) -> int:
 
 def memory_estimate(profile: Profile, home: Path) -> tuple[float | None, str]:
     """`qlora-tui estimate`'s total for the run's profile in GB, or None and why not."""
-    from qlora_tui.runner.estimate import estimate_profile
+    from qlora_tui.runner.estimate.memory import estimate_profile
 
     try:
         plan = estimate_profile(profile, home, gpu_gb=_card_gb())

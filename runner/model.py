@@ -10,8 +10,8 @@ from typing import Any
 from qlora_tui.core.errors import ModelError
 from qlora_tui.core.models import BaseModel
 from qlora_tui.core.models import resolve_base as resolve_model
+from qlora_tui.core.profile.schema import Profile
 from qlora_tui.core.quant import bnb_config, resolve_compute_dtype, torch_dtype
-from qlora_tui.runner.profile import Profile
 
 
 def resolve_base(profile: Profile, home: Path) -> BaseModel:
@@ -92,7 +92,7 @@ def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from qlora_tui.runner.distributed import sharded
+    from qlora_tui.runner.dist.ranks import sharded
 
     fsdp = sharded()
     quant = quantization_config(profile, sharded=fsdp)

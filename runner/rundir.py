@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qlora_tui.core.home import runs_dir
+from qlora_tui.core.locks import lock_is_held
 from qlora_tui.runner.errors import RunError
 from qlora_tui.runner.events import EventTail, RunState, fold_events, parse_block, parse_lines
 
@@ -78,23 +79,6 @@ class RunDir:
         except FileNotFoundError:
             return []
         return [line.rstrip("\r") for line in text.splitlines()[-lines:]]
-
-
-def lock_is_held(lock_path: Path) -> bool:
-    """True when some process holds an exclusive flock on the file (probing takes a shared lock for an instant)."""
-    try:
-        fd = os.open(lock_path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
 
 
 def acquire_lock(lock_path: Path, timeout_s: float = 5.0) -> int:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from qlora_tui.core.profile.files import load_profile
+from qlora_tui.core.profile.schema import Profile
 from qlora_tui.runner.launch import start_run
-from qlora_tui.runner.profile import Profile, load_profile
 from qlora_tui.runner.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,8 +96,8 @@ def run_to_end(home: Path, profile: Profile, env: dict[str, str] | None = None) 
 
 
 def _start_with_env(home: Path, profile: Profile, env: dict[str, str]) -> tuple[RunDir, subprocess.Popen[bytes]]:
+    from qlora_tui.core.profile.files import dumps_profile
     from qlora_tui.runner.launch import PROFILE_HEADER, spawn
-    from qlora_tui.runner.profile import dumps_profile
     from qlora_tui.runner.rundir import create_run
 
     run = create_run(home, dumps_profile(profile, PROFILE_HEADER), profile.name)

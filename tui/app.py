@@ -197,8 +197,8 @@ class QloraApp(App[None]):
     @work(thread=True, exit_on_error=False)
     def restart_queue(self) -> None:
         """Runs left waiting in the queue (after a reboot, say) start again once the app is open."""
-        from qlora_tui.runner.queue import waiting
-        from qlora_tui.runner.queuerunner import spawn_queue_runner
+        from qlora_tui.runner.queue.entries import waiting
+        from qlora_tui.runner.queue.runner import spawn_queue_runner
 
         count = len(waiting(self.home))
         pid = spawn_queue_runner(self.home) if count else None

@@ -13,18 +13,14 @@ from typing import Any
 
 from qlora_tui.runner.callbacks import EventsCallback
 from qlora_tui.runner.events import EventWriter
-from qlora_tui.runner.methods.common import (
-    conversational_dataset,
-    events_callback,
-    load_policy,
-    output_dir,
-    trainer_arguments,
-)
+from qlora_tui.runner.methods.common import conversational_dataset, events_callback, output_dir
 from qlora_tui.runner.model import trainable_weights_kept
+from qlora_tui.runner.prepared import Prepared
 from qlora_tui.runner.rundir import RunDir
+from qlora_tui.runner.trainer_args import trainer_arguments
 
 
-def reference_description(prepared: Any) -> str:
+def reference_description(prepared: Prepared) -> str:
     if prepared.profile.train.method == "orpo":
         return "none (ORPO is reference-free)"
     if prepared.parent_ref:
@@ -32,11 +28,10 @@ def reference_description(prepared: Any) -> str:
     return "the base model (the fresh LoRA starts at zero, so policy = base at step 0)"
 
 
-def build_preference_trainer(prepared: Any, run: RunDir, writer: EventWriter,
+def build_preference_trainer(prepared: Prepared, model: Any, run: RunDir, writer: EventWriter,
                              stop_signalled: Callable[[], bool]) -> tuple[Any, EventsCallback]:
     profile, method = prepared.profile, prepared.profile.train.method
     options = profile.method
-    model = load_policy(prepared, writer)
     args = trainer_arguments(profile, output_dir(run), bool(prepared.eval_data), prepared.fast, prepared.report_to)
     train = conversational_dataset(prepared.train_data)
     evaluation = conversational_dataset(prepared.eval_data)

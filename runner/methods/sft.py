@@ -12,19 +12,20 @@ from typing import Any
 
 from qlora_tui.runner.callbacks import EventsCallback
 from qlora_tui.runner.events import EventWriter
-from qlora_tui.runner.methods.common import events_callback, load_policy, output_dir, trainer_arguments
+from qlora_tui.runner.methods.common import events_callback, output_dir
 from qlora_tui.runner.model import trainable_weights_kept
+from qlora_tui.runner.prepared import Prepared
 from qlora_tui.runner.rundir import RunDir
+from qlora_tui.runner.trainer_args import trainer_arguments
 
 
-def build_sft_trainer(prepared: Any, run: RunDir, writer: EventWriter,
+def build_sft_trainer(prepared: Prepared, model: Any, run: RunDir, writer: EventWriter,
                       stop_signalled: Callable[[], bool]) -> tuple[Any, EventsCallback]:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     profile = prepared.profile
     packing = prepared.fast is not None and prepared.fast.packing
-    model = load_policy(prepared, writer)
 
     def as_dataset(rows: list[Any]) -> Any:
         return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})

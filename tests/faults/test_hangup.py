@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from qlora_tui.core.profile.files import dumps_profile
 from qlora_tui.runner.launch import PROFILE_HEADER
-from qlora_tui.runner.profile import dumps_profile
 from qlora_tui.runner.rundir import list_runs, summarize
 from tests.conftest import quick_profile
 from tests.runner.helpers import events_of, last_step, wait_until

@@ -125,8 +125,8 @@ def test_chat_turns_answer_as_separate_generate_calls_over_each_rows_conversatio
 def test_raw_prompts_and_a_reward_model_that_scores_the_answers(ops_copy: Path) -> None:
     """Issue 13: `raw` sends the prompt as typed (what a model trained on plain text continues), and a reward
     version named in the request scores every answer, base first, as `score` would."""
+    from qlora_tui.core.profile.files import load_profile
     from qlora_tui.registry.score import score_answers
-    from qlora_tui.runner.profile import load_profile
     from tests.conftest import ROOT, run_to_end
 
     reward = load_profile(ROOT / "profiles" / "demo-rlhf-reward.toml")

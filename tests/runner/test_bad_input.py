@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from qlora_tui.core.profile.files import dumps_profile
+from qlora_tui.core.profile.schema import Profile
 from qlora_tui.registry.store import open_store
 from qlora_tui.runner.__main__ import main as runner_main
 from qlora_tui.runner.launch import PROFILE_HEADER
-from qlora_tui.runner.profile import Profile, dumps_profile
 from qlora_tui.runner.rundir import RunDir, create_run, list_runs, summarize
 from tests.conftest import _start_with_env, quick_profile, wait_for_exit
 from tests.runner.helpers import events_of

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 import torch
 
+from qlora_tui.core.profile.files import dumps_profile
 from qlora_tui.core.quant import resolve_compute_dtype
 from qlora_tui.registry.store import open_store
+from qlora_tui.runner.data.preflight import IGNORE
 from qlora_tui.runner.events import EventWriter
 from qlora_tui.runner.launch import PROFILE_HEADER
-from qlora_tui.runner.preflight import IGNORE
-from qlora_tui.runner.profile import dumps_profile
+from qlora_tui.runner.prepare import prepare
 from qlora_tui.runner.rundir import create_run
-from qlora_tui.runner.train import prepare
 from tests.conftest import quick_profile, run_to_end
 from tests.runner.helpers import events_of
 
@@ -36,12 +36,13 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def sft_trainer(home: Path, tmp_path: Path) -> tuple[Any, Any]:
     """The runner's own SFT trainer (packing on, the default) over the demo data, built in this process."""
     from qlora_tui.runner.methods import build_trainer
+    from qlora_tui.runner.policy import load_policy
 
     profile = quick_profile("packed", max_steps=1)
     run = create_run(home, dumps_profile(profile, PROFILE_HEADER), profile.name)
     writer = EventWriter(run.events_path)
     prepared = prepare(profile, home, writer)
-    trainer, _ = build_trainer(prepared, run, writer, lambda: False)
+    trainer, _ = build_trainer(prepared, load_policy(prepared, writer), run, writer, lambda: False)
     return prepared, trainer
 
 

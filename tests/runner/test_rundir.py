@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from qlora_tui.core.locks import lock_is_held
 from qlora_tui.runner.errors import RunError
 from qlora_tui.runner.events import EventWriter
 from qlora_tui.runner.rundir import (
@@ -18,7 +19,6 @@ from qlora_tui.runner.rundir import (
     create_run,
     find_run,
     list_runs,
-    lock_is_held,
     summarize,
 )
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from qlora_tui.runner.estimate import MemoryPlan, estimate_profile
-from qlora_tui.runner.profile import Profile, load_profile, save_profile
-from qlora_tui.runner.shipped import find_profile, list_profiles, shipped_profiles_dir
+from qlora_tui.core.profile.files import load_profile, save_profile
+from qlora_tui.core.profile.schema import Profile
+from qlora_tui.core.profile.shipped import find_profile, list_profiles, shipped_profiles_dir
+from qlora_tui.runner.estimate.memory import estimate_profile
+from qlora_tui.runner.estimate.plan import MemoryPlan
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = sorted((ROOT / "profiles").glob("*.toml"))

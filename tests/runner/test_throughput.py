@@ -13,7 +13,7 @@ import torch
 
 from qlora_tui.core.gpu_peaks import mfu_pct, peak_bf16_tflops
 from qlora_tui.runner.errors import RunError
-from qlora_tui.runner.fastpath import choose_fast_path, flash_available
+from qlora_tui.runner.fast.choice import choose_fast_path, flash_available
 from qlora_tui.runner.measure import MEMORY_CHECK_STEP, TokenCounter, matmul_params, memory_comparison
 from qlora_tui.runner.rundir import list_runs
 from tests.conftest import quick_profile

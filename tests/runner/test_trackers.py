@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from qlora_tui.runner.errors import ProfileError
+from qlora_tui.core.errors import ProfileError
+from qlora_tui.core.profile.validate import profile_from_dict
 from qlora_tui.runner.events import read_events
-from qlora_tui.runner.profile import profile_from_dict
 from qlora_tui.runner.trackers import PACKAGES, TRACKERS, guard_callbacks, setup_trackers
 from tests.conftest import quick_profile, run_to_end
 

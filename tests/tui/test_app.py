@@ -13,8 +13,8 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Label, Select, SelectionList, Static, Tree
 
 from qlora_tui.core.device import Gpus
+from qlora_tui.core.profile.files import load_profile
 from qlora_tui.registry.store import open_store
-from qlora_tui.runner.profile import load_profile
 from qlora_tui.runner.rundir import list_runs, summarize
 from qlora_tui.tui.app import QloraApp, make_app
 from qlora_tui.tui.format import duration, number

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qlora_tui.runner.profile import save_profile
+from qlora_tui.core.profile.files import save_profile
 from qlora_tui.runner.rundir import list_runs
 from tests.conftest import quick_profile
 from tests.runner.helpers import last_step, wait_until

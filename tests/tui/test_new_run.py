@@ -15,7 +15,7 @@ from rich.text import Text
 from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static
 
-from qlora_tui.runner.profile import load_profile
+from qlora_tui.core.profile.files import load_profile
 from qlora_tui.tui.app import QloraApp, make_app
 from qlora_tui.tui.screens.dialogs import Confirm
 from qlora_tui.tui.screens.new_run import NewRunScreen, field_id

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input, SelectionList
 
-from qlora_tui.runner.queue import add_entry, list_entries, runner_lock_path
-from qlora_tui.runner.queuerunner import queue_runner_pid, try_lock
+from qlora_tui.core.locks import try_lock
+from qlora_tui.runner.queue.entries import add_entry, list_entries, runner_lock_path
+from qlora_tui.runner.queue.runner import queue_runner_pid
 from qlora_tui.runner.rundir import list_runs, summarize, write_lock_body
 from qlora_tui.tui.app import QloraApp, make_app
 from qlora_tui.tui.screens.new_run import NewRunScreen, field_id

@@ -7,17 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from qlora_tui.tui.commands.common import print_json, registry_store
 from qlora_tui.tui.format import number, size, table, timestamp
 
 
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
-
-
 def cmd_adapters(args: argparse.Namespace, home: Path) -> int:
-    from qlora_tui.registry.store import open_store
-
-    versions = open_store(home).list_versions(args.name)
+    versions = registry_store(home).list_versions(args.name)
     if args.json:
         print_json([v.to_json() | {"files": None, "profile": None} for v in versions])
         return 0
@@ -33,9 +28,7 @@ def cmd_adapters(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_show(args: argparse.Namespace, home: Path) -> int:
-    from qlora_tui.registry.store import open_store
-
-    store = open_store(home)
+    store = registry_store(home)
     version = store.get(args.ref)
     if args.json:
         from qlora_tui.registry.evalsummary import latest_per_set

@@ -8,9 +8,9 @@ from typing import Any
 
 
 def cmd_slurm(args: argparse.Namespace, home: Path) -> int:
-    from qlora_tui.runner.profile import load_profile
-    from qlora_tui.runner.shipped import find_profile
-    from qlora_tui.runner.slurm import sbatch_script
+    from qlora_tui.core.profile.files import load_profile
+    from qlora_tui.core.profile.shipped import find_profile
+    from qlora_tui.runner.dist.slurm import sbatch_script
 
     profile = load_profile(find_profile(args.profile, home))
     print(sbatch_script(profile, nodes=args.nodes, gpus_per_node=args.gpus_per_node, port=args.port,

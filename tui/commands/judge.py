@@ -7,22 +7,12 @@ when it runs, so `qlora-tui --help` stays light.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from qlora_tui.tui.commands.common import print_json, registry_store
 from qlora_tui.tui.format import number, size, table
-
-
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
-
-
-def _store(home: Path) -> Any:
-    from qlora_tui.registry.store import open_store
-
-    return open_store(home)
 
 
 def _progress(message: str, fraction: float) -> None:
@@ -66,7 +56,7 @@ def print_eval_table(report: dict[str, Any]) -> None:
 def cmd_eval(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.registry.evalrun import run_prompt_set
 
-    result = run_prompt_set(_store(home), args.refs, args.prompts, batch_rows=args.batch_rows,
+    result = run_prompt_set(registry_store(home), args.refs, args.prompts, batch_rows=args.batch_rows,
                             max_new_tokens=args.max_new_tokens, record=not args.no_record,
                             on_progress=None if args.json else _progress,
                             on_warning=lambda message: print(f"warning: {message}", file=sys.stderr))
@@ -82,7 +72,7 @@ def cmd_eval(args: argparse.Namespace, home: Path) -> int:
 def cmd_bench(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.registry.bench import run_benchmark
 
-    result = run_benchmark(_store(home), args.ref, args.task, include=[Path(p) for p in args.include],
+    result = run_benchmark(registry_store(home), args.ref, args.task, include=[Path(p) for p in args.include],
                            limit=args.limit, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
                            record=not args.no_record, on_progress=None if args.json else _progress)
     if args.json:
@@ -108,9 +98,10 @@ def cmd_bench(args: argparse.Namespace, home: Path) -> int:
 def cmd_export_gguf(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.registry.gguf_export import export_gguf
 
-    result = export_gguf(_store(home), args.ref, Path(args.out), quant=args.quant, adapter_only=args.adapter_only,
-                         base_gguf=Path(args.base_gguf) if args.base_gguf else None, force=args.force,
-                         check=not args.no_check, on_progress=None if args.json or args.quiet else _progress)
+    result = export_gguf(registry_store(home), args.ref, Path(args.out), quant=args.quant,
+                         adapter_only=args.adapter_only, base_gguf=Path(args.base_gguf) if args.base_gguf else None,
+                         force=args.force, check=not args.no_check,
+                         on_progress=None if args.json or args.quiet else _progress)
     if args.json:
         print_json(result.to_json())
         return 0

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from qlora_tui.core.errors import UserFacingError
+from qlora_tui.tui.commands.common import print_json
 from qlora_tui.tui.commands.profile_args import add_profile_arguments, profile_from_args
 from qlora_tui.tui.format import table
 
 
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
-
-
 def cmd_estimate(args: argparse.Namespace, home: Path) -> int:
-    from qlora_tui.runner.estimate import estimate_profile, format_plan
+    from qlora_tui.runner.estimate.memory import estimate_profile, format_plan
 
     profile = profile_from_args(args, home)
     plan = estimate_profile(profile, home, gpu_gb=args.gpu_gb, batch_size=args.batch_size,
@@ -30,8 +26,8 @@ def cmd_estimate(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_profiles(args: argparse.Namespace, home: Path) -> int:
-    from qlora_tui.runner.profile import load_profile
-    from qlora_tui.runner.shipped import find_profile, list_profiles
+    from qlora_tui.core.profile.files import load_profile
+    from qlora_tui.core.profile.shipped import find_profile, list_profiles
 
     rows = []
     for origin, path in list_profiles(home):

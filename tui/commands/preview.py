@@ -13,7 +13,7 @@ from qlora_tui.tui.commands.profile_args import add_profile_arguments, profile_f
 
 
 def cmd_data(args: argparse.Namespace, home: Path) -> int:
-    from qlora_tui.runner.data_preview import format_preview, preview_data
+    from qlora_tui.runner.data.preview import format_preview, preview_data
 
     if args.rows < 0:
         raise QloraError(f"--rows: must be 0 or more, got {args.rows}")

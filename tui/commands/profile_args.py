@@ -17,13 +17,13 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
 def profile_from_args(args: argparse.Namespace, home: Path, *, check_data: bool = False) -> Any:
     """The profile named on the command line with its --set overrides applied and validated; with check_data,
     a local data file must exist now, so a run is never made just to fail on it."""
-    from qlora_tui.runner.overrides import apply_overrides
-    from qlora_tui.runner.profile import load_profile
-    from qlora_tui.runner.shipped import find_profile
+    from qlora_tui.core.profile.files import load_profile
+    from qlora_tui.core.profile.overrides import apply_overrides
+    from qlora_tui.core.profile.shipped import find_profile
 
     profile = apply_overrides(load_profile(find_profile(args.profile, home)), args.overrides, Path.cwd())
     if check_data:
-        from qlora_tui.runner.data import checked_data_path
+        from qlora_tui.core.profile.files import checked_data_path
 
         profile.data.path = checked_data_path(profile.data.path, Path.cwd())
     return profile

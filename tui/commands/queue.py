@@ -13,7 +13,7 @@ from qlora_tui.tui.format import table
 
 
 def runner_line(home: Path, waiting: int) -> str:
-    from qlora_tui.runner.queuerunner import queue_runner_pid
+    from qlora_tui.runner.queue.runner import queue_runner_pid
 
     pid = queue_runner_pid(home)
     if pid is not None:
@@ -25,9 +25,9 @@ def runner_line(home: Path, waiting: int) -> str:
 
 
 def cmd_queue_add(args: argparse.Namespace, home: Path) -> int:
-    from qlora_tui.runner.profile import load_profile
-    from qlora_tui.runner.queuerunner import enqueue
-    from qlora_tui.runner.shipped import find_profile
+    from qlora_tui.core.profile.files import load_profile
+    from qlora_tui.core.profile.shipped import find_profile
+    from qlora_tui.runner.queue.runner import enqueue
 
     profiles = [(load_profile(find_profile(name, home)), name) for name in args.profiles]  # all valid, or none queued
     entries, pid = enqueue(home, profiles)
@@ -39,7 +39,7 @@ def cmd_queue_add(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_queue_list(args: argparse.Namespace, home: Path) -> int:
-    from qlora_tui.runner.queue import entry_row, list_entries
+    from qlora_tui.runner.queue.entries import entry_row, list_entries
 
     rows = [entry_row(home, e) for e in list_entries(home)]
     if args.json:
@@ -59,7 +59,7 @@ def cmd_queue_list(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_queue_remove(args: argparse.Namespace, home: Path) -> int:
-    from qlora_tui.runner.queue import find_entry, remove_entry
+    from qlora_tui.runner.queue.entries import find_entry, remove_entry
 
     for entry_id in args.ids:
         find_entry(home, entry_id)  # every id known before anything is removed
@@ -70,8 +70,8 @@ def cmd_queue_remove(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_queue_resume(args: argparse.Namespace, home: Path) -> int:
-    from qlora_tui.runner.queue import waiting
-    from qlora_tui.runner.queuerunner import spawn_queue_runner
+    from qlora_tui.runner.queue.entries import waiting
+    from qlora_tui.runner.queue.runner import spawn_queue_runner
 
     pid = spawn_queue_runner(home)
     if pid is not None:

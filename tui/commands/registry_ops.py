@@ -13,27 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from qlora_tui.registry.errors import IntegrityError
+from qlora_tui.tui.commands.common import print_json, registry_store
 from qlora_tui.tui.format import number, size
 
 
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
-
-
-def _store(home: Path) -> Any:
-    from qlora_tui.registry.store import open_store
-
-    return open_store(home)
-
-
 def cmd_tag(args: argparse.Namespace, home: Path) -> int:
-    version = _store(home).set_alias(args.ref, args.alias)
+    version = registry_store(home).set_alias(args.ref, args.alias)
     print(f"{version.name}@{args.alias} -> {version.ref}")
     return 0
 
 
 def cmd_untag(args: argparse.Namespace, home: Path) -> int:
-    version = _store(home).remove_alias(args.name, args.alias)
+    version = registry_store(home).remove_alias(args.name, args.alias)
     print(f"removed {args.name}@{args.alias} (was {version.ref})")
     return 0
 
@@ -47,7 +38,7 @@ def _shown(value: Any) -> str:
 def cmd_diff(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.registry.diff import diff_versions
 
-    store = _store(home)
+    store = registry_store(home)
     a, b = store.get(args.a), store.get(args.b)
     differences = diff_versions(a, b)
     if args.json:
@@ -69,7 +60,7 @@ def cmd_diff(args: argparse.Namespace, home: Path) -> int:
 def cmd_verify(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.registry.integrity import verify
 
-    reports = verify(_store(home), args.ref)
+    reports = verify(registry_store(home), args.ref)
     if args.json:
         print_json([{"ref": r.ref, "path": str(r.location), "checked": r.checked, "ok": r.ok,
                      "problems": [p.__dict__ for p in r.problems]} for r in reports])
@@ -91,7 +82,7 @@ def cmd_verify(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_delete(args: argparse.Namespace, home: Path) -> int:
-    store = _store(home)
+    store = registry_store(home)
     version, children = store.delete(args.ref, force=args.force)
     print(f"deleted {version.ref}")
     if children:
@@ -104,7 +95,7 @@ def cmd_delete(args: argparse.Namespace, home: Path) -> int:
 def cmd_gc(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.registry.integrity import gc
 
-    report = gc(_store(home))
+    report = gc(registry_store(home))
     for path in report.removed:
         print(f"removed {path}")
     print(f"gc: {len(report.removed)} leftovers removed, {size(report.freed_bytes)} freed")
@@ -119,7 +110,7 @@ def cmd_gc(args: argparse.Namespace, home: Path) -> int:
 def cmd_registry_rebuild(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.registry.rebuild import rebuild_index
 
-    report = rebuild_index(_store(home), force=args.force)
+    report = rebuild_index(registry_store(home), force=args.force)
     print(f"rebuilt the index: {len(report.versions)} version(s)" +
           (f" ({', '.join(report.versions)})" if report.versions else ""))
     if report.recovered:
@@ -137,7 +128,7 @@ def cmd_import(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.registry.errors import RegistryError
 
     source = Path(args.source)
-    store = _store(home)
+    store = registry_store(home)
     if source.is_file():
         if args.base:
             raise RegistryError("--base applies to an adapter directory; an export archive carries its base model")
@@ -165,7 +156,7 @@ def cmd_import(args: argparse.Namespace, home: Path) -> int:
 def cmd_export(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.registry.transfer import export_versions
 
-    versions = export_versions(_store(home), args.refs, Path(args.file), force=args.force)
+    versions = export_versions(registry_store(home), args.refs, Path(args.file), force=args.force)
     print(f"exported {', '.join(v.ref for v in versions)} to {args.file}")
     return 0
 
@@ -177,8 +168,8 @@ def _progress(message: str, fraction: float) -> None:
 def cmd_merge(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.registry.merge import merge_version
 
-    result = merge_version(_store(home), args.ref, Path(args.out), dtype=args.dtype, base_weights=args.base_weights,
-                           force=args.force, name=args.name, check=not args.no_check,
+    result = merge_version(registry_store(home), args.ref, Path(args.out), dtype=args.dtype,
+                           base_weights=args.base_weights, force=args.force, name=args.name, check=not args.no_check,
                            on_progress=None if args.quiet else _progress)
     if args.json:
         print_json(result.to_json())
@@ -200,7 +191,7 @@ def cmd_merge(args: argparse.Namespace, home: Path) -> int:
 def cmd_compare(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.registry.compare import compare_generate
 
-    store = _store(home)
+    store = registry_store(home)
     if args.reward:
         from qlora_tui.registry.score import reward_version
 
@@ -229,7 +220,7 @@ def cmd_compare(args: argparse.Namespace, home: Path) -> int:
 def cmd_push(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.registry.push import push_version
 
-    record = push_version(_store(home), args.ref, args.repo, private=args.private, merged=args.merged)
+    record = push_version(registry_store(home), args.ref, args.repo, private=args.private, merged=args.merged)
     if args.json:
         print_json(record.to_json())
         return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -11,12 +10,9 @@ from typing import Any
 
 from qlora_tui.runner.errors import QloraError
 from qlora_tui.runner.rundir import ACTIVE, STATUSES
+from qlora_tui.tui.commands.common import print_json
 from qlora_tui.tui.commands.profile_args import add_profile_arguments, profile_from_args
 from qlora_tui.tui.format import number, table, timestamp
-
-
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
 
 
 def cmd_run(args: argparse.Namespace, home: Path) -> int:
@@ -63,7 +59,7 @@ def cmd_resume(args: argparse.Namespace, home: Path) -> int:
 
 def check_distributed(profile: Any, processes: int | str | None) -> None:
     """A run's processes, boxes and strategy checked on this box before the run is made (runner/dist_plan.py)."""
-    from qlora_tui.runner.dist_plan import check_port_free, plan_dist
+    from qlora_tui.runner.dist.plan import check_port_free, plan_dist
 
     dist = profile.dist
     if (processes or dist.processes) == 1 and dist.nodes == 1 and dist.strategy == "ddp":

@@ -1,7 +1,7 @@
 """Data preview from New run: the first rows as the model will see them, trained tokens marked, and the counts.
 
 Tokenizing needs transformers, which never loads into the app: a child process
-(`python -m qlora_tui.runner.data_preview`) reads the form's profile and prints
+(`python -m qlora_tui.runner.data.preview`) reads the form's profile and prints
 JSON, which a worker thread reads; leaving the screen ends the child.
 """
 
@@ -23,9 +23,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from qlora_tui.runner.data_preview import report_lines
-from qlora_tui.runner.preflight import PreflightReport
-from qlora_tui.runner.profile import Profile, dumps_profile
+from qlora_tui.core.profile.files import dumps_profile
+from qlora_tui.core.profile.schema import Profile
+from qlora_tui.runner.data.preflight import PreflightReport
+from qlora_tui.runner.data.preview import report_lines
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 
 PREVIEW_ROWS = 5
@@ -95,7 +96,7 @@ class DataPreviewScreen(ShowsWorkerErrors, Screen[None]):
             path = Path(folder) / "profile.toml"
             path.write_text(dumps_profile(self.profile), encoding="utf-8")
             self.child = subprocess.Popen(
-                [sys.executable, "-m", "qlora_tui.runner.data_preview", str(path), "--home", str(home),
+                [sys.executable, "-m", "qlora_tui.runner.data.preview", str(path), "--home", str(home),
                  "--rows", str(PREVIEW_ROWS)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             out, err = self.child.communicate()  # both pipes drained together: no deadlock on a chatty stderr

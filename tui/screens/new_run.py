@@ -24,19 +24,12 @@ from textual.widgets import Checkbox, Footer, Header, Input, Label, Select, Stat
 from qlora_tui.core.errors import UserFacingError
 from qlora_tui.core.home import user_profiles_dir
 from qlora_tui.core.names import NAME_RULE, is_valid_name
-from qlora_tui.runner.data import checked_data_path
+from qlora_tui.core.profile.files import checked_data_path, load_profile, save_profile
+from qlora_tui.core.profile.schema import SECTIONS, Profile
+from qlora_tui.core.profile.shipped import list_profiles
+from qlora_tui.core.profile.validate import check_profile_name, parse_field_text, profile_from_dict
 from qlora_tui.runner.errors import QloraError
 from qlora_tui.runner.launch import start_run
-from qlora_tui.runner.profile import (
-    SECTIONS,
-    Profile,
-    check_profile_name,
-    load_profile,
-    parse_field_text,
-    profile_from_dict,
-    save_profile,
-)
-from qlora_tui.runner.shipped import list_profiles
 from qlora_tui.tui.screens.dialogs import AskText, Confirm
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 
@@ -298,7 +291,7 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
 
     @work(thread=True, group="estimate", exit_on_error=False)
     def estimate(self, profile: Profile, card_gb: float | None, request: int, width: int = 30) -> None:
-        from qlora_tui.runner.estimate import estimate_profile
+        from qlora_tui.runner.estimate.memory import estimate_profile
 
         try:
             plan = estimate_profile(profile, self.app.home, gpu_gb=card_gb)  # type: ignore[attr-defined]
@@ -381,7 +374,7 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
         self.app.open_monitor(run)  # type: ignore[attr-defined]
 
     def action_enqueue(self) -> None:
-        from qlora_tui.runner.queuerunner import enqueue
+        from qlora_tui.runner.queue.runner import enqueue
 
         try:
             (entry,), _pid = enqueue(self.app.home, [(self.current_profile(), "the New run form")])  # type: ignore[attr-defined]

@@ -38,8 +38,8 @@ def queue_cells(row: dict[str, Any]) -> tuple[str | Text, ...]:
 
 def read_queue(home: Path) -> tuple[list[dict[str, Any]], int | None]:
     """Every entry as a row, and the working queue runner's pid (None: none works)."""
-    from qlora_tui.runner.queue import entry_row, list_entries
-    from qlora_tui.runner.queuerunner import queue_runner_pid
+    from qlora_tui.runner.queue.entries import entry_row, list_entries
+    from qlora_tui.runner.queue.runner import queue_runner_pid
 
     return [entry_row(home, entry) for entry in list_entries(home)], queue_runner_pid(home)
 
@@ -154,7 +154,7 @@ class QueueScreen(ShowsWorkerErrors, Screen[None]):
         return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
 
     def action_add(self) -> None:
-        from qlora_tui.runner.shipped import list_profiles
+        from qlora_tui.core.profile.shipped import list_profiles
 
         def chosen(paths: list[str] | None) -> None:
             if paths:
@@ -164,8 +164,8 @@ class QueueScreen(ShowsWorkerErrors, Screen[None]):
 
     @work(thread=True, group="queue-write", exit_on_error=False)
     def enqueue(self, paths: list[str]) -> None:
-        from qlora_tui.runner.profile import load_profile
-        from qlora_tui.runner.queuerunner import enqueue
+        from qlora_tui.core.profile.files import load_profile
+        from qlora_tui.runner.queue.runner import enqueue
 
         try:
             entries, _pid = enqueue(self.home, [(load_profile(path), path) for path in paths])
@@ -177,7 +177,7 @@ class QueueScreen(ShowsWorkerErrors, Screen[None]):
         self.reload()
 
     def action_remove(self) -> None:
-        from qlora_tui.runner.queue import remove_entry
+        from qlora_tui.runner.queue.entries import remove_entry
 
         entry_id = self.selected_id()
         if entry_id is None:
@@ -191,7 +191,7 @@ class QueueScreen(ShowsWorkerErrors, Screen[None]):
         self.reload()
 
     def action_resume(self) -> None:
-        from qlora_tui.runner.queuerunner import queue_runner_pid, spawn_queue_runner
+        from qlora_tui.runner.queue.runner import queue_runner_pid, spawn_queue_runner
 
         pid = spawn_queue_runner(self.home)
         if pid is not None:

@@ -1,0 +1,1 @@
+"""Alignment measured on held-out pairs: which pairs, the measure itself, before, during and after training."""

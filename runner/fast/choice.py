@@ -1,0 +1,150 @@
+"""The run's fast path, chosen once before the weights load: attention kernel, padding-free packing, Liger.
+
+Each choice falls back to the plain path when what it needs is missing (a
+package, a CUDA GPU, trainer support) and says why, so a run never fails for
+want of an optional speed package; only an explicit request for a kernel that
+cannot run is an error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from qlora_tui.core.profile.schema import Profile
+from qlora_tui.runner.errors import RunError
+from qlora_tui.runner.model import compute_dtype_name
+
+FLASH = ("flash_attention_2", "flash_attention_3")
+PACKS_WITH = ("sdpa", "eager", *FLASH)  # transformers 5 keeps packed rows apart from their position ids
+LIGER_KERNELS = {"rms_norm": True, "rope": True, "swiglu": True, "cross_entropy": False,
+                 "fused_linear_cross_entropy": False}  # TRL's own chunked LM head computes the loss
+
+
+@dataclass(frozen=True)
+class FastPath:
+    attn_implementation: str
+    attn_note: str
+    packing: bool
+    packing_note: str
+    liger: bool
+    liger_note: str
+
+    def as_event(self) -> dict[str, Any]:
+        """The start event's fields: what the run uses and, for each, why."""
+        return {"attn_implementation": self.attn_implementation, "attn_note": self.attn_note,
+                "packing": self.packing, "packing_note": self.packing_note,
+                "liger": self.liger, "liger_note": self.liger_note}
+
+    def summary(self) -> str:
+        return (f"fast path: attention {self.attn_implementation} ({self.attn_note}); "
+                f"packing {'on' if self.packing else 'off'} ({self.packing_note}); "
+                f"Liger kernels {'on' if self.liger else 'off'} ({self.liger_note})")
+
+
+def choose_fast_path(profile: Profile, config: Any) -> FastPath:
+    attn, attn_note = choose_attention(profile, config)
+    packing, packing_note = choose_packing(profile, attn)
+    liger, liger_note = choose_liger(profile, config)
+    return FastPath(attn, attn_note, packing, packing_note, liger, liger_note)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def flash_available(name: str) -> bool:
+    """flash-attention 2 or 3 importable and a CUDA GPU present, as transformers checks it."""
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+    return bool(is_flash_attn_2_available() if name == "flash_attention_2" else is_flash_attn_3_available())
+
+
+def model_class(config: Any) -> Any:
+    """The transformers class a causal-LM config loads into; None for custom code."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        return None
+
+
+def choose_attention(profile: Profile, config: Any) -> tuple[str, str]:
+    """auto: flash-attention where it is installed, the GPU computes in 16 bits and the model supports it; else SDPA."""
+    requested = profile.model.attn_implementation
+    cls = model_class(config)
+    sixteen_bit = compute_dtype_name(profile) in ("bf16", "fp16")
+    if requested in FLASH:
+        if not _cuda() or not flash_available(requested):
+            package = "flash-attn" if requested == "flash_attention_2" else "flash-attn-3 (flash_attn_interface)"
+            raise RunError(f"model.attn_implementation: {requested} needs the {package} package and a CUDA GPU",
+                           hint='set model.attn_implementation = "auto" to use the best kernel this machine has')
+        if not sixteen_bit:
+            raise RunError(f"model.attn_implementation: {requested} computes in bf16 or fp16, but "
+                           f"quant.compute_dtype is {compute_dtype_name(profile)}",
+                           hint='set quant.compute_dtype = "bf16" (or "auto" on a GPU)')
+        if cls is not None and not cls._supports_flash_attn:
+            raise RunError(f"model.attn_implementation: {cls.__name__} does not support {requested}",
+                           hint='set model.attn_implementation = "auto" or "sdpa"')
+        return requested, "requested"
+    if requested != "auto":
+        return requested, "requested"
+    if not _cuda():
+        return "sdpa", "no CUDA GPU: PyTorch's scaled-dot-product attention"
+    if not sixteen_bit:
+        return "sdpa", f"compute dtype {compute_dtype_name(profile)}: flash-attention needs bf16 or fp16"
+    if cls is None or not cls._supports_flash_attn:
+        return "sdpa", "the model does not support flash-attention"
+    for name in ("flash_attention_3", "flash_attention_2"):
+        if flash_available(name):
+            return name, "the fastest kernel installed"
+    return "sdpa", "flash-attn is not installed (pip install flash-attn); PyTorch's SDPA instead"
+
+
+def choose_packing(profile: Profile, attn: str) -> tuple[bool, str]:
+    """Padding-free batches where they are exact: SFT, a transformers model, an attention that honours boundaries."""
+    method = profile.train.method
+    if not profile.train.packing:
+        return False, "train.packing = false"
+    if method != "sft":
+        import trl
+
+        if method == "dpo":
+            return False, (f"TRL {trl.__version__}'s DPOTrainer switches padding_free off (unavailable after its "
+                           "refactor), so DPO pads")
+        return False, f"TRL {trl.__version__} has no padding-free batches for {method}, so it pads"
+    if profile.model.trust_remote_code:
+        return False, "the model runs its own code (trust_remote_code), which may let packed rows attend to each other"
+    if attn not in PACKS_WITH:
+        return False, f"attention {attn} is not known to keep packed rows apart"
+    if profile.train.batch_size == 1:
+        return True, "rows concatenated without padding, but batch_size = 1 leaves nothing to pack"
+    return True, f"rows concatenated without padding; position ids restart per row, so {attn} attends within rows"
+
+
+def choose_liger(profile: Profile, config: Any) -> tuple[bool, str]:
+    """Liger's Triton kernels through the trainer's use_liger_kernel: only on CUDA, only when installed."""
+    if not profile.train.liger:
+        return False, "train.liger = false"
+    if not _cuda():
+        return False, "no CUDA GPU (Liger's kernels are Triton, GPU-only)"
+    if importlib.util.find_spec("liger_kernel") is None:
+        return False, 'liger-kernel is not installed (pip install "qlora-tui[fast]")'
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError as err:
+        return False, f"liger-kernel does not import here ({err})"
+    if config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        return False, f"Liger has no kernels for model type {config.model_type!r}"
+    return True, "fused RMSNorm, RoPE and SwiGLU"
+
+
+def liger_arguments(fast: FastPath | None) -> dict[str, Any]:
+    """TrainingArguments for Liger: the layer kernels only (every trainer, TRL's or not, gets the same set)."""
+    if fast is None or not fast.liger:
+        return {}
+    return {"use_liger_kernel": True, "liger_kernel_config": dict(LIGER_KERNELS)}
