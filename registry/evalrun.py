@@ -17,12 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from qlora_tui.registry.basemodel import home_of, version_base
 from qlora_tui.registry.compare import (
     base_revision_warnings,
     check_same_base,
     load_with_adapters,
     resolve_versions,
 )
+from qlora_tui.registry.errors import RegistryError
 from qlora_tui.registry.evalrecords import KIND_PROMPTS, EvalAnswer, EvalResult
 from qlora_tui.registry.lora import read_adapter_config
 from qlora_tui.registry.lorabatch import BASE_ROW, configs_allow_stacking, stacked_rows
@@ -163,8 +165,6 @@ def run_prompt_set(store: Store, refs: list[str], set_name: str, *, batch_rows: 
     started = time.monotonic()
     report = on_progress or (lambda message, fraction: None)
     warn = on_warning or (lambda message: None)
-    from qlora_tui.registry.basemodel import home_of, version_base
-    from qlora_tui.registry.errors import RegistryError
 
     if batch_rows < 1:
         raise RegistryError(f"--batch-rows must be at least 1, got {batch_rows}")

@@ -15,10 +15,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qlora_tui.registry.basemodel import version_base
 from qlora_tui.registry.errors import RegistryError
+from qlora_tui.registry.gguf_check import check_file
+from qlora_tui.registry.gguf_layout import (
+    GgufExport,
+    PlannedTensor,
+    arch_of,
+    model_metadata,
+    model_plan,
+    read_config,
+    tensor_qtype,
+    write_file,
+)
+from qlora_tui.registry.gguf_vocab import read_vocab
+from qlora_tui.registry.lora import check_adapter_files, plan_adapter
+from qlora_tui.registry.ollama import write_modelfile
+from qlora_tui.registry.quant import training_quant
 from qlora_tui.registry.records import AdapterVersion
 from qlora_tui.registry.staging import remove_tree, work_area
 from qlora_tui.registry.store import Store
+from qlora_tui.registry.tensors import inventory
 
 Progress = Callable[[str, float], None]
 
@@ -27,10 +44,6 @@ def adapter_plan(version: AdapterVersion, base_dir: Path, config: dict[str, Any]
                  ) -> tuple[list[Any], float]:
     """The lora_a / lora_b tensors of the GGUF adapter, and the alpha it records."""
     import gguf
-
-    from qlora_tui.registry.gguf_export import PlannedTensor, tensor_qtype
-    from qlora_tui.registry.lora import check_adapter_files, plan_adapter
-    from qlora_tui.registry.tensors import inventory
 
     check_adapter_files(version.path, version.ref)
     plan = plan_adapter(version.path, inventory(base_dir), version.base_model)
@@ -67,20 +80,6 @@ def adapter_plan(version: AdapterVersion, base_dir: Path, config: dict[str, Any]
 def export_adapter(store: Store, version: AdapterVersion, out: Path, *, quant: str, base_gguf: Path | None,
                    force: bool, check: bool, report: Progress, started: float) -> Any:
     """Write the adapter GGUF, the base GGUF (unless `base_gguf` names one) and a Modelfile with FROM + ADAPTER."""
-    from qlora_tui.registry.basemodel import version_base
-    from qlora_tui.registry.gguf_check import check_file
-    from qlora_tui.registry.gguf_export import (
-        GgufExport,
-        arch_of,
-        model_metadata,
-        model_plan,
-        read_config,
-        write_file,
-    )
-    from qlora_tui.registry.gguf_vocab import read_vocab
-    from qlora_tui.registry.ollama import write_modelfile
-    from qlora_tui.registry.quant import training_quant
-
     if version.kind != "adapter":
         raise RegistryError(f"--adapter-only: {version.ref} is a {version.kind} version, not an adapter")
     if base_gguf is not None and not Path(base_gguf).is_file():

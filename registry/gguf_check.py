@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from qlora_tui.registry.errors import IntegrityError
+from qlora_tui.registry.gguf_layout import tensor_data
+from qlora_tui.registry.gguf_vocab import GPT2_PRE, KNOWN_SPLITS
 
 SAMPLES = ["Add the two numbers.\n\n32 and 7", "Is the number even or odd?   14", "  leading and trailing  ",
            "Don't stop: it's 2024-06-01, isn't it?", "naïve café, 東京 and émoji 🙂", "tabs\tand\nnew\n\nlines"]
@@ -70,8 +72,6 @@ def check_file(path: Path, plan: list[Any], config: dict[str, Any], vocab: Any, 
     """Compare the file at `path` with `plan` (and `vocab`); raise IntegrityError naming what differs."""
     import gguf
     import numpy as np
-
-    from qlora_tui.registry.gguf_export import tensor_data
 
     result = GgufCheck()
     reader = gguf.GGUFReader(str(path))
@@ -170,8 +170,6 @@ class GgufBpe:
 
     def __init__(self, tokens: list[str], merges: list[str], types: list[int], pre: str) -> None:
         import regex
-
-        from qlora_tui.registry.gguf_vocab import GPT2_PRE, KNOWN_SPLITS
 
         self.ids = {t: i for i, t in enumerate(tokens)}
         self.ranks = {tuple(m.split(" ", 1)): i for i, m in enumerate(merges)}

@@ -25,10 +25,11 @@ from qlora_tui.core.testhooks import kill_point
 from qlora_tui.core.versions import MERGE_LIBRARIES, library_versions
 from qlora_tui.registry.basemodel import version_base
 from qlora_tui.registry.errors import RegistryError
-from qlora_tui.registry.fidelity import Fidelity
+from qlora_tui.registry.fidelity import Fidelity, check_fidelity
 from qlora_tui.registry.lora import AdapterPlan, check_adapter_files, plan_adapter, read_adapter_config
-from qlora_tui.registry.quant import TrainingQuant, training_quant
+from qlora_tui.registry.quant import TrainingQuant, quantize_roundtrip, training_quant
 from qlora_tui.registry.records import AdapterVersion, NewVersion, check_name
+from qlora_tui.registry.shardmerge import merge_shards
 from qlora_tui.registry.staging import remove_tree, work_area
 from qlora_tui.registry.store import Store
 from qlora_tui.registry.tensors import INDEX_NAME, inventory
@@ -132,15 +133,11 @@ def merge_version(store: Store, ref: str, out_dir: Path, *, dtype: str = "bf16",
             report(f"merging with PEFT: {plan.fallback_reason}", 0.05)
             peft_merge(base_dir, adapter.path, partial, dtype, roundtrip)
         else:
-            from qlora_tui.registry.shardmerge import merge_shards
-
             merge_shards(plan, base_dir, partial, dtype, roundtrip,
                          lambda message, fraction: report(message, 0.05 + 0.6 * fraction))
         copy_side_files(base_dir, adapter.path, partial, dtype)
         fidelity = None
         if check:
-            from qlora_tui.registry.fidelity import check_fidelity
-
             fidelity = check_fidelity(base_dir, adapter.path, partial, quant, dtype,
                                       lambda message, fraction: report(message, 0.7 + 0.25 * fraction))
         report("registering the merged model", 0.96)
@@ -178,8 +175,6 @@ def peft_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str, rou
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForCausalLM
-
-    from qlora_tui.registry.quant import quantize_roundtrip
 
     # A round trip starts from the stored weights, as training did, so load them unrounded when one is asked for.
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32 if roundtrip else torch_dtype(dtype))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from qlora_tui.registry.evalrecords import EvalResult
+from qlora_tui.registry.evalsummary import latest_per_set, result_line
 from qlora_tui.registry.records import AdapterVersion
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -80,8 +81,6 @@ def model_card(version: AdapterVersion, repo: str, *, merged: bool = False, eval
         lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_shown(v)} |" for k, v in sorted(version.metrics.items())]
     if evals:
-        from qlora_tui.registry.evalsummary import latest_per_set, result_line
-
         latest = latest_per_set(evals)
         lines += ["", "## Evaluations", "", f"Latest results per prompt set and benchmark task, from "
                   f"`{latest[-1].ref or version.ref}` (`qlora-tui eval` / `qlora-tui bench`):", ""]

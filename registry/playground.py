@@ -25,6 +25,7 @@ from qlora_tui.registry.compare import (
     raw_by_default,
     resolve_versions,
 )
+from qlora_tui.registry.score import RewardModel, as_turns
 from qlora_tui.registry.store import Store
 
 Progress = Callable[[str, float], None]
@@ -111,8 +112,6 @@ class Playground:
 
     def score(self, ref: str, prompt: str, answers: list[str], on_progress: Progress | None = None) -> list[float]:
         """A reward model's score of each answer, the reward model kept loaded while it stays the one asked for."""
-        from qlora_tui.registry.score import RewardModel, as_turns
-
         if self.scorer is None or self.scorer.version.id != self.store.get(ref).id:
             self.scorer = None
             self.scorer = RewardModel(self.store, ref, on_progress)

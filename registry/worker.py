@@ -20,31 +20,15 @@ from typing import IO, Any
 
 from qlora_tui.core.errors import UserFacingError, is_disk_full
 from qlora_tui.core.home import data_home
+from qlora_tui.registry.job_options import add_compare_options, add_merge_options
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m qlora_tui.registry.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--home", help="data home (default: $QLORA_TUI_HOME or the user data directory)")
     sub = parser.add_subparsers(dest="job", required=True)
-    p = sub.add_parser("merge", help="merge an adapter version into its base and register the result")
-    p.add_argument("ref")
-    p.add_argument("--out", required=True)
-    p.add_argument("--dtype", default="bf16")
-    p.add_argument("--base-weights", default="auto")
-    p.add_argument("--name")
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--no-check", action="store_true", help="skip the fidelity check")
-    p = sub.add_parser("compare", help="base + adapters answer one prompt in one batched generate call")
-    p.add_argument("refs", nargs="+")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--raw", action=argparse.BooleanOptionalAction, default=None,
-                   help="send the prompt as typed, not through the chat template (default: raw for versions "
-                        "trained on plain text)")
-    p.add_argument("--reward", help="a reward model version that scores every answer")
+    add_merge_options(sub.add_parser("merge", help="merge an adapter version into its base and register the result"))
+    add_compare_options(sub.add_parser("compare", help="base + adapters answer one prompt in one batched generate"))
     sub.add_parser("serve", help="keep base and adapters loaded, answering JSON requests on stdin (the playground)")
     p = sub.add_parser("eval", help="base + versions answer a prompt set, batched; results kept with each version")
     p.add_argument("refs", nargs="+")

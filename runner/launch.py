@@ -15,6 +15,7 @@ from qlora_tui.core.locks import lock_is_held
 from qlora_tui.core.profile.files import dumps_profile
 from qlora_tui.core.profile.schema import Profile
 from qlora_tui.runner.errors import RunError
+from qlora_tui.runner.resume_rule import plan_resume
 from qlora_tui.runner.rundir import RunDir, acquire_lock, create_locked_run
 
 PROFILE_HEADER = "Frozen copy of the profile this run was started with; resume reads it."
@@ -73,8 +74,6 @@ def start_run(home: Path, profile: Profile, *, detach: bool = True,
 
 def resume_run(run: RunDir, *, detach: bool = True, processes: int | None = None) -> subprocess.Popen[bytes]:
     """Start the runner again on `run`, if runner.resume_rule allows it (it raises RunError, saying why, if not)."""
-    from qlora_tui.runner.resume_rule import plan_resume
-
     plan_resume(run)
     if run.stop_path.exists():
         run.stop_path.unlink()

@@ -14,6 +14,7 @@ from typing import Any
 
 from qlora_tui.core.errors import UserFacingError
 from qlora_tui.core.profile.schema import Profile
+from qlora_tui.runner.estimate.memory import estimate_profile
 
 GIB = 1024 ** 3
 GB = 1e9  # the estimator's unit
@@ -83,8 +84,6 @@ def matmul_params(model: Any) -> int:
 
 def memory_estimate(profile: Profile, home: Path) -> tuple[float | None, str]:
     """`qlora-tui estimate`'s total for the run's profile in GB, or None and why not."""
-    from qlora_tui.runner.estimate.memory import estimate_profile
-
     try:
         plan = estimate_profile(profile, home, gpu_gb=_card_gb())
     except (UserFacingError, OSError, ValueError, KeyError) as err:

@@ -12,6 +12,7 @@ from qlora_tui.core.models import BaseModel
 from qlora_tui.core.models import resolve_base as resolve_model
 from qlora_tui.core.profile.schema import Profile
 from qlora_tui.core.quant import bnb_config, resolve_compute_dtype, torch_dtype
+from qlora_tui.runner.dist.ranks import sharded
 
 
 def resolve_base(profile: Profile, home: Path) -> BaseModel:
@@ -91,8 +92,6 @@ def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "
     import torch
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from qlora_tui.runner.dist.ranks import sharded
 
     fsdp = sharded()
     quant = quantization_config(profile, sharded=fsdp)

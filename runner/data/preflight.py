@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qlora_tui.runner.data.chat import render_ids
+from qlora_tui.runner.data.preference import pair_lengths
 from qlora_tui.runner.data.rows import ConvertedData, Example
 from qlora_tui.runner.errors import DataError
 
@@ -50,6 +51,16 @@ class PreflightReport:
 
     def as_event(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def lines(self) -> list[str]:
+        """The report in words, as the CLI's data preview and the app's preview screen show it."""
+        lines = [f"rows: {self.rows_read} read, {self.rows_used} used ({self.format} format)",
+                 f"truncated at max_seq_len={self.max_seq_len}: {self.rows_truncated} rows "
+                 f"(the longest has {self.longest_row_tokens} tokens)",
+                 f"tokens: {self.trainable_tokens:,} trained of {self.total_tokens:,}"]
+        if self.rows_dropped:
+            lines.append("dropped: " + "; ".join(f"{n} {why}" for why, n in self.rows_dropped.items()))
+        return lines
 
 
 def prepare_tokenizer(tokenizer: Any, needs_chat_template: bool) -> list[str]:
@@ -137,8 +148,6 @@ def preflight_alignment(tokenizer: Any, data: Any, rows_read: int, max_seq_len: 
 
     For online RL the prompt must leave room for `completion_budget` generated tokens.
     """
-    from qlora_tui.runner.data.preference import pair_lengths
-
     kept: list[dict[str, Any]] = []
     dropped: Counter[str] = Counter(data.dropped)
     truncated = trainable = total = longest = 0

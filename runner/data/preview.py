@@ -17,10 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qlora_tui.core.builtin import ensure_builtin_model, is_builtin
 from qlora_tui.core.errors import UserFacingError
 from qlora_tui.core.profile.files import load_profile
 from qlora_tui.core.profile.schema import Profile
 from qlora_tui.runner.data.chat import render
+from qlora_tui.runner.data.preference import to_alignment_examples
 from qlora_tui.runner.data.preflight import (
     IGNORE,
     PreflightReport,
@@ -31,6 +33,7 @@ from qlora_tui.runner.data.preflight import (
     tokenize_example,
 )
 from qlora_tui.runner.data.rows import read_rows, to_sft_examples
+from qlora_tui.runner.prepare import resolve_parent
 
 TRAINED, MASKED, NOTE = "trained", "masked", "note"  # a NOTE segment is ours, not text the model sees
 
@@ -61,9 +64,6 @@ class DataPreview:
 
 def tokenizer_source(profile: Profile, home: Path) -> str:
     """Where the run will take its tokenizer from: the parent adapter's, else the base model's (files only)."""
-    from qlora_tui.core.builtin import ensure_builtin_model, is_builtin
-    from qlora_tui.runner.prepare import resolve_parent
-
     _ref, parent_path = resolve_parent(profile, home)
     if parent_path is not None and (parent_path / "tokenizer_config.json").exists():
         return str(parent_path)
@@ -133,8 +133,6 @@ def preview_data(profile: Profile, home: Path, rows: int = 5) -> DataPreview:
         _kept, report = tokenize_all(tokenizer, converted, len(raw.rows), max_len, list(notes))
         shown = [_sft_row(tokenizer, example, max_len) for example in converted.examples[:rows]]
     else:
-        from qlora_tui.runner.data.preference import to_alignment_examples
-
         aligned = to_alignment_examples(raw, method, profile.data.format, profile.data.system_prompt)
         notes = prepare_tokenizer(tokenizer, needs_chat_template=True)
         _kept, report = preflight_alignment(tokenizer, aligned, len(raw.rows), max_len, method,
@@ -145,16 +143,6 @@ def preview_data(profile: Profile, home: Path, rows: int = 5) -> DataPreview:
 
 
 # ---------------------------------------------------------------- text
-
-
-def report_lines(report: PreflightReport) -> list[str]:
-    lines = [f"rows: {report.rows_read} read, {report.rows_used} used ({report.format} format)",
-             f"truncated at max_seq_len={report.max_seq_len}: {report.rows_truncated} rows "
-             f"(the longest has {report.longest_row_tokens} tokens)",
-             f"tokens: {report.trainable_tokens:,} trained of {report.total_tokens:,}"]
-    if report.rows_dropped:
-        lines.append("dropped: " + "; ".join(f"{n} {why}" for why, n in report.rows_dropped.items()))
-    return lines
 
 
 def row_header(number: int, row: PreviewRow) -> str:
@@ -184,7 +172,7 @@ def format_preview(preview: DataPreview, color: bool) -> str:
                 text += piece
         out += [text, ""]
     out.append("pre-flight (all rows):")
-    out += [f"  {line}" for line in report_lines(preview.report)]
+    out += [f"  {line}" for line in preview.report.lines()]
     out += [f"  note: {note}" for note in preview.notes]
     return "\n".join(out)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from qlora_tui.core.errors import ProfileError
 from qlora_tui.runner.errors import RunError
 from qlora_tui.core.profile.schema import Profile
+from qlora_tui.core.device import Gpus, visible_gpu_indices
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,6 @@ class DistPlan:
 
 def visible_gpu_count() -> int:
     """GPUs this box lets a run use: those CUDA_VISIBLE_DEVICES names, else every GPU NVML sees."""
-    from qlora_tui.core.device import Gpus, visible_gpu_indices
-
     visible = visible_gpu_indices()
     total = Gpus().count()
     return total if visible is None else min(len(visible), total)

@@ -21,6 +21,8 @@ from qlora_tui.runner.errors import RunError
 from qlora_tui.runner.events import read_events
 from qlora_tui.core.profile.schema import Profile
 from qlora_tui.runner.rundir import RunDir
+from qlora_tui.core.device import torch_gpu_memory
+from qlora_tui.core.device import describe_torch_device
 
 T = TypeVar("T")
 GIB = 1024 ** 3
@@ -168,8 +170,6 @@ class AgreedStop:
 def memory_fields() -> dict[str, Any]:
     """Every rank's memory, gathered for rank 0's step event: the largest GPU's as gpu_mem_gb (what fills first),
     and each rank's in a list (GPU memory on GPUs, the process's resident memory on the CPU)."""
-    from qlora_tui.core.device import torch_gpu_memory
-
     mine = torch_gpu_memory() or {"cpu_rss_gb": _rss_gb()}
     if _ranks is None:
         return {k: v for k, v in mine.items() if k != "cpu_rss_gb"}
@@ -354,8 +354,6 @@ def start_fields(profile: Profile) -> dict[str, Any]:
 
 
 def describe_device() -> str:
-    from qlora_tui.core.device import describe_torch_device
-
     one = describe_torch_device()
     if _ranks is None:
         return one

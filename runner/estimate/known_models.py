@@ -9,13 +9,13 @@ weights are on this machine. Nothing in this module imports torch or transformer
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qlora_tui.core.builtin import TINY_CONFIG, TINY_NAME, VOCAB_SIZE, builtin_model_dir, builtin_names, is_builtin
 from qlora_tui.core.errors import ModelError
+from qlora_tui.runner.estimate.hub import DOWNLOAD_TIMEOUT_S, HubAnswers, hub_offline, in_hub_cache
 
 # Public architecture facts, in config.json field names; shapes only (no rope, norm or dropout settings).
 KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
@@ -97,9 +97,6 @@ SAME_SHAPE_AS: dict[str, str] = {
     "openai-community/gpt2": "gpt2",
 }
 
-DOWNLOAD_TIMEOUT_S = 5.0
-FAILED_DOWNLOAD_MEMORY_S = 60.0  # the app re-plans on every keystroke; don't wait on an unreachable Hub each time
-_failed_downloads: dict[tuple[str, str], tuple[float, str]] = {}
 
 
 @dataclass(frozen=True)
@@ -175,40 +172,28 @@ def _read_config(path: Path, model_id: str) -> dict[str, Any]:
     return values
 
 
+_downloaded: HubAnswers[ModelConfig] = HubAnswers(keep_answers=False)
+
+
 def _from_hub_cache(model_id: str, revision: str, cache_dir: str | Path | None) -> ModelConfig | str:
     """The config from the local Hugging Face cache, or a phrase saying why not."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(model_id, "config.json", cache_dir=cache_dir, revision=revision or None)
-    except Exception as err:  # an id the Hub would reject, an unreadable cache: both mean "not cached"
-        return f"not in the Hugging Face cache ({first_line(err)})"
-    if not isinstance(found, str):
-        return "not in the Hugging Face cache"
-    return ModelConfig(_read_config(Path(found), model_id), f"Hugging Face cache ({found})")
+    found = in_hub_cache(model_id, "config.json", revision, cache_dir)
+    if isinstance(found, str):
+        return f"not in the Hugging Face cache ({found})" if found else "not in the Hugging Face cache"
+    return ModelConfig(_read_config(found, model_id), f"Hugging Face cache ({found})")
 
 
 def _from_hub(model_id: str, revision: str) -> ModelConfig | str:
     """config.json downloaded from the Hub (one quick try, no retries), or a phrase saying why not."""
-    key = (model_id, revision)
-    failed = _failed_downloads.get(key)
-    if failed and time.monotonic() - failed[0] < FAILED_DOWNLOAD_MEMORY_S:
-        return failed[1]
-    try:
-        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
-        if constants.HF_HUB_OFFLINE:
-            return "not downloaded from the Hub (HF_HUB_OFFLINE is set)"
+    if hub_offline():
+        return "not downloaded from the Hub (HF_HUB_OFFLINE is set)"
+
+    def download() -> ModelConfig:
         get_hf_file_metadata(hf_hub_url(model_id, "config.json", revision=revision or None),
                              timeout=DOWNLOAD_TIMEOUT_S)
         path = hf_hub_download(model_id, "config.json", revision=revision or None, etag_timeout=DOWNLOAD_TIMEOUT_S)
-    except Exception as err:  # network, gated repo, missing repo: all are "could not download" to the user
-        why = f"could not download it from the Hub ({first_line(err)})"
-        _failed_downloads[key] = (time.monotonic(), why)
-        return why
-    return ModelConfig(_read_config(Path(path), model_id), "downloaded from the Hub")
+        return ModelConfig(_read_config(Path(path), model_id), "downloaded from the Hub")
 
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
+    return _downloaded.ask(model_id, revision, download, "could not download it from the Hub")

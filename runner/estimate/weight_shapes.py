@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +18,9 @@ from typing import Any
 
 from qlora_tui.core.builtin import builtin_model_dir, is_builtin
 from qlora_tui.core.errors import ModelError
-from qlora_tui.core.models import offline
 from qlora_tui.core.safetensors_header import INDEX_NAME, SafetensorsHeaderError, read_header, weight_files
-from qlora_tui.runner.estimate.known_models import (
-    DOWNLOAD_TIMEOUT_S,
-    FAILED_DOWNLOAD_MEMORY_S,
-    ModelConfig,
-    first_line,
-)
+from qlora_tui.runner.estimate.hub import DOWNLOAD_TIMEOUT_S, HubAnswers, hub_offline, in_hub_cache
+from qlora_tui.runner.estimate.known_models import ModelConfig
 from qlora_tui.runner.estimate.model_shape import (
     EXPERT_COUNT,
     EXPERTS_PER_TOKEN,
@@ -53,7 +47,6 @@ PREQUANTIZED = re.compile(r"\.(qweight|qzeros|scales|g_idx|absmax|quant_map|quan
                           r"weight_scale(_inv)?|nested_absmax|nested_quant_map)$")
 HEAD_NAMES = ("lm_head.weight", "embed_out.weight", "output.weight")
 PLAIN_MLP_NAMES = ("c_fc", "dense_h_to_4h", "fc1", "fc_in")
-_hub_headers: dict[tuple[str, str], tuple[float, WeightHeaders | str]] = {}
 
 
 @dataclass(frozen=True)
@@ -167,17 +160,9 @@ def _read_directory(path: Path, label: str) -> WeightHeaders | str:
 
 
 def _from_hub_cache(model_id: str, revision: str, cache_dir: str | Path | None) -> WeightHeaders | str:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        rev = revision or None
-        index = try_to_load_from_cache(model_id, INDEX_NAME, cache_dir=cache_dir, revision=rev)
-        single = None if isinstance(index, str) else try_to_load_from_cache(
-            model_id, "model.safetensors", cache_dir=cache_dir, revision=rev)
-    except Exception as err:  # an id the Hub would reject, an unreadable cache: both mean "not cached"
-        return f"no weights in the Hugging Face cache ({first_line(err)})"
-    if isinstance(index, str):
-        snapshot = Path(index).parent
+    index = in_hub_cache(model_id, INDEX_NAME, revision, cache_dir)
+    if isinstance(index, Path):
+        snapshot = index.parent
         try:
             missing = [p.name for p in weight_files(snapshot) if not p.exists()]
         except SafetensorsHeaderError as err:
@@ -185,39 +170,35 @@ def _from_hub_cache(model_id: str, revision: str, cache_dir: str | Path | None) 
         if missing:
             return f"the Hugging Face cache lacks {len(missing)} of the weight shards (e.g. {missing[0]})"
         return _read_directory(snapshot, f"the Hugging Face cache ({snapshot})")
-    if isinstance(single, str):
+    single = in_hub_cache(model_id, "model.safetensors", revision, cache_dir)
+    if isinstance(single, Path):
         try:
-            shapes = {name: info.shape for name, info in read_header(Path(single)).items()}
+            shapes = {name: info.shape for name, info in read_header(single).items()}
         except SafetensorsHeaderError as err:
             return err.message
         return WeightHeaders(shapes, f"the Hugging Face cache ({single})")
-    return "no safetensors weights in the Hugging Face cache"
+    why = index or single
+    return f"no weights in the Hugging Face cache ({why})" if why else \
+        "no safetensors weights in the Hugging Face cache"
+
+
+_hub_headers: HubAnswers[WeightHeaders] = HubAnswers()
 
 
 def _from_hub(model_id: str, revision: str) -> WeightHeaders | str:
     """The headers the Hub serves (a few small range requests, one quick try), remembered for a while either way."""
-    key = (model_id, revision)
-    remembered = _hub_headers.get(key)
-    if remembered and (isinstance(remembered[1], WeightHeaders)
-                       or time.monotonic() - remembered[0] < FAILED_DOWNLOAD_MEMORY_S):
-        return remembered[1]
-    result: WeightHeaders | str
-    try:
-        from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
 
-        if constants.HF_HUB_OFFLINE or offline():
-            return "the Hub not asked for the weights' headers (HF_HUB_OFFLINE is set)"
+    if hub_offline():
+        return "the Hub not asked for the weights' headers (HF_HUB_OFFLINE is set)"
+
+    def fetch() -> WeightHeaders:
         meta = HfApi().get_safetensors_metadata(model_id, revision=revision or None, timeout=DOWNLOAD_TIMEOUT_S)
         shapes = {name: tuple(info.shape) for file in meta.files_metadata.values()
                   for name, info in file.tensors.items()}
-        result = WeightHeaders(shapes, f"the Hub ({model_id}{'@' + revision if revision else ''})")
-    except Exception as err:  # network, gated repo, no safetensors: all are "could not read them" to the user
-        result = f"the Hub did not serve the weights' headers ({first_line(err)})"
-    _hub_headers[key] = (time.monotonic(), result)
-    return result
+        return WeightHeaders(shapes, f"the Hub ({model_id}{'@' + revision if revision else ''})")
 
-
-# ---------------------------------------------------------------- counting them
+    return _hub_headers.ask(model_id, revision, fetch, "the Hub did not serve the weights' headers")
 
 
 def shape_from_headers(config: dict[str, Any], headers: WeightHeaders) -> ModelShape:

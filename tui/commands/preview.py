@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qlora_tui.runner.errors import QloraError
+from qlora_tui.core.errors import UserFacingError
 from qlora_tui.tui.commands.profile_args import add_profile_arguments, profile_from_args
 
 
@@ -16,7 +16,7 @@ def cmd_data(args: argparse.Namespace, home: Path) -> int:
     from qlora_tui.runner.data.preview import format_preview, preview_data
 
     if args.rows < 0:
-        raise QloraError(f"--rows: must be 0 or more, got {args.rows}")
+        raise UserFacingError(f"--rows: must be 0 or more, got {args.rows}")
     preview = preview_data(profile_from_args(args, home, check_data=True), home, args.rows)
     if args.json:
         print(json.dumps(preview.to_json(), indent=2))

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qlora_tui.runner.errors import QloraError
+from qlora_tui.core.errors import UserFacingError
 from qlora_tui.runner.rundir import ACTIVE, STATUSES
 from qlora_tui.tui.commands.common import print_json
 from qlora_tui.tui.commands.profile_args import add_profile_arguments, profile_from_args
@@ -23,7 +23,7 @@ def cmd_run(args: argparse.Namespace, home: Path) -> int:
         from qlora_tui.core.names import NAME_RULE, is_valid_name
 
         if not is_valid_name(args.name):
-            raise QloraError(f"--name: use {NAME_RULE}; got {args.name!r}")
+            raise UserFacingError(f"--name: use {NAME_RULE}; got {args.name!r}")
         profile.name = args.name
     check_distributed(profile, args.processes)
     if args.processes is not None:
@@ -72,7 +72,7 @@ def cmd_stop(args: argparse.Namespace, home: Path) -> int:
 
     run = find_run(home, args.run_id)
     if not run.is_running():
-        raise QloraError(f"run {run.run_id} is not running (status: {summarize(run).status})")
+        raise UserFacingError(f"run {run.run_id} is not running (status: {summarize(run).status})")
     run.request_stop()
     if not args.wait:
         print(f"asked {run.run_id} to stop; it saves a checkpoint at the end of its current step")

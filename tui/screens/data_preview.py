@@ -26,7 +26,6 @@ from textual.widgets import Footer, Header, Static
 from qlora_tui.core.profile.files import dumps_profile
 from qlora_tui.core.profile.schema import Profile
 from qlora_tui.runner.data.preflight import PreflightReport
-from qlora_tui.runner.data.preview import report_lines
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 
 PREVIEW_ROWS = 5
@@ -53,7 +52,7 @@ def preview_text(preview: dict[str, Any]) -> Text:
             text.append(piece, style=TRAINED_STYLE if kind == "trained" else NOTE_STYLE if kind == "note" else "")
         text.append("\n")
     text.append("\npre-flight, all rows\n", style="bold")
-    for line in report_lines(PreflightReport(**preview["report"])):
+    for line in PreflightReport(**preview["report"]).lines():
         text.append(line + "\n")
     for note in preview.get("notes") or []:
         text.append(f"note: {note}\n", style="dim")

@@ -28,7 +28,6 @@ from qlora_tui.core.profile.files import checked_data_path, load_profile, save_p
 from qlora_tui.core.profile.schema import SECTIONS, Profile
 from qlora_tui.core.profile.shipped import list_profiles
 from qlora_tui.core.profile.validate import check_profile_name, parse_field_text, profile_from_dict
-from qlora_tui.runner.errors import QloraError
 from qlora_tui.runner.launch import start_run
 from qlora_tui.tui.screens.dialogs import AskText, Confirm
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
@@ -262,9 +261,9 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
     def current_profile(self) -> Profile:
         """The form as a profile, validated as a whole (cross-field rules included)."""
         if self.profile is None:
-            raise QloraError("pick a profile first")
+            raise UserFacingError("pick a profile first")
         if self.errors:
-            raise QloraError("fix the fields marked in red first: " + "; ".join(self.errors.values()))
+            raise UserFacingError("fix the fields marked in red first: " + "; ".join(self.errors.values()))
         profile = copy.deepcopy(self.profile)
         method = profile.train.method
         profile.method_keys = tuple(f.name for f in dataclasses.fields(SECTIONS["method"])
