@@ -1,5 +1,5 @@
 """`python -m qlora_tui.runner.dist.worker RUN_DIR [--resume]`: one rank of a distributed run, started by the
-launcher (runner/dist_launch.py) with torchrun's environment.
+launcher (runner/dist/launch.py) with torchrun's environment.
 
 Every rank runs the same run_training; rank 0 alone writes the events (the
 others get a NullWriter) and its output goes to runner.log as a one-process

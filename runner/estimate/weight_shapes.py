@@ -3,7 +3,7 @@
 Counting the weights is exact for any architecture, so the plan reads the
 headers whenever it can reach them: a local directory, the built-in model,
 the Hugging Face cache, or (online) the Hub. The config formulas of
-runner/model_shape.py are the fallback, and an unknown architecture with
+model_shape.py are the fallback, and an unknown architecture with
 neither is an error, never a guess. Nothing here imports torch or transformers.
 """
 

@@ -5,7 +5,7 @@ An entry's state is in its file name (`KEY.queued.json`, `KEY.running.json`,
 atomic rename or unlink: a removed entry is never started, a started one never
 removed. KEY is the add time in nanoseconds plus the entry's id, so names sort in
 the order the entries were added. Each entry holds its profile frozen when it
-was added, as a run does; the queue runner (runner/queuerunner.py) starts them.
+was added, as a run does; the queue runner (runner/queue/runner.py) starts them.
 """
 
 from __future__ import annotations

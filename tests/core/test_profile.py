@@ -164,3 +164,26 @@ def test_the_8bit_threshold_reaches_bitsandbytes() -> None:
     profile.quant.llm_int8_threshold = 4.5
     config = quantization_config(profile)
     assert config.load_in_8bit and config.llm_int8_threshold == 4.5
+
+
+def test_optimizer_and_scheduler_choices_are_names_transformers_accepts() -> None:
+    """The schema copies these names so the app can offer them without importing transformers; a rename there
+    would otherwise surface only when a run starts."""
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    from qlora_tui.core.profile.schema import OPTIMIZERS, SCHEDULERS
+
+    assert set(OPTIMIZERS) - {o.value for o in OptimizerNames} == set()
+    assert set(SCHEDULERS) - {s.value for s in SchedulerType} == set()
+
+
+def test_a_stored_profile_reads_through_the_schema_even_when_a_field_no_longer_checks() -> None:
+    from qlora_tui.core.profile.files import stored_profile
+
+    good = stored_profile('[data]\npath = "x.jsonl"\n[train]\nmax_seq_len = 512\n')
+    assert good.train.max_seq_len == 512 and good.lora.r == Profile().lora.r
+    odd = stored_profile('[data]\npath = "x.jsonl"\n[train]\nmax_seq_len = 512\nfuture_knob = 3\n'
+                         '[lora]\nr = "sixteen"\n')
+    assert odd.train.max_seq_len == 512 and odd.lora.r == Profile().lora.r  # the bad field keeps its default
+    assert stored_profile("not = [toml").train.max_seq_len == Profile().train.max_seq_len

@@ -58,7 +58,7 @@ def cmd_resume(args: argparse.Namespace, home: Path) -> int:
 
 
 def check_distributed(profile: Any, processes: int | str | None) -> None:
-    """A run's processes, boxes and strategy checked on this box before the run is made (runner/dist_plan.py)."""
+    """A run's processes, boxes and strategy checked on this box before the run is made (runner/dist/plan.py)."""
     from qlora_tui.runner.dist.plan import check_port_free, plan_dist
 
     dist = profile.dist

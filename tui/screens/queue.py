@@ -1,7 +1,7 @@
 """The Queue screen: runs waiting to start one after another, the one running, and the queue runner's state.
 
 The queue itself lives in the data home and a detached queue runner works
-through it (runner/queuerunner.py), so closing the app changes nothing here;
+through it (runner/queue/runner.py), so closing the app changes nothing here;
 this screen only reads the entry files and adds or removes entries.
 """
 
