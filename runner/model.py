@@ -90,7 +90,6 @@ def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "
     fast path's choice (None: transformers' default).
     """
     import torch
-    from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     fsdp = sharded()
@@ -114,16 +113,43 @@ def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelError(f"model.id: cannot load the weights of {base.model_id!r}: {first}") from None
     model.config.use_cache = False
-    gc = profile.train.gradient_checkpointing
     if fsdp:
-        return model  # no fp32 upcast (FSDP shards one dtype per unit); FSDP checkpoints activations itself
-    if quant is not None:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif gc:
+        return model  # FSDP shards one dtype per unit and checkpoints activations itself
+    freeze_base(model, keep_fp16_upcast=quant is not None and compute_dtype_name(profile) == "fp16")
+    if profile.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     return model
+
+
+def freeze_base(model: Any, keep_fp16_upcast: bool) -> None:
+    """Every base weight frozen, in the dtype it loaded in: a bf16 base keeps its embeddings, norms and head in
+    bf16, so the residual stream, the attention inputs and the kernels run at 16 bits end to end.
+
+    PEFT's prepare_model_for_kbit_training casts all of them to fp32, which doubles the bytes of every
+    activation and makes bitsandbytes return fp32; only an fp16 base keeps that upcast (`keep_fp16_upcast`),
+    where fp16's narrow range would otherwise overflow in the norms. LoRA weights stay fp32 (PEFT's
+    autocast_adapter_dtype), which is where precision matters for training quality.
+    """
+    import torch
+
+    for param in model.parameters():
+        param.requires_grad = False
+        if keep_fp16_upcast and param.dtype == torch.float16 and param.__class__.__name__ != "Params4bit":
+            param.data = param.data.to(torch.float32)
+
+
+def stream_dtypes(profile: Profile) -> dict[str, str]:
+    """The dtypes a run computes in, said in its start event: the residual stream (embeddings, norms,
+    activations), the frozen base's weights and the LoRA weights."""
+    compute = compute_dtype_name(profile)
+    bits = profile.quant.bits
+    stream = "fp32" if compute == "fp16" and bits != "none" else compute
+    if sharded():
+        stream = compute
+    base = {4: f"{profile.quant.type} 4-bit, dequantized to {compute}", 8: f"int8 (LLM.int8), {compute} compute"}
+    lora = compute if sharded() and bits == 4 else "fp32"  # FSDP-QLoRA keeps the LoRA in the storage dtype
+    return {"stream": stream, "base": base.get(bits, compute), "lora": lora}  # type: ignore[call-overload]
 
 
 @contextlib.contextmanager

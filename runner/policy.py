@@ -68,7 +68,25 @@ def load_policy(prepared: Prepared, writer: EventWriter) -> Any:
         head = ", with a new score head for the reward" if task_type == "SEQ_CLS" else ""
         writer.write("log", level="info", message=f"continuing adapter {prepared.parent_ref}: its weights and "
                                                   f"LoRA shape are used{head}, [lora] is ignored")
-    return attach_lora(model, profile, prepared.parent_path, task_type)
+    policy = attach_lora(model, profile, prepared.parent_path, task_type)
+    keep_trainable_heads_in_fp32(policy)
+    return policy
+
+
+def keep_trainable_heads_in_fp32(model: Any) -> None:
+    """Trainable weights that are not LoRA (a reward model's score head) train in fp32 like the LoRA does, with
+    their input cast to match, since the base around them now stays in bf16."""
+    import torch
+
+    for name, module in model.named_modules():
+        params = list(module.parameters(recurse=False))
+        if ".lora_" in f".{name}" or not params or not all(p.requires_grad for p in params):
+            continue
+        if all(p.dtype == torch.float32 for p in params) or not isinstance(module, torch.nn.Linear):
+            continue
+        module.float()
+        module.register_forward_pre_hook(lambda m, args: tuple(
+            a.to(torch.float32) if torch.is_tensor(a) and a.is_floating_point() else a for a in args))
 
 
 def attention(prepared: Prepared) -> str | None:

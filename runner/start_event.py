@@ -11,7 +11,7 @@ from qlora_tui.runner.dist import ranks as distributed
 from qlora_tui.runner.events import EventWriter
 from qlora_tui.runner.measure import MEMORY_CHECK_STEP, memory_estimate
 from qlora_tui.runner.methods.preference import reference_description
-from qlora_tui.runner.model import lora_shape
+from qlora_tui.runner.model import lora_shape, stream_dtypes
 from qlora_tui.runner.prepare import planned_steps
 from qlora_tui.runner.prepared import Prepared
 from qlora_tui.runner.rundir import RunDir
@@ -29,6 +29,7 @@ def start_fields(run: RunDir, prepared: Prepared, resumed_step: int | None, esti
         "dataset": profile.data.path, "dataset_fingerprint": prepared.dataset_fingerprint,
         "dataset_rows": prepared.dataset_rows, "train_rows": len(prepared.train_data),
         "eval_rows": len(prepared.eval_data), "lora_shape": lora_shape(profile), "parent": prepared.parent_ref,
+        "dtypes": stream_dtypes(profile),
         "device": distributed.describe_device(), "dist": distributed.start_fields(profile),
         "library_versions": library_versions(),
         "max_steps": planned_steps(profile, len(prepared.train_data), distributed.world_size()),

@@ -60,7 +60,8 @@ class QuantSection:
 class LoraSection:
     r: int = spec(16, "int", "LoRA rank", min=1, max=4096)
     alpha: float = spec(32, "number", "LoRA scaling numerator (scale = alpha / r)", min=0, min_exclusive=True)
-    dropout: float = spec(0.05, "number", "dropout on the LoRA input", min=0, max=1, max_exclusive=True)
+    dropout: float = spec(0.0, "number", "dropout on the LoRA input (0 lets the fused LoRA layers run)", min=0,
+                          max=1, max_exclusive=True)
     target_modules: list[str] = spec(
         ["q_proj", "k_proj", "v_proj", "o_proj"], "targets",
         'module names to adapt, or ["all-linear"]',
