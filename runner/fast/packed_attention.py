@@ -191,8 +191,9 @@ def flash_varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
 
     # flash's window is (left, right) inclusive: window - 1 tokens back plus the token itself, as transformers sets it
     window_size = (window - 1, 0) if window is not None and documents.max_length > window else (-1, -1)
+    cu_seqlens = documents.cu_seqlens.to(query.device)  # a collator's boundaries may still be on the host
     out = flash_attn_varlen_func(tokens_first(query), tokens_first(key), tokens_first(value),
-                                 cu_seqlens_q=documents.cu_seqlens, cu_seqlens_k=documents.cu_seqlens,
+                                 cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
                                  max_seqlen_q=documents.max_length, max_seqlen_k=documents.max_length,
                                  dropout_p=dropout, softmax_scale=scaling, causal=True, window_size=window_size)
     return out.reshape(batch, length, heads, -1)
