@@ -13,6 +13,7 @@ from qlora_tui.core.models import resolve_base as resolve_model
 from qlora_tui.core.profile.schema import Profile
 from qlora_tui.core.quant import bnb_config, resolve_compute_dtype, torch_dtype
 from qlora_tui.runner.dist.ranks import sharded
+from qlora_tui.runner.fast.offload import enable_offloaded_checkpointing
 
 
 def resolve_base(profile: Profile, home: Path) -> BaseModel:
@@ -116,7 +117,9 @@ def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "
     if fsdp:
         return model  # FSDP shards one dtype per unit and checkpoints activations itself
     freeze_base(model, keep_fp16_upcast=quant is not None and compute_dtype_name(profile) == "fp16")
-    if profile.train.gradient_checkpointing:
+    if profile.train.gradient_checkpointing == "offload":
+        enable_offloaded_checkpointing(model)
+    elif profile.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     return model

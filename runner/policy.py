@@ -8,6 +8,7 @@ from typing import Any
 from qlora_tui.core.profile.schema import Profile
 from qlora_tui.runner.dist import ranks as distributed
 from qlora_tui.runner.events import EventWriter
+from qlora_tui.runner.fast.packed_attention import PACKED_ATTENTION, register_packed_attention
 from qlora_tui.runner.model import load_base_for_training, lora_config
 from qlora_tui.runner.prepared import Prepared
 from qlora_tui.runner.trainer_args import tf32_available
@@ -90,5 +91,10 @@ def keep_trainable_heads_in_fp32(model: Any) -> None:
 
 
 def attention(prepared: Prepared) -> str | None:
-    """The attention kernel the fast path chose (None for a Prepared made without one: transformers decides)."""
-    return prepared.fast.attn_implementation if prepared.fast is not None else None
+    """The attention kernel the fast path chose (None for a Prepared made without one: transformers decides);
+    ours for packed rows is registered with transformers first, in this process."""
+    if prepared.fast is None:
+        return None
+    if prepared.fast.attn_implementation == PACKED_ATTENTION:
+        register_packed_attention()
+    return prepared.fast.attn_implementation

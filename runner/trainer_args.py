@@ -33,7 +33,8 @@ def trainer_arguments(profile: Profile, output_dir: str, has_eval: bool, fast: F
         optim=t.optimizer,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        gradient_checkpointing=t.gradient_checkpointing,
+        # "offload": runner/model.py installed our own checkpointing, which the Trainer's would replace
+        gradient_checkpointing=t.gradient_checkpointing is True,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         seed=t.seed,
         data_seed=t.seed,

@@ -99,7 +99,8 @@ class TrainSection:
     optimizer: str = spec("adamw_torch", "choice", "optimizer", choices=OPTIMIZERS)
     weight_decay: float = spec(0.0, "number", "weight decay", min=0, max=1)
     max_grad_norm: float = spec(1.0, "number", "gradient clipping norm (0: off)", min=0)
-    gradient_checkpointing: bool = spec(True, "bool", "recompute activations in backward to save memory")
+    gradient_checkpointing: bool | str = spec(True, "checkpointing", 'recompute activations in backward to save '
+                                              'memory; "offload" also keeps each layer\'s input in host memory')
     seed: int = spec(42, "int", "random seed", min=0)
     save_strategy: str = spec("steps", "choice", "checkpoint every save_steps steps, or at the end of each epoch",
                               choices=("steps", "epoch"))

@@ -49,6 +49,12 @@ def check_value(path: str, meta: dict[str, Any], value: Any) -> Any:
         if value not in (4, 8, "none") or isinstance(value, bool):
             raise ProfileError(f'{path}: must be 4, 8 or "none"; got {_fmt(value)}')
         return value
+    if kind == "checkpointing":
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            value = value.strip().lower() == "true"
+        if isinstance(value, bool) or value == "offload":
+            return value
+        raise ProfileError(f'{path}: must be true, false or "offload"; got {_fmt(value)}')
     if kind == "processes":
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value)
@@ -104,7 +110,7 @@ def parse_field_text(section: str, key: str, text: str) -> Any:
             value = float(raw)
         except ValueError:
             value = raw
-    elif kind == "bool":
+    elif kind in ("bool", "checkpointing"):
         value = {"true": True, "false": False, "yes": True, "no": False}.get(raw.lower(), raw)
     elif kind in ("targets", "trackers"):
         value = [part.strip().strip('"') for part in raw.strip("[]").split(",") if part.strip()]

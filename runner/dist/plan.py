@@ -96,6 +96,9 @@ def check_strategy(profile: Profile, plan: DistPlan) -> None:
     if profile.train.method != "sft":
         raise ProfileError(f'dist.strategy: fsdp trains train.method = "sft" only; this profile is '
                            f'"{profile.train.method}"', hint='use dist.strategy = "ddp" for this method')
+    if profile.train.gradient_checkpointing == "offload":
+        raise ProfileError('train.gradient_checkpointing: "offload" is not available with dist.strategy = "fsdp", '
+                           "which checkpoints activations itself", hint="set train.gradient_checkpointing = true")
     if not plan.on_gpu:
         raise RunError("dist.strategy: fsdp needs GPUs: accelerate shards only on accelerators, and on the CPU it "
                        "would quietly train DDP instead", hint='use dist.strategy = "ddp" on the CPU')

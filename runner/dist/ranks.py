@@ -326,7 +326,7 @@ def fsdp_config(profile: Profile) -> dict[str, Any]:
         "reshard_after_forward": True,
         "cpu_ram_efficient_loading": profile.quant.bits == "none",  # a 4-bit base is quantized on every rank
         "state_dict_type": "FULL_STATE_DICT",
-        "activation_checkpointing": profile.train.gradient_checkpointing,
+        "activation_checkpointing": bool(profile.train.gradient_checkpointing),
     }
 
 

@@ -199,12 +199,16 @@ def _activation_components(shape: ModelShape, modules: list[Adapted], profile: P
     """Activation lines with and without checkpointing (only the profile's one counted), logits; eager extra GB."""
     tokens = rows * seq
     one_layer, eager_per_layer = _layer_activation_bytes(shape, modules, profile, tokens, seq, nbytes)
-    checkpointed = shape.layers * tokens * shape.hidden * nbytes + one_layer
-    gc = profile.train.gradient_checkpointing
+    layer_inputs = shape.layers * tokens * shape.hidden * nbytes
+    gc = bool(profile.train.gradient_checkpointing)
+    if profile.train.gradient_checkpointing == "offload":
+        checkpointed, how = one_layer, (f"one layer recomputed in backward; the layer inputs "
+                                        f"({layer_inputs / GB:.2f} GB) wait in pinned host memory (offload)")
+    else:
+        checkpointed = layer_inputs + one_layer
+        how = f"layer inputs ({nbytes}*hidden bytes per token per layer) + one layer recomputed in backward"
     out = [
-        Component("activations, checkpointed", checkpointed / GB,
-                  f"layer inputs ({nbytes}*hidden bytes per token per layer) + one layer recomputed in backward",
-                  counted=gc, in_use=gc),
+        Component("activations, checkpointed", checkpointed / GB, how, counted=gc, in_use=gc),
         Component("activations, not checkpointed", shape.layers * one_layer / GB,
                   f"every layer's activations for {tokens:,} tokens (SDPA attention: no seq^2 term)",
                   counted=not gc, in_use=not gc),
@@ -340,7 +344,7 @@ def fit_sentence(plan: MemoryPlan) -> str:
 
 def format_plan(plan: MemoryPlan) -> str:
     """The plan as the CLI prints it: a summary, an aligned component table, the total and the verdict."""
-    gc_word = "on" if plan.gradient_checkpointing else "off"
+    gc_word = {True: "on", False: "off", "offload": "offloaded"}.get(plan.gradient_checkpointing, "on")
     rows_word = "row" if plan.batch_size == 1 else "rows"
     pct = 100 * plan.trainable_params / max(1, plan.total_params + plan.trainable_params)
     active = f" ({_count(plan.active_params)} active per token)" if plan.active_params != plan.total_params else ""

@@ -42,7 +42,7 @@ class MemoryPlan:
     method: str
     batch_size: int
     seq_len: int
-    gradient_checkpointing: bool
+    gradient_checkpointing: bool | str  # True, False or "offload"
     components: list[Component]
     total_gb: float
     total_gb_other_checkpointing: float

@@ -14,10 +14,13 @@ from typing import Any
 
 from qlora_tui.core.profile.schema import Profile
 from qlora_tui.runner.errors import RunError
+from qlora_tui.runner.fast.offload import offload_note
+from qlora_tui.runner.fast.packed_attention import PACKED_ATTENTION, packed_attention_note
 from qlora_tui.runner.model import compute_dtype_name
 
 FLASH = ("flash_attention_2", "flash_attention_3")
-PACKS_WITH = ("sdpa", "eager", *FLASH)  # transformers 5 keeps packed rows apart from their position ids
+# transformers 5 keeps packed rows apart from their position ids; ours attends per row without a T x T mask
+PACKS_WITH = ("sdpa", "eager", PACKED_ATTENTION, *FLASH)
 LIGER_KERNELS = {"rms_norm": True, "rope": True, "swiglu": True, "cross_entropy": False,
                  "fused_linear_cross_entropy": False}  # TRL's own chunked LM head computes the loss
 
@@ -30,24 +33,43 @@ class FastPath:
     packing_note: str
     liger: bool
     liger_note: str
+    checkpointing: str  # "on", "off" or "offload"
+    checkpointing_note: str
 
     def as_event(self) -> dict[str, Any]:
         """The start event's fields: what the run uses and, for each, why."""
         return {"attn_implementation": self.attn_implementation, "attn_note": self.attn_note,
                 "packing": self.packing, "packing_note": self.packing_note,
-                "liger": self.liger, "liger_note": self.liger_note}
+                "liger": self.liger, "liger_note": self.liger_note,
+                "checkpointing": self.checkpointing, "checkpointing_note": self.checkpointing_note}
 
     def summary(self) -> str:
         return (f"fast path: attention {self.attn_implementation} ({self.attn_note}); "
                 f"packing {'on' if self.packing else 'off'} ({self.packing_note}); "
-                f"Liger kernels {'on' if self.liger else 'off'} ({self.liger_note})")
+                f"Liger kernels {'on' if self.liger else 'off'} ({self.liger_note}); "
+                f"activation checkpointing {self.checkpointing} ({self.checkpointing_note})")
 
 
 def choose_fast_path(profile: Profile, config: Any) -> FastPath:
     attn, attn_note = choose_attention(profile, config)
     packing, packing_note = choose_packing(profile, attn)
+    if packing and attn == "sdpa" and profile.model.attn_implementation == "auto":
+        # SDPA would attend a packed batch under a T x T block mask: ours costs what the rows cost
+        attn, attn_note = PACKED_ATTENTION, packed_attention_note()
     liger, liger_note = choose_liger(profile, config)
-    return FastPath(attn, attn_note, packing, packing_note, liger, liger_note)
+    checkpointing, checkpointing_note = choose_checkpointing(profile)
+    return FastPath(attn, attn_note, packing, packing_note, liger, liger_note, checkpointing, checkpointing_note)
+
+
+def choose_checkpointing(profile: Profile) -> tuple[str, str]:
+    """Activation checkpointing as train.gradient_checkpointing asks: off, on (layer inputs kept on the device),
+    or offloaded (layer inputs in host memory until backward)."""
+    gc = profile.train.gradient_checkpointing
+    if gc == "offload":
+        return "offload", offload_note()
+    if gc:
+        return "on", "each layer recomputed in backward; its input kept on the device"
+    return "off", "train.gradient_checkpointing = false: every activation kept for backward"
 
 
 def _cuda() -> bool:

@@ -187,3 +187,16 @@ def test_a_stored_profile_reads_through_the_schema_even_when_a_field_no_longer_c
                          '[lora]\nr = "sixteen"\n')
     assert odd.train.max_seq_len == 512 and odd.lora.r == Profile().lora.r  # the bad field keeps its default
     assert stored_profile("not = [toml").train.max_seq_len == Profile().train.max_seq_len
+
+
+def test_gradient_checkpointing_is_on_off_or_offload(tmp_path: Path) -> None:
+    base = '[data]\npath = "x.jsonl"\n[train]\n'
+    assert load_profile(write(tmp_path, base + 'gradient_checkpointing = "offload"\n')).train.gradient_checkpointing \
+        == "offload"
+    assert load_profile(write(tmp_path, base + "gradient_checkpointing = false\n")).train.gradient_checkpointing \
+        is False
+    with pytest.raises(ProfileError, match=r'p.toml:4: train.gradient_checkpointing: must be true, false or '
+                                           r'"offload"; got "sometimes"'):
+        load_profile(write(tmp_path, base + 'gradient_checkpointing = "sometimes"\n'))
+    assert parse_field_text("train", "gradient_checkpointing", "offload") == "offload"
+    assert parse_field_text("train", "gradient_checkpointing", "true") is True

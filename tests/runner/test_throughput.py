@@ -14,6 +14,7 @@ import torch
 from qlora_tui.core.gpu_peaks import mfu_pct, peak_bf16_tflops
 from qlora_tui.runner.errors import RunError
 from qlora_tui.runner.fast.choice import choose_fast_path, flash_available
+from qlora_tui.runner.fast.packed_attention import PACKED_ATTENTION
 from qlora_tui.runner.measure import MEMORY_CHECK_STEP, TokenCounter, matmul_params, memory_comparison
 from qlora_tui.runner.rundir import list_runs
 from tests.conftest import quick_profile
@@ -123,14 +124,19 @@ def test_the_fast_path_packs_sft_only_and_says_why_not_elsewhere(model_home: Pat
     cuda = torch.cuda.is_available()
     assert sft.packing and "within rows" in sft.packing_note
     if not cuda:
-        assert sft.attn_implementation == "sdpa" and sft.attn_note.startswith("no CUDA GPU")
+        # packed rows get our per-row attention, never SDPA's T x T block mask
+        assert sft.attn_implementation == PACKED_ATTENTION and "no T x T mask" in sft.attn_note
         assert not sft.liger and sft.liger_note.startswith("no CUDA GPU")
     else:
-        assert sft.attn_implementation in ("sdpa", "flash_attention_2", "flash_attention_3")
+        assert sft.attn_implementation in (PACKED_ATTENTION, "flash_attention_2", "flash_attention_3")
+    asked = quick_profile()
+    asked.model.attn_implementation = "sdpa"  # asked for by name: SDPA it is, block mask and all
+    assert choose_fast_path(asked, config).attn_implementation == "sdpa"
     dpo = quick_profile()
     dpo.train.method = "dpo"
     off = choose_fast_path(dpo, config)
     assert not off.packing and "DPOTrainer switches padding_free off" in off.packing_note
+    assert off.attn_implementation in ("sdpa", "flash_attention_2", "flash_attention_3")  # padded rows: SDPA's mask
     unpacked = quick_profile(packing=False, liger=False)
     chosen = choose_fast_path(unpacked, config)
     assert (chosen.packing, chosen.packing_note) == (False, "train.packing = false")
@@ -152,8 +158,9 @@ def test_asking_for_flash_attention_where_there_is_none_fails_before_loading(hom
 def test_a_run_records_its_path_throughput_and_memory_plan(trained_home: Path) -> None:
     (run,) = list_runs(trained_home)
     (start,) = events_of(run, "start")
-    assert start["packing"] is True and start["attn_implementation"] in ("sdpa", "flash_attention_2",
+    assert start["packing"] is True and start["attn_implementation"] in (PACKED_ATTENTION, "flash_attention_2",
                                                                          "flash_attention_3")
+    assert start["checkpointing"] == "on" and start["dtypes"]["lora"] == "fp32"
     assert start["memory_estimate_gb"] > 0 and start["memory_estimate_note"].startswith("qlora-tui estimate")
     assert any(e["message"].startswith("fast path: attention ") for e in events_of(run, "log"))
     steps = events_of(run, "step")

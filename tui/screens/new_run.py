@@ -68,9 +68,9 @@ def compact_plan(plan: Any, width: int = 30) -> str:
         lines.append(f"\n[green]fits a {plan.gpu_gb:.0f} GB card, {plan.spare_gb:.1f} GB spare[/green]")
     else:
         lines.append(f"\n[red]does not fit a {plan.gpu_gb:.0f} GB card[/red]")
-    gc = "on" if plan.gradient_checkpointing else "off"
+    gc = {True: "on", False: "off", "offload": "offloaded"}.get(plan.gradient_checkpointing, "on")
     lines.append(f"gradient checkpointing {gc}; {plan.total_gb_other_checkpointing:.1f} GB if "
-                 f"{'off' if gc == 'on' else 'on'}")
+                 f"{'off' if gc != 'off' else 'on'}")
     return "\n".join(lines)
 
 
