@@ -9,6 +9,7 @@ from qlora_tui.core.profile.schema import Profile
 from qlora_tui.runner.dist import ranks as distributed
 from qlora_tui.runner.events import EventWriter
 from qlora_tui.runner.model import load_base_for_training, lora_config
+from qlora_tui.runner.moe import check_loaded_experts
 from qlora_tui.runner.prepared import Prepared
 from qlora_tui.runner.trainer_args import tf32_available
 
@@ -68,7 +69,10 @@ def load_policy(prepared: Prepared, writer: EventWriter) -> Any:
         head = ", with a new score head for the reward" if task_type == "SEQ_CLS" else ""
         writer.write("log", level="info", message=f"continuing adapter {prepared.parent_ref}: its weights and "
                                                   f"LoRA shape are used{head}, [lora] is ignored")
-    return attach_lora(model, profile, prepared.parent_path, task_type)
+    model = attach_lora(model, profile, prepared.parent_path, task_type)
+    if prepared.experts is not None:
+        writer.write("log", level="info", message=check_loaded_experts(model, prepared.experts))
+    return model
 
 
 def attention(prepared: Prepared) -> str | None:
