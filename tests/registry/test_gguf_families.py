@@ -80,3 +80,36 @@ def test_the_vocabulary_uses_the_pre_tokenizer_transformers_runs(tiny_families: 
     bpe = GgufBpe(vocab.tokens, vocab.merges, vocab.types, vocab.pre)
     for text in ("32 and 7", "2024-06-01: 12345 apples<|im_end|>"):
         assert bpe.encode(text) == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize(("family", "targets"), [
+    ("gpt_neox", ["query_key_value", "dense_4h_to_h"]), ("phi3", ["qkv_proj", "gate_up_proj"]),
+    ("gemma2", ["q_proj", "k_proj", "up_proj"]), ("mistral", ["q_proj", "k_proj", "v_proj"]),
+])
+def test_an_adapter_gguf_over_the_base_gguf_runs_like_peft(family: str, targets: list[str],
+                                                          tiny_families: TinyFamilies, home: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A GGUF LoRA's B rows get the base tensor's row transformation (GPT-NeoX's qkv regrouping, llama's Q/K
+    permutation), so llama.cpp's W x + (alpha / r) B A x over the base GGUF is the PEFT model."""
+    import numpy as np
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.registry.gguf_reference import logits as gguf_logits
+
+    base = tiny_families[family]
+    adapter = make_peft_adapter(base, tmp_path / "lora", seed=5, target_modules=targets)
+    import_adapter(open_store(home), adapter, "fam", base=str(base))
+    out = tmp_path / "fam.gguf"
+    result = cli(capsys, home, "export-gguf", "fam@1", "--out", str(out), "--adapter-only", "--quant", "f32",
+                 "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(adapter))
+    ids = AutoTokenizer.from_pretrained(base)("Sort the numbers: 21, 7, 15 and then 3", add_special_tokens=False)[
+        "input_ids"]
+    with torch.no_grad():
+        theirs = model(torch.tensor([ids])).logits[0].numpy()
+    ours = gguf_logits(Path(report["base_gguf"]), ids, adapter=out)
+    np.testing.assert_allclose(ours, theirs, atol=3e-3 if family == "gpt_neox" else 2e-4, rtol=0)
