@@ -278,8 +278,9 @@ def generate_answers(session: CompareSession, prompt: str, *, history: dict[str,
     streamers: list[RowStreamer] = []
     torch.manual_seed(seed)
     with torch.no_grad():
-        if any(c.get("use_dora") for c in configs):  # PEFT refuses DoRA in mixed batches
-            report("generating row by row: DoRA adapters cannot share a batch", 0.75)
+        alone = unbatchable(configs)
+        if alone:  # PEFT refuses these in mixed batches
+            report(f"generating row by row: {alone} cannot share a batch", 0.75)
             for row, (name, label, text) in enumerate(zip(rows, labels, texts)):
                 streamers.append(RowStreamer(tokenizer, [label], stop_ids, _shifted(on_text, row)))
                 if name != BASE_ROW:
@@ -321,6 +322,15 @@ def compare_generate(store: Store, refs: list[str], prompt: str, *, max_new_toke
     session = load_session(store, refs, on_progress=on_progress, on_warning=on_warning)
     return generate_answers(session, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             seed=seed, raw=raw, on_text=on_text, on_progress=on_progress)
+
+
+def unbatchable(configs: list[dict[str, Any]]) -> str:
+    """Why PEFT cannot put these adapters in one mixed batch ("" when it can)."""
+    if any(c.get("use_dora") for c in configs):
+        return "DoRA adapters"
+    if any(c.get("target_parameters") for c in configs):
+        return "LoRA on expert parameters (PEFT's ParamWrapper)"
+    return ""
 
 
 def _batch(tokenizer: Any, texts: list[str], pad_id: int) -> tuple[Any, Any]:

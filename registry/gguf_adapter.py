@@ -17,11 +17,11 @@ from typing import Any
 
 from qlora_tui.registry.basemodel import version_base
 from qlora_tui.registry.errors import RegistryError
+from qlora_tui.registry.gguf_arch import arch_of, notes_of, transform_of
 from qlora_tui.registry.gguf_check import check_file
 from qlora_tui.registry.gguf_layout import (
     GgufExport,
     PlannedTensor,
-    arch_of,
     model_metadata,
     model_plan,
     read_config,
@@ -63,11 +63,7 @@ def adapter_plan(version: AdapterVersion, base_dir: Path, config: dict[str, Any]
         gguf_name = names.get_name(base_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise RegistryError(f"{version.ref}: module {target.module} has no GGUF name for {spec.gguf_arch}")
-        transform = ""
-        if spec.permute_qk and base_name.endswith("q_proj.weight"):
-            transform = "permute_q"
-        elif spec.permute_qk and base_name.endswith("k_proj.weight"):
-            transform = "permute_k"
+        transform = transform_of(spec, base_name)  # a row permutation of W is the same of B: (P B) A = P (B A)
         tensors.append(PlannedTensor(f"{gguf_name}.lora_a", tuple(target.a.shape),
                                      tensor_qtype(tuple(target.a.shape), quant), target.a.file, target.a.name))
         # llama.cpp scales by alpha / rank; the module's true scale goes into B
@@ -97,6 +93,7 @@ def export_adapter(store: Store, version: AdapterVersion, out: Path, *, quant: s
                      "slightly from training's (a merged export uses the NF4 round trip instead)")
     if resolved.warning:
         notes.append(resolved.warning)
+    notes += notes_of(config, spec)
     out.parent.mkdir(parents=True, exist_ok=True)
     base_out = Path(base_gguf).resolve() if base_gguf else out.with_name(f"{out.stem}-base-{quant}.gguf")
     if base_gguf is None and base_out.exists() and not force:
@@ -123,7 +120,7 @@ def export_adapter(store: Store, version: AdapterVersion, out: Path, *, quant: s
             area.track(base_partial)
             plan = model_plan(base_dir, config, spec, quant, version.base_model)
             write_file(base_partial, spec.gguf_arch, plan, config,
-                       model_metadata(config, vocab, quant, version.base_model, version.base_model),
+                       model_metadata(config, spec, vocab, quant, version.base_model, version.base_model),
                        lambda message, fraction: report(f"base: {message}", 0.3 + 0.6 * fraction))
             if check:
                 check_result["base"] = check_file(base_partial, plan, config, vocab, spec.gguf_arch).to_json()

@@ -19,11 +19,11 @@ from pathlib import Path
 from qlora_tui.registry.basemodel import version_base
 from qlora_tui.registry.errors import RegistryError
 from qlora_tui.registry.gguf_adapter import export_adapter
+from qlora_tui.registry.gguf_arch import arch_of, notes_of
 from qlora_tui.registry.gguf_check import check_file
 from qlora_tui.registry.gguf_layout import (
     GgufExport,
     Progress,
-    arch_of,
     check_quant,
     model_metadata,
     model_plan,
@@ -70,16 +70,19 @@ def export_gguf(store: Store, ref: str, out: Path, *, quant: str = "f16", adapte
     if adapter_only:
         return export_adapter(store, version, out, quant=quant, base_gguf=base_gguf, force=force, check=check,
                               report=report, started=started)
+    # an architecture it cannot write is refused before the merge, from the config the merge would copy
+    arch_of(read_config(version.path if version.kind == "merged" else version_base(store, version).path), version.ref)
     out.parent.mkdir(parents=True, exist_ok=True)
     with work_area(store.tmp_root, "gguf") as area:
         model_dir, notes = merged_dir(store, version, area.path, quant, report)
         config = read_config(model_dir)
         spec = arch_of(config, version.ref)
+        notes += notes_of(config, spec)
         vocab = read_vocab(model_dir, int(config["vocab_size"]))
         plan = model_plan(model_dir, config, spec, quant, version.ref)
         partial = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
         area.track(partial)
-        write_file(partial, spec.gguf_arch, plan, config, model_metadata(config, vocab, quant, version.ref,
+        write_file(partial, spec.gguf_arch, plan, config, model_metadata(config, spec, vocab, quant, version.ref,
                                                                          version.ref),
                    lambda message, fraction: report(message, 0.5 + 0.35 * fraction))
         result = {}

@@ -1,5 +1,5 @@
-"""A model's GGUF layout: the gguf package's architecture and tensor names, quantization types, hyper-parameters,
-each tensor's planned name, shape and type, and the streaming writer.
+"""A model's GGUF layout: the gguf package's tensor names, quantization types, each tensor's planned name, shape,
+type and transformation (gguf_arch.py says which), and the streaming writer.
 
 Shared by the merged-model export (gguf_export.py), the LoRA export
 (gguf_adapter.py) and the read-back check (gguf_check.py), so none of them
@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qlora_tui.registry.errors import RegistryError
+from qlora_tui.registry.gguf_arch import ArchSpec, llama3_rope_factors, rope_settings, transform_of, write_hparams
 from qlora_tui.registry.gguf_vocab import write_vocab
 from qlora_tui.registry.tensors import inventory
 
@@ -23,23 +25,6 @@ Progress = Callable[[str, float], None]
 QUANTS = ("f16", "q8_0", "bf16", "f32", "q4_k_m")
 QUANTIZE_HINT = ("write --quant f16 and run llama.cpp's quantizer on it: "
                  "llama-quantize FILE-f16.gguf FILE-q4_k_m.gguf Q4_K_M")
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """How one transformers architecture maps onto llama.cpp's: its GGUF name, and whether Q/K rows are permuted
-    (llama.cpp's "llama" rotates interleaved pairs where transformers rotates halves)."""
-
-    gguf_arch: str
-    permute_qk: bool
-
-
-ARCHITECTURES = {
-    "LlamaForCausalLM": ArchSpec("llama", True),
-    "MistralForCausalLM": ArchSpec("llama", True),
-    "Qwen2ForCausalLM": ArchSpec("qwen2", False),
-    "Qwen3ForCausalLM": ArchSpec("qwen3", False),
-}
 
 
 @dataclass
@@ -51,9 +36,10 @@ class PlannedTensor:
     qtype: Any  # gguf.GGMLQuantizationType
     source: Path | None = None  # safetensors file; None for a tensor made here (rope_freqs)
     hf_name: str = ""
-    transform: str = ""  # "" | "permute_q" | "permute_k" | "lora_a" | "lora_b"
+    transform: str = ""  # "" or one of gguf_arch.transform_of's: permute_q, permute_k, neox_qkv, norm_offset
     made: Any = None  # the data of a tensor made here
     scale: float = 1.0  # a factor folded into the data (LoRA B: the adapter's scale)
+    parts: tuple[tuple[Path, str], ...] = ()  # per-expert tensors stacked into one [experts, ...] tensor
 
 
 @dataclass
@@ -172,88 +158,6 @@ def read_config(model_dir: Path) -> dict[str, Any]:
         raise RegistryError(f"{model_dir}: no readable config.json ({err})") from None
 
 
-MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-               "qwen3": "Qwen3ForCausalLM"}
-
-
-def arch_of(config: dict[str, Any], what: str) -> ArchSpec:
-    """The architecture from config.json's `architectures`, or from its model_type when it names none."""
-    names = config.get("architectures") or [MODEL_TYPES.get(str(config.get("model_type")), "")]
-    for name in names:
-        if name in ARCHITECTURES:
-            return ARCHITECTURES[name]
-    shown = ", ".join(n for n in names if n) or str(config.get("model_type", "?"))
-    raise RegistryError(f"{what}: architecture {shown} is not one "
-                        f"export-gguf writes ({', '.join(ARCHITECTURES)})",
-                        hint="llama.cpp's convert_hf_to_gguf.py covers more architectures; run it on a merged model "
-                             "(qlora-tui merge REF --out DIR)")
-
-
-def rope_settings(config: dict[str, Any]) -> tuple[float, str, dict[str, Any]]:
-    """(rope theta, rope type, its parameters) from transformers 5's rope_parameters or the older keys."""
-    params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
-    theta = float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
-    kind = str(params.get("rope_type") or params.get("type") or "default")
-    return theta, kind, params
-
-
-def head_dim(config: dict[str, Any]) -> int:
-    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
-
-
-def llama3_rope_factors(config: dict[str, Any]) -> Any:
-    """Per-frequency factors of Llama 3.1's rope scaling, as llama.cpp expects them in rope_freqs."""
-    import numpy as np
-
-    theta, _, params = rope_settings(config)
-    dim = head_dim(config)
-    factor = float(params.get("factor", 8.0))
-    low, high = float(params.get("low_freq_factor", 1.0)), float(params.get("high_freq_factor", 4.0))
-    old = float(params.get("original_max_position_embeddings", 8192))
-    out = []
-    for freq in 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)):
-        wavelen = 2 * math.pi / freq
-        if wavelen < old / high:
-            out.append(1.0)
-        elif wavelen > old / low:
-            out.append(factor)
-        else:
-            smooth = (old / wavelen - low) / (high - low)
-            out.append(1 / ((1 - smooth) / factor + smooth))
-    return np.array(out, dtype=np.float32)
-
-
-def write_hparams(writer: Any, config: dict[str, Any], what: str) -> None:
-    """The hyper-parameters llama.cpp reads for llama / qwen2 / qwen3."""
-    import gguf
-
-    writer.add_block_count(int(config["num_hidden_layers"]))
-    writer.add_context_length(int(config.get("max_position_embeddings", 2048)))
-    writer.add_embedding_length(int(config["hidden_size"]))
-    writer.add_feed_forward_length(int(config["intermediate_size"]))
-    writer.add_head_count(int(config["num_attention_heads"]))
-    writer.add_head_count_kv(int(config.get("num_key_value_heads") or config["num_attention_heads"]))
-    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
-    writer.add_vocab_size(int(config["vocab_size"]))
-    dim = head_dim(config)
-    writer.add_rope_dimension_count(dim)
-    if dim != config["hidden_size"] // config["num_attention_heads"]:
-        writer.add_key_length(dim)
-        writer.add_value_length(dim)
-    theta, kind, params = rope_settings(config)
-    writer.add_rope_freq_base(theta)
-    if kind == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(params["factor"]))
-    elif kind == "yarn":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-        writer.add_rope_scaling_factor(float(params["factor"]))
-        writer.add_rope_scaling_orig_ctx_len(int(params.get("original_max_position_embeddings", 0)))
-    elif kind not in ("default", "llama3"):
-        raise RegistryError(f"{what}: rope scaling {kind!r} is not one export-gguf writes (linear, yarn, llama3)",
-                            hint="llama.cpp's convert_hf_to_gguf.py covers more")
-
-
 def safetensors_shapes(model_dir: Path) -> Iterator[tuple[str, tuple[int, ...], Path]]:
     """(name, shape, file) of every tensor in the directory's safetensors files, read from their headers."""
     tensors = inventory(model_dir)
@@ -263,8 +167,15 @@ def safetensors_shapes(model_dir: Path) -> Iterator[tuple[str, tuple[int, ...], 
         yield info.name, tuple(info.shape), info.file
 
 
+EXPERT = re.compile(r"^(?P<stack>.+\.experts)\.(?P<index>\d+)\.(?P<rest>.+)$")
+
+
 def model_plan(model_dir: Path, config: dict[str, Any], spec: ArchSpec, quant: str, what: str) -> list[PlannedTensor]:
-    """Every tensor the GGUF will hold, in file order, named by the gguf package's map for the architecture."""
+    """Every tensor the GGUF will hold, in file order, named by the gguf package's map for the architecture.
+
+    Per-expert tensors (transformers writes experts.N.w1 / experts.N.gate_proj) are stacked into one
+    [experts, out, in] tensor each, as llama.cpp's converter stacks them.
+    """
     import gguf
 
     arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == spec.gguf_arch)
@@ -276,20 +187,46 @@ def model_plan(model_dir: Path, config: dict[str, Any], spec: ArchSpec, quant: s
         plan.append(PlannedTensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.shape,
                                   gguf.GGMLQuantizationType.F32, made=factors))
     tied = bool(config.get("tie_word_embeddings"))
+    stacks: dict[str, list[tuple[int, tuple[int, ...], Path, str]]] = {}
     for name, shape, path in safetensors_shapes(model_dir):
         if name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight"):
             continue
-        target = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        if target is None:
-            raise RegistryError(f"{what}: tensor {name} has no GGUF name for {spec.gguf_arch}",
-                                hint="llama.cpp's convert_hf_to_gguf.py covers more model variants")
-        transform = ""
-        if spec.permute_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
-            transform = "permute_q"
-        elif spec.permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
-            transform = "permute_k"
-        plan.append(PlannedTensor(target, shape, tensor_qtype(shape, quant), path, name, transform))
+        expert = EXPERT.match(name) if spec.experts else None
+        if expert is not None:
+            stacked = f"{expert['stack']}.{expert['rest']}"
+            if stacked not in stacks:
+                stacks[stacked] = []
+                plan.append(PlannedTensor(stacked, (), None, hf_name=stacked))  # placed here, filled in below
+            stacks[stacked].append((int(expert["index"]), shape, path, name))
+            continue
+        plan.append(PlannedTensor(_gguf_name(names, name, spec, what), shape, tensor_qtype(shape, quant), path, name,
+                                  transform_of(spec, name)))
+    for planned in plan:
+        if planned.qtype is None:
+            _fill_stack(planned, stacks[planned.hf_name], names, spec, quant, what)
     return plan
+
+
+def _gguf_name(names: Any, hf_name: str, spec: ArchSpec, what: str) -> str:
+    target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    if target is None:
+        raise RegistryError(f"{what}: tensor {hf_name} has no GGUF name for {spec.gguf_arch}",
+                            hint="llama.cpp's convert_hf_to_gguf.py covers more model variants")
+    return str(target)
+
+
+def _fill_stack(planned: PlannedTensor, members: list[tuple[int, tuple[int, ...], Path, str]], names: Any,
+                spec: ArchSpec, quant: str, what: str) -> None:
+    """One stacked expert tensor: every expert of the block present once, all of one shape."""
+    members.sort()
+    shapes = {shape for _, shape, _, _ in members}
+    if [i for i, *_ in members] != list(range(len(members))) or len(shapes) != 1:
+        raise RegistryError(f"{what}: the experts of {planned.hf_name} are not numbered 0..N-1 with one shape")
+    shape = (len(members), *shapes.pop())
+    planned.gguf_name = _gguf_name(names, planned.hf_name, spec, what)
+    planned.shape, planned.qtype = shape, tensor_qtype(shape, quant)
+    planned.source, planned.hf_name = members[0][2], members[0][3]
+    planned.parts = tuple((path, name) for _, _, path, name in members)
 
 
 def permute(weights: Any, n_head: int) -> Any:
@@ -298,24 +235,44 @@ def permute(weights: Any, n_head: int) -> Any:
             .swapaxes(1, 2).reshape(weights.shape))
 
 
+def regroup_neox_qkv(weights: Any, n_head: int) -> Any:
+    """GPT-NeoX's fused rows [q, k, v] per head -> all heads' q, then k, then v (llama.cpp's attn_qkv)."""
+    return (weights.reshape(n_head, 3, weights.shape[0] // n_head // 3, *weights.shape[1:])
+            .swapaxes(0, 1).reshape(weights.shape))
+
+
+def _read(handles: dict[Path, Any], path: Path, name: str) -> Any:
+    import torch
+    from safetensors import safe_open
+
+    if path not in handles:
+        if len(handles) > 1:
+            handles.clear()  # tensors come file by file: only the current files stay mapped
+        handles[path] = safe_open(str(path), framework="pt")
+    return handles[path].get_tensor(name).to(torch.float32).numpy()
+
+
 def tensor_data(planned: PlannedTensor, config: dict[str, Any], handles: dict[Path, Any]) -> Any:
     """The float32 data of one planned tensor, transformed for llama.cpp."""
-    import torch
+    import numpy as np
 
     if planned.made is not None:
         return planned.made
-    from safetensors import safe_open
-
-    if planned.source not in handles:
-        handles.clear()  # tensors come file by file: only the current file stays mapped
-        handles[planned.source] = safe_open(str(planned.source), framework="pt")
-    data = handles[planned.source].get_tensor(planned.hf_name).to(torch.float32).numpy()
+    if planned.parts:
+        return np.stack([_read(handles, path, name) for path, name in planned.parts])
+    assert planned.source is not None
+    data = _read(handles, planned.source, planned.hf_name)
     if planned.scale != 1.0:
         data = data * planned.scale
+    heads = int(config["num_attention_heads"])
     if planned.transform == "permute_q":
-        data = permute(data, int(config["num_attention_heads"]))
+        data = permute(data, heads)
     elif planned.transform == "permute_k":
-        data = permute(data, int(config.get("num_key_value_heads") or config["num_attention_heads"]))
+        data = permute(data, int(config.get("num_key_value_heads") or heads))
+    elif planned.transform == "neox_qkv":
+        data = regroup_neox_qkv(data, heads)
+    elif planned.transform == "norm_offset":
+        data = data + 1.0
     return data
 
 
@@ -352,13 +309,14 @@ def _np_dtype(qtype: Any) -> Any:
         qtype, np.float32)
 
 
-def model_metadata(config: dict[str, Any], vocab: Any, quant: str, name: str, what: str) -> Callable[[Any], None]:
+def model_metadata(config: dict[str, Any], spec: ArchSpec, vocab: Any, quant: str, name: str, what: str
+                   ) -> Callable[[Any], None]:
     def add(writer: Any) -> None:
         import gguf
 
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(name)
-        write_hparams(writer, config, what)
+        write_hparams(writer, config, spec, what)
         writer.add_file_type(file_type_of(quant))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_vocab(writer, vocab)

@@ -85,6 +85,10 @@ def read_vocab(model_dir: Path, vocab_size: int) -> Vocab:
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
     add_bos, add_eos = _adds_bos_eos(tokenizer)
     raw = json.loads(tokenizer_file.read_text(encoding="utf-8")) if tokenizer_file.is_file() else {}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if raw and backend is not None:
+        # the pre-tokenizer transformers really runs: its class may replace the file's (Qwen2Tokenizer does)
+        raw["pre_tokenizer"] = json.loads(backend.to_str()).get("pre_tokenizer")
     model_type = (raw.get("model") or {}).get("type")
     if model_type == "BPE" and not (raw.get("model") or {}).get("byte_fallback"):
         pre = byte_level_pre(raw)

@@ -162,6 +162,10 @@ def plan_adapter(adapter_dir: Path, base: dict[str, TensorInfo], base_name: str)
             continue
         a, b = pair["A"], pair["B"]
         key = find_base_key(module, base)
+        if key is None and config.get("target_parameters"):
+            # LoRA on parameters (MoE experts, routers): transformers renames and fuses those when it loads the
+            # files (experts.N.w1 -> experts.gate_up_proj), so PEFT checks and merges them, not the file plan
+            continue
         if key is None:
             problems.append(f"module {module}: {base_name} has no weight {module}.weight")
             continue

@@ -181,7 +181,8 @@ def peft_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str, rou
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     if roundtrip is not None:
         for module in model.modules():
-            if isinstance(module, LoraLayer):
+            # expert parameters (ParamWrapper) and other non-Linear bases were never quantized in training
+            if isinstance(module, LoraLayer) and isinstance(module.get_base_layer(), torch.nn.Linear):
                 weight = module.get_base_layer().weight
                 weight.data = quantize_roundtrip(weight.data, roundtrip).to(weight.dtype)
     merged = model.merge_and_unload().to(torch_dtype(dtype))

@@ -13,6 +13,7 @@ from qlora_tui.core.models import resolve_base as resolve_model
 from qlora_tui.core.profile.schema import Profile
 from qlora_tui.core.quant import bnb_config, resolve_compute_dtype, torch_dtype
 from qlora_tui.runner.dist.ranks import sharded
+from qlora_tui.runner.estimate.experts import missing_targets_error
 from qlora_tui.runner.fast.offload import enable_offloaded_checkpointing
 
 
@@ -53,16 +54,14 @@ def linear_module_names(config: Any, trust_remote_code: bool) -> list[str]:
     return sorted(names)
 
 
-def check_targets(profile: Profile, available: list[str]) -> None:
+def check_targets(profile: Profile, available: list[str], moe: bool = False) -> None:
+    """Every module lora.target_modules names exists in the model; else an error listing those it has."""
     targets = profile.lora.target_modules
     if targets == ["all-linear"]:
         return
     missing = [t for t in targets if t not in available]
     if missing:
-        raise ModelError(
-            f"lora.target_modules: {profile.model.id} has no module named "
-            f"{', '.join(repr(m) for m in missing)}; it has: {', '.join(available)}",
-        )
+        raise missing_targets_error(profile.model.id, missing, available, moe)
 
 
 def compute_dtype_name(profile: Profile) -> str:

@@ -10,6 +10,7 @@ from qlora_tui.runner.dist import ranks as distributed
 from qlora_tui.runner.events import EventWriter
 from qlora_tui.runner.fast.packed_attention import PACKED_ATTENTION, register_packed_attention
 from qlora_tui.runner.model import load_base_for_training, lora_config
+from qlora_tui.runner.moe import check_loaded_experts
 from qlora_tui.runner.prepared import Prepared
 from qlora_tui.runner.trainer_args import tf32_available
 
@@ -71,6 +72,8 @@ def load_policy(prepared: Prepared, writer: EventWriter) -> Any:
                                                   f"LoRA shape are used{head}, [lora] is ignored")
     policy = attach_lora(model, profile, prepared.parent_path, task_type)
     keep_trainable_heads_in_fp32(policy)
+    if prepared.experts is not None:
+        writer.write("log", level="info", message=check_loaded_experts(policy, prepared.experts))
     return policy
 
 

@@ -21,6 +21,7 @@ from qlora_tui.runner.errors import RunError
 from qlora_tui.runner.events import EventWriter
 from qlora_tui.runner.fast.choice import choose_fast_path
 from qlora_tui.runner.model import check_targets, linear_module_names, load_config, resolve_base
+from qlora_tui.runner.moe import has_experts, plan_experts
 from qlora_tui.runner.prepared import Prepared
 
 
@@ -30,15 +31,15 @@ def prepare(profile: Profile, home: Path, writer: EventWriter) -> Prepared:
 
     base = resolve_base(profile, home)
     config = load_config(base, profile.model.trust_remote_code)
-    experts = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
-    if experts and profile.quant.bits != "none":
-        writer.write("log", level="warning", message=(
-            f"{profile.model.id} is a mixture of {experts} experts: transformers stores them as fused parameters "
-            f"that bitsandbytes does not quantize, so they load unquantized ({profile.quant.bits}-bit applies to "
-            "attention only); qlora-tui estimate shows the memory this takes"))
     parent_ref, parent_path = resolve_parent(profile, home)
     if parent_path is None:
-        check_targets(profile, linear_module_names(config, profile.model.trust_remote_code))
+        check_targets(profile, linear_module_names(config, profile.model.trust_remote_code), bool(has_experts(config)))
+    experts = plan_experts(profile, config) if parent_path is None else None
+    if has_experts(config) and experts is None and profile.quant.bits != "none":
+        writer.write("log", level="warning", message=(
+            f"{profile.model.id} is a mixture of {has_experts(config)} experts: transformers stores them as fused "
+            f"parameters that bitsandbytes does not quantize, so they load unquantized ({profile.quant.bits}-bit "
+            "applies to the nn.Linear layers only)"))
     reward_ref, reward_path = resolve_reward_model(profile, home) if profile.train.method == "rlhf" else ("", None)
     tokenizer_source = str(parent_path) if parent_path and (parent_path / "tokenizer_config.json").exists() \
         else base.source
@@ -62,7 +63,7 @@ def prepare(profile: Profile, home: Path, writer: EventWriter) -> Prepared:
         writer.write("log", level="warning", message=note)
     return Prepared(profile, base, tokenizer, train_rows, eval_rows, data_fingerprint(raw, profile.data),
                     len(raw.rows), parent_ref, parent_path, pairs, pairs_slice, choose_fast_path(profile, config),
-                    data_format=converted.format, reward_ref=reward_ref, reward_path=reward_path)
+                    data_format=converted.format, reward_ref=reward_ref, reward_path=reward_path, experts=experts)
 
 
 def registered(home: Path, ref: str, field: str) -> AdapterVersion:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from qlora_tui.core.models import BaseModel
 from qlora_tui.core.profile.schema import Profile
 from qlora_tui.runner.data.preflight import TokenizedRow
+from qlora_tui.runner.estimate.experts import ExpertTreatment
 from qlora_tui.runner.fast.choice import FastPath
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class Prepared:
     data_format: str = ""  # the detected row format: compare prompts raw for adapters trained on "text"
     reward_ref: str = ""  # rlhf: the registered reward model it trains against
     reward_path: Path | None = None
+    experts: ExpertTreatment | None = None  # a mixture of experts: what the run does with them (runner/moe.py)
 
     @property
     def method(self) -> str:

@@ -40,6 +40,7 @@ def start_fields(run: RunDir, prepared: Prepared, resumed_step: int | None, esti
         "memory_measured": f"peak after step {MEMORY_CHECK_STEP}, in a memory_check event" if cuda_available()
         else "not measured: CPU run (no GPU memory to compare with the estimate)",
         "alignment_slice": prepared.measure_slice,
+        "experts": prepared.experts.as_event() if prepared.experts else None,
     }
 
 
@@ -51,4 +52,6 @@ def write_start(run: RunDir, home: Path, prepared: Prepared, writer: EventWriter
     writer.write("start", **start_fields(run, prepared, resumed_step, estimate_gb, estimate_note))
     if prepared.fast:
         writer.write("log", level="info", message=prepared.fast.summary())
+    if prepared.experts:
+        writer.write("log", level="info", message=prepared.experts.sentence())
     return estimate_gb if cuda_available() else None

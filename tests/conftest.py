@@ -19,6 +19,7 @@ from qlora_tui.core.profile.files import load_profile
 from qlora_tui.core.profile.schema import Profile
 from qlora_tui.runner.launch import start_run
 from qlora_tui.runner.rundir import RunDir
+from tests.families import TinyFamilies
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,6 +113,14 @@ def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("model-home")
     ensure_builtin_model(home, "builtin:tiny-llama")
     return home
+
+
+@pytest.fixture(scope="session")
+def tiny_families(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> TinyFamilies:
+    """Tiny random models of every family (tests/families.py), each built on first use, once per session."""
+    from qlora_tui.core.builtin import ensure_builtin_model
+
+    return TinyFamilies(tmp_path_factory.mktemp("families"), ensure_builtin_model(model_home, "builtin:tiny-llama"))
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qlora_tui.core.device import detect_gpu
-from qlora_tui.core.errors import ModelError, ProfileError
+from qlora_tui.core.errors import ProfileError
 from qlora_tui.core.profile.schema import Profile
+from qlora_tui.runner.estimate.experts import check_lora_on_stacks, expert_treatment, missing_targets_error
 from qlora_tui.runner.estimate.known_models import find_model_config
 from qlora_tui.runner.estimate.model_shape import Linear, ModelShape, Stacked
 from qlora_tui.runner.estimate.per_gpu import per_gpu
@@ -46,9 +47,7 @@ def lora_modules(shape: ModelShape, targets: list[str], model_id: str) -> list[A
         return [*shape.linears, *(s for s in shape.stacked if s.all_linear)]
     missing = [t for t in targets if t not in shape.module_names()]
     if missing:
-        raise ModelError(f"lora.target_modules: {model_id} has no module named "
-                         f"{', '.join(repr(m) for m in missing)}; it has: {', '.join(shape.module_names())}",
-                         hint='name some of those, or use ["all-linear"]')
+        raise missing_targets_error(model_id, missing, shape.module_names(), shape.experts is not None)
     return [linear for linear in shape.linears if linear.name in targets]
 
 
@@ -71,13 +70,7 @@ def trainable_tensors(shape: ModelShape, modules: list[Adapted], profile: Profil
     PEFT gives a stack of E experts one A of (r * E) x in and one B of out x (r * E), r doubled on gate_up_proj.
     """
     r, lora = profile.lora.r, profile.lora
-    stacks = [m.name for m in modules if isinstance(m, Stacked)]
-    if stacks and (lora.use_dora or lora.dropout):
-        field, what = ("lora.use_dora", "DoRA") if lora.use_dora else ("lora.dropout", "LoRA dropout")
-        raise ModelError(f"{field}: PEFT cannot apply {what} to {', '.join(stacks)}: mixture-of-experts "
-                         "parameters, not nn.Linear modules, which all-linear adapts for this model",
-                         hint=f"set {field} = {'false' if lora.use_dora else '0'}, or name linear modules in "
-                              "lora.target_modules")
+    check_lora_on_stacks(modules, profile)
     tensors: list[Trainable] = []
     for m in modules:
         rank = r * m.experts * m.lora_rank_factor if isinstance(m, Stacked) else r
@@ -177,6 +170,9 @@ def estimate_profile(profile: Profile, home: Path, gpu_gb: float | None = None, 
     unused = next(c for c in activations if c.name.startswith("activations") and not c.counted)
     used = next(c for c in activations if c.in_use)
     notes += _plan_notes(profile, shape, rows, eager_extra, dtype_name)
+    experts = expert_treatment(shape, modules, profile, dtype_name)
+    if experts is not None:
+        notes.append(experts.sentence())
 
     detected = None if gpu_gb is not None else detect_gpu()
     card_gb = gpu_gb if gpu_gb is not None else (detected[1] if detected else None)
@@ -191,6 +187,7 @@ def estimate_profile(profile: Profile, home: Path, gpu_gb: float | None = None, 
         total_gb_other_checkpointing=total - used.gb + unused.gb, gpu_name=detected[0] if detected else None,
         gpu_gb=card_gb, headroom_gb=headroom, fits=None if card_gb is None else total <= card_gb * (1 - HEADROOM_SHARE),
         lora_targets=sorted({m.name for m in modules}), notes=notes,
+        experts=experts.as_event() if experts is not None else None,
     ), profile, shape.layers)
 
 

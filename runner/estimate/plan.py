@@ -53,6 +53,7 @@ class MemoryPlan:
     lora_targets: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     per_gpu: str = ""  # a distributed run: how its strategy spreads this plan over the GPUs (per_gpu.py)
+    experts: dict[str, Any] | None = None  # a mixture of experts: quantized or not, LoRA on them or not (experts.py)
 
     @property
     def weights_gb(self) -> float:

@@ -113,18 +113,28 @@ def choose_attention(profile: Profile, config: Any) -> tuple[str, str]:
             raise RunError(f"model.attn_implementation: {cls.__name__} does not support {requested}",
                            hint='set model.attn_implementation = "auto" or "sdpa"')
         return requested, "requested"
+    if requested == "sdpa" and cls is not None and not cls._supports_sdpa:
+        raise RunError(f"model.attn_implementation: {cls.__name__} does not support sdpa",
+                       hint='set model.attn_implementation = "auto" or "eager"')
     if requested != "auto":
         return requested, "requested"
     if not _cuda():
-        return "sdpa", "no CUDA GPU: PyTorch's scaled-dot-product attention"
+        return sdpa_or_eager(cls, "no CUDA GPU: PyTorch's scaled-dot-product attention")
     if not sixteen_bit:
-        return "sdpa", f"compute dtype {compute_dtype_name(profile)}: flash-attention needs bf16 or fp16"
+        return sdpa_or_eager(cls, f"compute dtype {compute_dtype_name(profile)}: flash-attention needs bf16 or fp16")
     if cls is None or not cls._supports_flash_attn:
-        return "sdpa", "the model does not support flash-attention"
+        return sdpa_or_eager(cls, "the model does not support flash-attention")
     for name in ("flash_attention_3", "flash_attention_2"):
         if flash_available(name):
             return name, "the fastest kernel installed"
-    return "sdpa", "flash-attn is not installed (pip install flash-attn); PyTorch's SDPA instead"
+    return sdpa_or_eager(cls, "flash-attn is not installed (pip install flash-attn); PyTorch's SDPA instead")
+
+
+def sdpa_or_eager(cls: Any, note: str) -> tuple[str, str]:
+    """SDPA, or eager attention for a model that has no SDPA path (Gemma 2's soft-capped attention scores)."""
+    if cls is None or cls._supports_sdpa:
+        return "sdpa", note
+    return "eager", f"{cls.__name__} does not support SDPA: eager attention"
 
 
 def choose_packing(profile: Profile, attn: str) -> tuple[bool, str]:

@@ -150,8 +150,9 @@ def test_other_families_export_and_run_like_transformers(kind: str, arch: str, h
 
 
 def test_the_read_back_catches_a_damaged_tensor(lora_home: Path, tmp_path: Path) -> None:
+    from qlora_tui.registry.gguf_arch import arch_of
     from qlora_tui.registry.gguf_export import export_gguf
-    from qlora_tui.registry.gguf_layout import arch_of, model_plan, read_config
+    from qlora_tui.registry.gguf_layout import model_plan, read_config
 
     out = tmp_path / "tiny.gguf"
     export_gguf(open_store(lora_home), "lora@1", out, quant="f32")
