@@ -154,3 +154,10 @@ def test_declined_model_is_left_alone(saved_model: Callable[[str], Path]) -> Non
 def test_not_a_peft_model() -> None:
     report = apply_fused_lora(torch.nn.Linear(2, 2))
     assert not report.used and "not a PEFT model" in report.note
+
+
+def test_eight_bit_model_equals_peft(saved_model: Callable[[str], Path]) -> None:
+    """An LLM.int8 base (training mode: bitsandbytes dequantizes the int8 rows, as the fused layers do)."""
+    patched, plain = patched_and_plain(saved_model("qwen2"), bits=8, gradient_checkpointing=True)
+    assert apply_fused_lora(patched).projections == 14
+    assert_models_agree(forward_backward(patched, packed_batch()), forward_backward(plain, packed_batch()), TOL)

@@ -36,11 +36,8 @@ def save_random_model(family: str, directory: Path) -> Path:
     return directory
 
 
-def load_lora_model(path: Path, *, targets: list[str] | str = ALL_PROJECTIONS, gradient_checkpointing: bool = False,
-                    dropout: float = 0.0, seed: int = 0, bits: int = 4) -> Any:
-    """The runner's way: 4-bit NF4 (double quant, fp32 compute) via from_pretrained, k-bit preparation, then a
-    seeded LoRA whose B is random too, so every LoRA parameter has a gradient from the first step."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def load_quantized(path: Path, bits: int = 4) -> Any:
+    """The saved model quantized on load: 4-bit NF4 with double quant and fp32 compute, or LLM.int8."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     if bits == 4:
@@ -50,7 +47,16 @@ def load_lora_model(path: Path, *, targets: list[str] | str = ALL_PROJECTIONS, g
         quant = BitsAndBytesConfig(load_in_8bit=True)
     model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=torch.float32)
     model.config.use_cache = False
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+    return model
+
+
+def load_lora_model(path: Path, *, targets: list[str] | str = ALL_PROJECTIONS, gradient_checkpointing: bool = False,
+                    dropout: float = 0.0, seed: int = 0, bits: int = 4) -> Any:
+    """The runner's way: quantized via from_pretrained, k-bit preparation, then a seeded LoRA whose B is random
+    too, so every LoRA parameter has a gradient from the first step."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(load_quantized(path, bits), use_gradient_checkpointing=gradient_checkpointing,
                                             gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(seed)
     config = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM",
