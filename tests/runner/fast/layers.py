@@ -81,7 +81,7 @@ def assert_close_scaled(ours: list[torch.Tensor], ref: list[torch.Tensor], tol: 
     """Each tensor equal to its reference within `tol` of the reference's largest magnitude."""
     assert len(ours) == len(ref)
     for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
-        assert a.dtype == b.dtype and a.shape == b.shape, f"tensor {i}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
+        assert (a.dtype, a.shape) == (b.dtype, b.shape), f"tensor {i}: {a.dtype} {a.shape} vs {b.dtype} {b.shape}"
         scale = b.float().abs().max().item()
         err = (a.float() - b.float()).abs().max().item()
         assert err <= tol * max(scale, 1e-12), f"tensor {i}: max error {err:.3g} over scale {scale:.3g} (tol {tol})"

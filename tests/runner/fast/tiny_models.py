@@ -56,7 +56,8 @@ def load_lora_model(path: Path, *, targets: list[str] | str = ALL_PROJECTIONS, g
     too, so every LoRA parameter has a gradient from the first step."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    model = prepare_model_for_kbit_training(load_quantized(path, bits), use_gradient_checkpointing=gradient_checkpointing,
+    model = prepare_model_for_kbit_training(load_quantized(path, bits),
+                                            use_gradient_checkpointing=gradient_checkpointing,
                                             gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(seed)
     config = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM",
