@@ -15,6 +15,7 @@ Usage: python bench/bench_fast_lora.py [--rounds 3] [--steps 6] [--warmup 2] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -85,10 +86,8 @@ def child(path: str, model_dir: Path, seq: int, steps: int, warmup: int) -> dict
 
 def _reset_peak_rss() -> None:
     # Linux: writing 5 to clear_refs resets VmHWM, so the training peak is measured apart from loading's
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _peak_rss_kb() -> int:
@@ -103,16 +102,16 @@ def _peak_rss_kb() -> int:
 def run_child(path: str, model_dir: Path, shape: dict[str, int], args: argparse.Namespace) -> dict[str, Any]:
     """Run one path in a fresh interpreter; its result plus the child's whole-life max RSS from wait4."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    out = tempfile.NamedTemporaryFile(suffix=".json", delete=False)
+    out = model_dir.parent / f"{path}.json"
     cmd = [sys.executable, __file__, "--child", path, "--model", str(model_dir), "--seq", str(shape["seq"]),
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--json", out.name]
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--json", str(out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{path} child failed:\n{stderr[-3000:]}")
-    result = json.loads(Path(out.name).read_text())
-    Path(out.name).unlink()
+    result = json.loads(out.read_text())
+    out.unlink()
     result["process_peak_rss_mb"] = usage.ru_maxrss / 1024
     result["child_cpu_s"] = usage.ru_utime + usage.ru_stime
     return result

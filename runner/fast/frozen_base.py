@@ -1,9 +1,7 @@
 """The frozen base weight of one projection, read the way bitsandbytes reads it: dequantized on demand, never kept.
 
-The fused LoRA functions call these in forward and again in backward, so a
-dequantized weight lives only for one matmul; the dtype rules copy those of
-bitsandbytes' and PyTorch's own layers, so the fused path multiplies by exactly
-the numbers the plain path does.
+The dtype rules copy those of bitsandbytes' and PyTorch's own layers, so the fused path multiplies by exactly the
+numbers the plain path does.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
-"""Fused LoRA autograd functions: one projection, q/k/v of one input, and a whole gated MLP, in plain PyTorch.
+"""Fused LoRA autograd functions (one projection, q/k/v of one input, a whole gated MLP) in plain PyTorch.
 
-Each computes `X·W(+b) + s·(X·Aᵀ)·Bᵀ` with the frozen W dequantized in forward
-and again in backward (never saved), and in backward only the gradients of X
-and of the LoRA A/B (the base is frozen, so there is no dW). They save X and
-the small `X·Aᵀ` products; the MLP also keeps its two gate/up outputs and
-recomputes the activation. Dtypes follow PEFT's and bitsandbytes' rules so
-results equal PEFT's LoRA layers.
+Each computes `X·W(+b) + s·(X·Aᵀ)·Bᵀ` with the frozen W dequantized in forward and again in backward (never saved)
+and returns gradients only for X and the LoRA A/B, saving X, the small `X·Aᵀ` and, for the MLP, its gate/up
+outputs. Dtypes follow PEFT's and bitsandbytes' casting rules, so the results are PEFT's.
 """
 
 from __future__ import annotations
@@ -97,6 +94,8 @@ def lora_gated_mlp(x: torch.Tensor, gate: Projection, up: Projection, down: Proj
 
 
 class LoraLinearFunction(torch.autograd.Function):
+    """One projection; A and B are passed beside `p` (which holds the same tensors) so autograd tracks them."""
+
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: Projection, a: torch.Tensor | None,
                 b: torch.Tensor | None) -> torch.Tensor:
@@ -116,6 +115,8 @@ class LoraLinearFunction(torch.autograd.Function):
 
 
 class LoraProjectionsFunction(torch.autograd.Function):
+    """Several projections of one input (q, k, v): one saved X, one dX buffer; `lora` is each one's A and B."""
+
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, projections: Sequence[Projection],
                 *lora: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
@@ -145,6 +146,8 @@ class LoraProjectionsFunction(torch.autograd.Function):
 
 
 class LoraGatedMlpFunction(torch.autograd.Function):
+    """gate, up, activation, product and down in one node; keeps gate/up outputs, recomputes the rest."""
+
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, projections: Sequence[Projection], activation: str,
                 *lora: torch.Tensor | None) -> torch.Tensor:

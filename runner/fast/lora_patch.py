@@ -1,12 +1,9 @@
 """Routes a PEFT LoRA model's attention and MLP projections through the fused LoRA functions, in place.
 
-PEFT keeps owning the modules and weights (save_pretrained writes the same
-adapter); only `forward` changes. Each call looks at the layer's state again,
-so anything PEFT supports and the fused functions do not (disabled or merged
-adapters, several adapters, mixed batches, hooks) takes PEFT's own forward.
-The attention module keeps transformers' own forward: q, k and v are computed
-together just before it and handed to its q_proj/k_proj/v_proj calls, so rope,
-q/k norms, GQA, masks and the attention kernel stay transformers' code.
+Only `forward` changes (PEFT keeps the modules, so save_pretrained writes the same adapter), and each call re-reads
+the layer's state, so what the fused functions do not cover (disabled or merged adapters, several adapters, mixed
+batches, hooks) takes PEFT's own forward. Attention keeps transformers' forward: q, k, v are computed together just
+before it and handed to its q_proj/k_proj/v_proj calls, so rope, norms, GQA, masks and kernels stay theirs.
 """
 
 from __future__ import annotations

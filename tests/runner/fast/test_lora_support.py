@@ -69,3 +69,14 @@ def test_eight_bit_and_unquantized_bases(bits: int | str) -> None:
     used, note = fused_lora_support("mistral", **{**PLAIN, "quant_bits": bits})
     assert used, note
     assert ("int8" in note) == (str(bits) == "8")
+
+
+def test_the_decision_loads_without_torch() -> None:
+    """fastpath's choices are made before anything heavy loads; this one can join them without pulling in torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, qlora_tui.runner.fast.lora_support; "
+            "print(sorted(m for m in ('torch', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
