@@ -23,6 +23,7 @@ from tests.runner.fast.tiny_models import (
     load_lora_model,
     packed_batch,
     padded_batch,
+    save_random_model,
 )
 
 TOL = 1e-5  # fp32 throughout; the two paths differ only in summation order
@@ -49,11 +50,29 @@ def test_patched_model_equals_peft(saved_model: Callable[[str], Path], family: s
     assert_models_agree(forward_backward(patched, data), forward_backward(plain, data), TOL)
 
 
+def test_reentrant_checkpointing(saved_model: Callable[[str], Path]) -> None:
+    """TRL forces reentrant checkpointing under DeepSpeed ZeRO-3: the forward reruns inside backward."""
+    patched, plain = patched_and_plain(saved_model("qwen3"), gradient_checkpointing=True, reentrant=True)
+    assert_models_agree(forward_backward(patched, packed_batch()), forward_backward(plain, packed_batch()), TOL)
+
+
 def test_untargeted_projections_run_frozen_inside_the_fused_layers(saved_model: Callable[[str], Path]) -> None:
     """Only q, v and down adapted (Qwen2: q/k/v with biases): k, gate and up are frozen parts of the fused calls."""
     patched, plain = patched_and_plain(saved_model("qwen2"), targets=["q_proj", "v_proj", "down_proj"])
     report = apply_fused_lora(patched)
     assert (report.attention_layers, report.mlp_layers, report.projections) == (2, 2, 6)
+    assert_models_agree(forward_backward(patched, padded_batch()), forward_backward(plain, padded_batch()), TOL)
+
+
+@pytest.mark.parametrize(("hidden_act", "fused_mlps"), [("gelu_pytorch_tanh", 2), ("relu", 0)])
+def test_the_mlp_activation_decides_its_fusion(tmp_path: Path, hidden_act: str, fused_mlps: int) -> None:
+    """A GeGLU Llama runs its MLPs fused; an activation the fused MLP does not recompute keeps PEFT's MLP (and
+    says so) while attention stays fused."""
+    path = save_random_model("llama", tmp_path / hidden_act, hidden_act=hidden_act)
+    patched, plain = patched_and_plain(path)
+    report = apply_fused_lora(patched)
+    assert (report.attention_layers, report.mlp_layers) == (2, fused_mlps)
+    assert ("ReLU" in report.note) == (fused_mlps == 0)
     assert_models_agree(forward_backward(patched, padded_batch()), forward_backward(plain, padded_batch()), TOL)
 
 

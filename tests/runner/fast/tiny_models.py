@@ -13,12 +13,13 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 VOCAB = 96
 
 
-def family_config(family: str) -> Any:
+def family_config(family: str, **overrides: Any) -> Any:
     """transformers' own config class for the family at a tiny size: hidden 64, 2 layers, 4 heads over 2 kv heads."""
     from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     shape = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2)
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2,
+                 **overrides)
     if family == "llama":
         return LlamaConfig(**shape)
     if family == "mistral":
@@ -28,11 +29,11 @@ def family_config(family: str) -> Any:
     return Qwen3Config(**shape, head_dim=16)  # q/k RMS norms
 
 
-def save_random_model(family: str, directory: Path) -> Path:
+def save_random_model(family: str, directory: Path, **overrides: Any) -> Path:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(1234)
-    AutoModelForCausalLM.from_config(family_config(family)).save_pretrained(directory)
+    AutoModelForCausalLM.from_config(family_config(family, **overrides)).save_pretrained(directory)
     return directory
 
 
@@ -51,14 +52,14 @@ def load_quantized(path: Path, bits: int = 4) -> Any:
 
 
 def load_lora_model(path: Path, *, targets: list[str] | str = ALL_PROJECTIONS, gradient_checkpointing: bool = False,
-                    dropout: float = 0.0, seed: int = 0, bits: int = 4) -> Any:
+                    dropout: float = 0.0, seed: int = 0, bits: int = 4, reentrant: bool = False) -> Any:
     """The runner's way: quantized via from_pretrained, k-bit preparation, then a seeded LoRA whose B is random
     too, so every LoRA parameter has a gradient from the first step."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(load_quantized(path, bits),
                                             use_gradient_checkpointing=gradient_checkpointing,
-                                            gradient_checkpointing_kwargs={"use_reentrant": False})
+                                            gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     torch.manual_seed(seed)
     config = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM",
                         init_lora_weights=False)
