@@ -61,31 +61,32 @@ def apply_fused_lora(model: nn.Module) -> FusedLoraReport:
     if not ok:
         return FusedLoraReport(False, note)
     attention = mlp = projections = 0
-    skipped: list[str] = []
+    skipped: dict[str, list[str]] = {}  # reason -> the modules it kept on PEFT's path
     for name, module in model.named_modules():
         kind = type(module).__name__
         if kind in ATTENTION_CLASSES:
             qkv, fused = _patch_attention(module)
+            if not qkv and _lora_count(module, ATTENTION_INPUTS):
+                skipped.setdefault("q/k/v hold a weight or adapter state the fused layers cannot read", []).append(name)
             attention += qkv
             projections += fused
-        elif kind in MLP_CLASSES:
+        elif kind in MLP_CLASSES and _lora_count(module, MLP_PROJECTIONS):
             why = _mlp_blocker(module)
             if why:
-                skipped.append(f"{name}: {why}")
+                skipped.setdefault(why, []).append(name)
                 continue
-            fused = _lora_count(module, MLP_PROJECTIONS)
-            if fused:
-                _install(module, types.MethodType(_mlp_forward, module))
-                mlp += 1
-                projections += fused
+            _install(module, types.MethodType(_mlp_forward, module))
+            mlp += 1
+            projections += _lora_count(module, MLP_PROJECTIONS)
+    kept = "; ".join(f"{why} ({len(names)} modules, first {names[0]})" for why, names in skipped.items())
     if projections == 0:
-        report = FusedLoraReport(False, "PEFT's LoRA path: no LoRA projection sits in an attention or MLP module "
-                                        f"the fused layers know ({', '.join(ATTENTION_CLASSES + MLP_CLASSES)})")
+        known = ", ".join(ATTENTION_CLASSES + MLP_CLASSES)
+        report = FusedLoraReport(False, f"PEFT's LoRA path: no LoRA projection the fused layers can take, in the "
+                                        f"modules they know ({known}){'; ' + kept if kept else ''}")
     else:
         where = f"{attention} attention blocks (q/k/v in one pass), {mlp} MLPs in one function"
-        rest = f"; kept on PEFT's path: {'; '.join(skipped)}" if skipped else ""
-        report = FusedLoraReport(True, f"{note}; {where}, {projections} LoRA projections{rest}",
-                                 attention, mlp, projections)
+        report = FusedLoraReport(True, f"{note}; {where}, {projections} LoRA projections"
+                                       f"{'; kept on PEFT path: ' + kept if kept else ''}", attention, mlp, projections)
     model.__dict__[MARK] = report
     return report
 
