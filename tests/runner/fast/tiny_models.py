@@ -29,35 +29,37 @@ def family_config(family: str, **overrides: Any) -> Any:
     return Qwen3Config(**shape, head_dim=16)  # q/k RMS norms
 
 
-def save_random_model(family: str, directory: Path, **overrides: Any) -> Path:
+def save_random_model(family: str, directory: Path, dtype: torch.dtype = torch.float32, **overrides: Any) -> Path:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(1234)
-    AutoModelForCausalLM.from_config(family_config(family, **overrides)).save_pretrained(directory)
+    AutoModelForCausalLM.from_config(family_config(family, **overrides)).to(dtype).save_pretrained(directory)
     return directory
 
 
-def load_quantized(path: Path, bits: int = 4) -> Any:
-    """The saved model quantized on load: 4-bit NF4 with double quant and fp32 compute, or LLM.int8."""
+def load_quantized(path: Path, bits: int = 4, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Any:
+    """The saved model quantized on load: 4-bit NF4 with double quant, or LLM.int8; computing in `dtype`."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     if bits == 4:
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.float32)
+                                   bnb_4bit_compute_dtype=dtype)
     else:
         quant = BitsAndBytesConfig(load_in_8bit=True)
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=torch.float32)
+    placement = {"device_map": {"": device}} if device != "cpu" else {}
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=dtype, **placement)
     model.config.use_cache = False
     return model
 
 
 def load_lora_model(path: Path, *, targets: list[str] | str = ALL_PROJECTIONS, gradient_checkpointing: bool = False,
-                    dropout: float = 0.0, seed: int = 0, bits: int = 4, reentrant: bool = False) -> Any:
+                    dropout: float = 0.0, seed: int = 0, bits: int = 4, reentrant: bool = False,
+                    dtype: torch.dtype = torch.float32, device: str = "cpu") -> Any:
     """The runner's way: quantized via from_pretrained, k-bit preparation, then a seeded LoRA whose B is random
     too, so every LoRA parameter has a gradient from the first step."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    model = prepare_model_for_kbit_training(load_quantized(path, bits),
+    model = prepare_model_for_kbit_training(load_quantized(path, bits, dtype, device),
                                             use_gradient_checkpointing=gradient_checkpointing,
                                             gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     torch.manual_seed(seed)
@@ -94,13 +96,17 @@ def lora_grads(model: Any) -> dict[str, torch.Tensor]:
             if p.requires_grad and p.grad is not None}
 
 
-def forward_backward(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
-                                                                          dict[str, torch.Tensor]]:
-    """Logits, loss and every LoRA parameter's gradient for one batch."""
+def forward_backward(model: Any, batch: dict[str, torch.Tensor], autocast: torch.dtype | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits, loss and every LoRA parameter's gradient for one batch (under autocast, as the Trainer does on a GPU,
+    when `autocast` is given)."""
     model.zero_grad(set_to_none=True)
-    out = model(**batch)
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        out = model(**batch)
     out.loss.backward()
-    return out.logits.detach(), out.loss.detach(), lora_grads(model)
+    return out.logits.detach().float(), out.loss.detach().float(), lora_grads(model)
 
 
 def assert_models_agree(ours: tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]],
