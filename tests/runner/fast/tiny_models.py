@@ -17,9 +17,9 @@ def family_config(family: str, **overrides: Any) -> Any:
     """transformers' own config class for the family at a tiny size: hidden 64, 2 layers, 4 heads over 2 kv heads."""
     from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
-    shape = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2,
-                 **overrides)
+    shape = {**dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2),
+             **overrides}
     if family == "llama":
         return LlamaConfig(**shape)
     if family == "mistral":
