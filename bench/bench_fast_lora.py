@@ -112,6 +112,7 @@ def run_child(path: str, model_dir: Path, shape: dict[str, int], args: argparse.
         raise SystemExit(f"{path} child failed:\n{stderr[-3000:]}")
     result = json.loads(out.read_text())
     out.unlink()
+    result["load_average_1m_after"] = os.getloadavg()[0]  # how shared the machine was
     result["process_peak_rss_mb"] = usage.ru_maxrss / 1024
     result["child_cpu_s"] = usage.ru_utime + usage.ru_stime
     return result
@@ -161,7 +162,8 @@ def main() -> None:
                 r = results[p]
                 print(f"round {i + 1} {p:5}: {r['tokens_per_s']:8.1f} tok/s wall ({r['wall_s']:.1f} s), "
                       f"{r['tokens_per_cpu_s']:8.1f} tok/CPU-s ({r['cpu_s']:.1f} CPU s), "
-                      f"train peak RSS {r['train_peak_rss_mb']:.0f} MB, process peak {r['process_peak_rss_mb']:.0f} MB",
+                      f"train peak RSS {r['train_peak_rss_mb']:.0f} MB, "
+                      f"process peak {r['process_peak_rss_mb']:.0f} MB, load {r['load_average_1m_after']:.1f}",
                       flush=True)
     summary = summarize(rounds)
     print(f"fused/PEFT median ratios: tokens/s {summary['tokens_per_s_ratio_median']:.3f}, "
