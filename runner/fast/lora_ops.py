@@ -89,6 +89,8 @@ def lora_qkv(x: torch.Tensor, q: Projection, k: Projection, v: Projection
 def lora_gated_mlp(x: torch.Tensor, gate: Projection, up: Projection, down: Projection,
                    activation: str = "silu") -> torch.Tensor:
     """`down(act(gate(x)) * up(x))` with each projection LoRA'd or frozen; the activation is recomputed in backward."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r}: the fused MLP recomputes {', '.join(ACTIVATIONS)}")
     return LoraGatedMlpFunction.apply(x, (gate, up, down), activation, gate.lora_a, gate.lora_b,
                                       up.lora_a, up.lora_b, down.lora_a, down.lora_b)
 

@@ -78,6 +78,12 @@ def test_all_three_mlp_projections_adapted() -> None:
     assert_close_scaled(ours, ref, FP32_TOL)
 
 
+def test_an_unknown_activation_is_refused_by_name() -> None:
+    gate, up, down = (base_layer("linear", a, b, False, 1) for a, b in ((IN, INTER), (IN, INTER), (INTER, IN)))
+    with pytest.raises(ValueError, match="activation 'relu': the fused MLP recomputes silu, gelu, gelu_tanh"):
+        lora_gated_mlp(x_input(), *(projection_of(m) for m in (gate, up, down)), "relu")
+
+
 def test_bf16_input_with_fp32_lora_follows_peft_casts() -> None:
     """A bf16 X into a bf16-compute NF4 layer whose LoRA stays fp32 (PEFT's default): PEFT runs the LoRA in fp32
     and hands back bf16; the fused function must too, to bf16 precision."""
