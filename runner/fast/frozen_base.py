@@ -67,10 +67,6 @@ def base_bias(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
     return None if bias is None else bias.detach().to(dtype)
 
 
-def out_features(layer: nn.Module) -> int:
-    return int(layer.out_features)
-
-
 def _int8_scales(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The int8 codes and per-row scales: on the layer's state after its first forward, on the weight before."""
     state, weight = layer.state, layer.weight
