@@ -99,7 +99,8 @@ def register(home: Path, run: RunDir, prepared: Prepared, adapter: Path, metrics
                             else {})},
                "lora": adapter_lora_shape(adapter) or lora_shape(profile), "train_rows": len(prepared.train_data),
                "device": distributed.describe_device(), "data_format": prepared.data_format,
-               **({"fast_path": prepared.fast.as_event()} if prepared.fast else {}),
+               **({"fast_path": prepared.fast.as_event() | (prepared.fused.as_event() if prepared.fused else {})}
+                  if prepared.fast else {}),
                **({"alignment_slice": prepared.measure_slice} if prepared.measure_slice else {}),
                **({"warnings": warnings} if warnings else {})},
     )

@@ -8,6 +8,7 @@ from typing import Any
 from qlora_tui.core.profile.schema import Profile
 from qlora_tui.runner.dist import ranks as distributed
 from qlora_tui.runner.events import EventWriter
+from qlora_tui.runner.fast.lora_patch import apply_fused_lora
 from qlora_tui.runner.fast.packed_attention import PACKED_ATTENTION, register_packed_attention
 from qlora_tui.runner.model import load_base_for_training, lora_config
 from qlora_tui.runner.moe import check_loaded_experts
@@ -72,6 +73,10 @@ def load_policy(prepared: Prepared, writer: EventWriter) -> Any:
                                                   f"LoRA shape are used{head}, [lora] is ignored")
     policy = attach_lora(model, profile, prepared.parent_path, task_type)
     keep_trainable_heads_in_fp32(policy)
+    if prepared.fast is not None and prepared.fast.fused_lora:
+        prepared.fused = apply_fused_lora(policy)
+        writer.write("log", level="info" if prepared.fused.used else "warning",
+                     message=f"fused LoRA layers: {prepared.fused.note}")
     if prepared.experts is not None:
         writer.write("log", level="info", message=check_loaded_experts(policy, prepared.experts))
     return policy

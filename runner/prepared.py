@@ -12,8 +12,10 @@ from qlora_tui.runner.data.preflight import TokenizedRow
 from qlora_tui.runner.estimate.experts import ExpertTreatment
 from qlora_tui.runner.fast.choice import FastPath
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # both import torch: a Prepared is typed without loading it
     from transformers import PreTrainedTokenizerBase
+
+    from qlora_tui.runner.fast.lora_patch import FusedLoraReport
 
 Conversation = dict[str, Any]  # a preference, KTO or prompt-only row: {"prompt": [turns], "chosen": [turns], ...}
 
@@ -39,6 +41,7 @@ class Prepared:
     data_format: str = ""  # the detected row format: compare prompts raw for adapters trained on "text"
     reward_ref: str = ""  # rlhf: the registered reward model it trains against
     reward_path: Path | None = None
+    fused: FusedLoraReport | None = None  # what the fused LoRA layers covered, once the policy is loaded
     experts: ExpertTreatment | None = None  # a mixture of experts: what the run does with them (runner/moe.py)
 
     @property

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from qlora_tui.core.profile.schema import Profile
+from qlora_tui.runner.dist.ranks import sharded
 from qlora_tui.runner.errors import RunError
+from qlora_tui.runner.fast.lora_support import fused_lora_support
 from qlora_tui.runner.fast.offload import offload_note
 from qlora_tui.runner.fast.packed_attention import PACKED_ATTENTION, packed_attention_note
 from qlora_tui.runner.model import compute_dtype_name
@@ -35,19 +37,23 @@ class FastPath:
     liger_note: str
     checkpointing: str  # "on", "off" or "offload"
     checkpointing_note: str
+    fused_lora: bool = False  # our fused LoRA layers (runner/fast/lora_patch.py), decided before the weights load
+    fused_lora_note: str = ""
 
     def as_event(self) -> dict[str, Any]:
         """The start event's fields: what the run uses and, for each, why."""
         return {"attn_implementation": self.attn_implementation, "attn_note": self.attn_note,
                 "packing": self.packing, "packing_note": self.packing_note,
                 "liger": self.liger, "liger_note": self.liger_note,
-                "checkpointing": self.checkpointing, "checkpointing_note": self.checkpointing_note}
+                "checkpointing": self.checkpointing, "checkpointing_note": self.checkpointing_note,
+                "fused_lora": self.fused_lora, "fused_lora_note": self.fused_lora_note}
 
     def summary(self) -> str:
         return (f"fast path: attention {self.attn_implementation} ({self.attn_note}); "
                 f"packing {'on' if self.packing else 'off'} ({self.packing_note}); "
                 f"Liger kernels {'on' if self.liger else 'off'} ({self.liger_note}); "
-                f"activation checkpointing {self.checkpointing} ({self.checkpointing_note})")
+                f"activation checkpointing {self.checkpointing} ({self.checkpointing_note}); "
+                f"fused LoRA layers {'on' if self.fused_lora else 'off'} ({self.fused_lora_note})")
 
 
 def choose_fast_path(profile: Profile, config: Any) -> FastPath:
@@ -58,7 +64,21 @@ def choose_fast_path(profile: Profile, config: Any) -> FastPath:
         attn, attn_note = PACKED_ATTENTION, packed_attention_note()
     liger, liger_note = choose_liger(profile, config)
     checkpointing, checkpointing_note = choose_checkpointing(profile)
-    return FastPath(attn, attn_note, packing, packing_note, liger, liger_note, checkpointing, checkpointing_note)
+    fused, fused_note = choose_fused_lora(profile, config)
+    return FastPath(attn, attn_note, packing, packing_note, liger, liger_note, checkpointing, checkpointing_note,
+                    fused, fused_note)
+
+
+def choose_fused_lora(profile: Profile, config: Any) -> tuple[bool, str]:
+    """Our fused LoRA layers where they compute exactly what PEFT's would; else PEFT's path, and why."""
+    if profile.model.adapter:
+        return False, ("model.adapter continues a registered adapter, whose saved LoRA may use what the fused "
+                       "layers do not compute: PEFT's path")
+    if sharded():
+        return False, "FSDP shards the LoRA and the base, which the fused layers are not checked under"
+    return fused_lora_support(config.model_type, lora_dropout=profile.lora.dropout, bias=profile.lora.bias,
+                              use_dora=profile.lora.use_dora, targets=profile.lora.target_modules,
+                              quant_bits=profile.quant.bits)
 
 
 def choose_checkpointing(profile: Profile) -> tuple[str, str]:
@@ -176,7 +196,8 @@ def choose_liger(profile: Profile, config: Any) -> tuple[bool, str]:
 
 
 def liger_arguments(fast: FastPath | None) -> dict[str, Any]:
-    """TrainingArguments for Liger: the layer kernels only (every trainer, TRL's or not, gets the same set)."""
+    """TrainingArguments for Liger: the layer kernels only (every trainer, TRL's or not, gets the same set); with
+    the fused LoRA layers on, Liger's SwiGLU would replace their MLP, so it stays off."""
     if fast is None or not fast.liger:
         return {}
-    return {"use_liger_kernel": True, "liger_kernel_config": dict(LIGER_KERNELS)}
+    return {"use_liger_kernel": True, "liger_kernel_config": {**LIGER_KERNELS, "swiglu": not fast.fused_lora}}

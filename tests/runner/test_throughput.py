@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from qlora_tui.core.gpu_peaks import mfu_pct, peak_bf16_tflops
+from qlora_tui.registry.store import open_store
 from qlora_tui.runner.errors import RunError
 from qlora_tui.runner.fast.choice import choose_fast_path, flash_available
 from qlora_tui.runner.fast.packed_attention import PACKED_ATTENTION
@@ -165,6 +166,12 @@ def test_a_run_records_its_path_throughput_and_memory_plan(trained_home: Path) -
     assert start["dtypes"] == {"stream": compute, "base": f"nf4 4-bit, dequantized to {compute}", "lora": "fp32"}
     assert start["memory_estimate_gb"] > 0 and start["memory_estimate_note"].startswith("qlora-tui estimate")
     assert any(e["message"].startswith("fast path: attention ") for e in events_of(run, "log"))
+    # the demo (dropout 0, all seven projections, a Llama) trains through our fused LoRA layers, and says so
+    assert start["fused_lora"] is True
+    assert any(e["message"].startswith("fused LoRA layers: ") for e in events_of(run, "log"))
+    recorded = open_store(trained_home).get("quick@1").extra["fast_path"]
+    assert recorded["fused_lora"] and recorded["fused_lora_projections"] == 4 * 7  # every projection of 4 layers
+    assert recorded["fused_lora_attention_layers"] == recorded["fused_lora_mlp_layers"] == 4
     steps = events_of(run, "step")
     seen = [e["tokens_seen"] for e in steps]
     assert seen == sorted(seen) and seen[0] > 0 and all(e["tokens_per_s"] > 0 for e in steps)
