@@ -115,6 +115,7 @@ def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelError(f"model.id: cannot load the weights of {base.model_id!r}: {first}") from None
     model.config.use_cache = False
+    keep_trainable_4bit_layout(model)
     gc = profile.train.gradient_checkpointing
     if fsdp:
         return model  # no fp32 upcast (FSDP shards one dtype per unit); FSDP checkpoints activations itself
@@ -125,6 +126,25 @@ def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     return model
+
+
+def keep_trainable_4bit_layout(model: Any) -> int:
+    """Stop bitsandbytes from repacking this model's 4-bit weights into its CPU inference layout; returns how many
+    layers were told.
+
+    On a CPU with AVX512-BF16, a Linear4bit's first forward in eval mode without gradients (an evaluation, the
+    alignment measure) repacks its weight for an inference kernel that has no backward: until a checkpoint's
+    state_dict unpacks it again, training steps get no gradient through the frozen base, so a run's result
+    depends on whether and when it saved, and a resumed run cannot match an uninterrupted one.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return 0
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 @contextlib.contextmanager
