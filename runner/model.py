@@ -15,10 +15,13 @@ from qlora_tui.runner.profile import Profile
 
 
 def resolve_base(profile: Profile, home: Path) -> BaseModel:
-    """The profile's base model as local files, downloaded into the Hugging Face cache when needed."""
+    """The profile's base model as local files, built or downloaded when needed (in a distributed run, by each
+    box's local rank 0 while the others wait)."""
+    from qlora_tui.runner.distributed import box_main_first
+
     try:
-        return resolve_model(home, profile.model.id, profile.model.revision, download=True,
-                             trust_remote_code=profile.model.trust_remote_code)
+        return box_main_first(lambda: resolve_model(home, profile.model.id, profile.model.revision, download=True,
+                                                    trust_remote_code=profile.model.trust_remote_code))
     except ModelError as err:
         raise ModelError(f"model.id: {err.message}", hint=err.hint) from None
 

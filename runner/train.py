@@ -135,6 +135,8 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
                                                   "registering without training further")
         load_final_checkpoint(trainer, resume_from)
     else:
+        if resume_from is not None:
+            restore_token_count(trainer, resume_from)
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     if callback.nonfinite is not None:
@@ -211,6 +213,24 @@ def load_final_checkpoint(trainer: Any, checkpoint: Path) -> None:
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
 
 
+def restore_token_count(trainer: Any, checkpoint: Path) -> None:
+    """TRL's running count of trained tokens (the steps' num_tokens) as the checkpoint's last step logged it.
+
+    TRL keeps the count outside the trainer state a checkpoint saves, so a resumed run would count from zero;
+    with logging_steps > 1 the checkpoint's step may have no count logged, and then it still does.
+    """
+    from transformers import TrainerState
+
+    if not hasattr(trainer, "_total_train_tokens"):
+        return
+    state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    # Only a count logged at the checkpoint's own step is exact (with logging_steps > 1 it may not be there).
+    logged = [h["num_tokens"] for h in state.log_history
+              if h.get("step") == state.global_step and "loss" in h and isinstance(h.get("num_tokens"), (int, float))]
+    if logged:
+        trainer._total_train_tokens = int(logged[-1])  # noqa: SLF001 - TRL's own counter, read back as it logs it
+
+
 def prepare(profile: Profile, home: Path, writer: EventWriter) -> Prepared:
     """All the checks that need no weights: model config, LoRA targets, tokenizer, data, tokenization."""
     from transformers import AutoTokenizer
@@ -229,7 +249,7 @@ def prepare(profile: Profile, home: Path, writer: EventWriter) -> Prepared:
     tokenizer_source = str(parent_path) if parent_path and (parent_path / "tokenizer_config.json").exists() \
         else base.source
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=profile.model.trust_remote_code)
-    raw = read_rows(profile.data)
+    raw = distributed.box_main_first(lambda: read_rows(profile.data))  # a Hub data set downloads once per box
     method = profile.train.method
     seed, fraction = profile.train.seed, profile.data.eval_fraction
     if method == "sft":
@@ -473,6 +493,7 @@ def adapter_lora_shape(adapter: Path) -> dict[str, Any] | None:
 
 def register(home: Path, run: RunDir, prepared: Prepared, adapter: Path, metrics: dict[str, Any],
              warnings: list[str] | None = None) -> Any:
+    from qlora_tui.registry.duplicates import SAME_RUN
     from qlora_tui.registry.store import NewVersion, open_store
 
     profile = prepared.profile
@@ -492,8 +513,5 @@ def register(home: Path, run: RunDir, prepared: Prepared, adapter: Path, metrics
                **({"alignment_slice": prepared.measure_slice} if prepared.measure_slice else {}),
                **({"warnings": warnings} if warnings else {})},
     )
-    store = open_store(home)
-    existing = store.find_by_run(run.run_id)
-    if existing is not None:  # registered before a crash: once per run
-        return existing
-    return store.add(profile.name, adapter, meta)
+    # once per run, decided where the number is allocated: registered before a crash, it is not registered again
+    return open_store(home).add_once(profile.name, adapter, meta, same=SAME_RUN)[0]
