@@ -97,6 +97,9 @@ def race_for_the_model(home: Path, tmp_path: Path, world: int = RACERS) -> list[
         proc.start()
     for proc in procs:
         proc.join(600)
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
     assert [p.exitcode for p in procs] == [0] * world
     return [json.loads(out.read_text()) for out in outs]
 
@@ -173,9 +176,14 @@ def at_once(jobs: list[Job], start: Path) -> list[subprocess.CompletedProcess[st
     gate = "import os, sys, time\nstart = sys.argv.pop(1)\nwhile not os.path.exists(start): time.sleep(0.005)\n"
     procs = [subprocess.Popen([sys.executable, "-c", gate + code, str(start), *argv], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for code, argv in jobs]
-    time.sleep(2.0)  # every interpreter is up and waiting by now; a slow one only joins the race later
-    start.touch()
-    outs = [p.communicate(timeout=300) for p in procs]
+    try:
+        time.sleep(2.0)  # every interpreter is up and waiting by now; a slow one only joins the race later
+        start.touch()
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for proc in procs:  # a racer that hung is not left running after the test
+            if proc.poll() is None:
+                proc.kill()
     return [subprocess.CompletedProcess(p.args, p.returncode, o, e) for p, (o, e) in zip(procs, outs)]
 
 
@@ -247,6 +255,17 @@ def test_a_delete_and_a_child_registering_at_once_keep_the_lineage_whole(tmp_pat
         assert deleted.returncode == 0 and refs == []
 
 
+def test_a_tag_and_a_delete_of_one_version_at_once_never_leave_an_unreadable_index(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    open_store(home).add("tagged", adapter_folder(tmp_path), NewVersion(base_model="m"))
+    tagged, deleted = at_once([cli_job(home, "tag", "tagged@1", "prod"), cli_job(home, "delete", "tagged@1")],
+                              tmp_path / "go")
+    assert deleted.returncode == 0, deleted.stderr
+    assert tagged.returncode == 0 or tagged.stderr.startswith("error: no adapter named 'tagged'"), tagged.stderr
+    assert open_store(home).list_versions() == []
+    assert qlora(home, "adapters").returncode == 0  # the index reads fine afterwards
+
+
 KEEP_ADDING = """
 from pathlib import Path
 from qlora_tui.registry.store import NewVersion, open_store
@@ -267,12 +286,28 @@ def test_a_forced_rebuild_while_versions_are_added_loses_none(tmp_path: Path) ->
     stop = tmp_path / "stop"
     writer = subprocess.Popen([sys.executable, "-c", "import sys\n" + KEEP_ADDING, str(home), str(folder), str(stop)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for _ in range(5):  # each rebuild reads the files and replaces the index while the writer keeps adding
-        result = qlora(home, "registry", "rebuild", "--force")
-        assert result.returncode == 0, result.stderr
-    stop.touch()
-    out, err = writer.communicate(timeout=120)
+    try:
+        for _ in range(5):  # each rebuild reads the files and replaces the index while the writer keeps adding
+            result = qlora(home, "registry", "rebuild", "--force")
+            assert result.returncode == 0, result.stderr
+    finally:
+        stop.touch()
+        out, err = writer.communicate(timeout=120)
     assert writer.returncode == 0, err
     added = int(out)
     assert added > 5
     assert [v.number for v in open_store(home).list_versions()] == list(range(1, added + 2))
+
+
+@pytest.mark.slow
+def test_two_merges_into_one_out_at_once_register_one_and_refuse_the_other(trained_copy: Path,
+                                                                           tmp_path: Path) -> None:
+    out = tmp_path / "merged"
+    job = cli_job(trained_copy, "merge", "quick@1", "--out", str(out), "--quiet", "--no-check")
+    first, second = at_once([job, job], tmp_path / "go")
+    assert sorted([first.returncode, second.returncode]) == [0, 2], [first.stderr, second.stderr]
+    refused = first if first.returncode else second
+    assert f"--out {out}: holds registered version quick-merged@1" in refused.stderr, refused.stderr
+    merged = [v.ref for v in open_store(trained_copy).list_versions() if v.kind == "merged"]
+    assert merged == ["quick-merged@1"]
+    assert qlora(trained_copy, "verify", "quick-merged@1").returncode == 0
