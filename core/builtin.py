@@ -7,15 +7,16 @@ gives the same files. A profile names it `builtin:tiny-llama`.
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import json
-import os
-import shutil
-import uuid
+import subprocess
+import sys
 from pathlib import Path
 
-from qlora_tui.core.errors import ModelError
+from qlora_tui.core.errors import ModelError, is_disk_full
 from qlora_tui.core.home import models_dir
+from qlora_tui.core.once import create_once
+from qlora_tui.core.safetensors_header import SafetensorsHeaderError, read_header
 
 BUILTIN_PREFIX = "builtin:"
 TINY_NAME = "tiny-llama"
@@ -41,6 +42,8 @@ TINY_CONFIG = {
 }
 VOCAB_SIZE = 1024
 SEED = 20240601
+BUILT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+BUILT_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
 
 
 def is_builtin(model_id: str) -> bool:
@@ -88,22 +91,48 @@ def _strings(value: object) -> list[str]:
 
 
 def ensure_builtin_model(home: Path, model_id: str) -> Path:
-    """The built-in model's directory, creating it (once, under a lock, atomically) if needed."""
+    """The built-in model's directory, built once if it is missing or incomplete, whoever else asks at once."""
     target = builtin_model_dir(home, model_id)
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").exists():
-            return target
-        staging = target.parent / f".{target.name}-{uuid.uuid4().hex[:8]}"
-        try:
-            _build_tiny_llama(staging)
-            os.rename(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    try:
+        return create_once(target, build_in_child, is_complete_model, what=f"the built-in model {model_id}")
+    except OSError as err:
+        full = is_disk_full(err)
+        raise ModelError(f"{model_id}: cannot build the built-in model in {target.parent} "
+                         f"({'no space left on the device' if full else err.strerror or err})",
+                         hint="free some space and try again" if full else
+                         f"check that {target.parent} is writable") from None
+
+
+def is_complete_model(path: Path) -> bool:
+    """Every file the recipe writes is there and readable (JSON parses, the weights' header is whole and names
+    the embeddings and the head): a folder with the tokenizer alone, or truncated weights, is not the model."""
+    if not path.is_dir() or any(not (path / name).is_file() for name in BUILT_FILES):
+        return False
+    try:
+        for name in BUILT_FILES:
+            if name.endswith(".json"):
+                json.loads((path / name).read_text(encoding="utf-8"))
+        tensors = read_header(path / "model.safetensors")
+    except (OSError, ValueError, SafetensorsHeaderError):
+        return False
+    return all(name in tensors for name in BUILT_TENSORS)
+
+
+def build_in_child(out: Path) -> None:
+    """Build the model into `out` in a fresh Python process.
+
+    transformers writes a model's weights only on rank 0 of a torch.distributed group, and any rank of a
+    distributed run may be the one to build; a fresh process also starts from torch's defaults (RNG, dtype).
+    """
+    result = subprocess.run([sys.executable, "-m", "qlora_tui.core.builtin", str(out)], capture_output=True,
+                            text=True, check=False)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        last = lines[-1].strip() if lines else f"exit code {result.returncode}"
+        if "No space left on device" in result.stderr:
+            raise OSError(errno.ENOSPC, "No space left on device", str(out))
+        raise ModelError(f"building the built-in model in {out.parent} failed: {last}",
+                         hint="the full output is printed by: python -m qlora_tui.core.builtin /tmp/tiny-llama")
 
 
 def _build_tiny_llama(out: Path) -> None:
@@ -140,3 +169,7 @@ def _build_tiny_llama(out: Path) -> None:
     out.mkdir(parents=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+if __name__ == "__main__":  # the child process of build_in_child: python -m qlora_tui.core.builtin OUT
+    _build_tiny_llama(Path(sys.argv[1]))

@@ -78,6 +78,12 @@ class GcReport:
     unindexed: list[Path] = field(default_factory=list)
 
 
+def indexed_paths(store: Store) -> set[Path]:
+    """Every directory and record the index holds now."""
+    versions = store.list_versions()
+    return {v.path.resolve() for v in versions} | {store.record_path(v).resolve() for v in versions}
+
+
 def gc(store: Store) -> GcReport:
     """Remove what interrupted adds, imports, merges and deletes left, and only that.
 
@@ -88,11 +94,13 @@ def gc(store: Store) -> GcReport:
     is reported, never removed (`qlora-tui registry rebuild` adds it back).
     """
     report = GcReport()
-    versions = store.list_versions()  # refuses a damaged index before anything is touched
-    indexed = {v.path.resolve() for v in versions} | {store.record_path(v).resolve() for v in versions}
-    for path, size in sweep_dead_areas(store.tmp_root, keep=lambda p: p.resolve() in indexed):
+    store.list_versions()  # refuses a damaged index before anything is touched
+    # The index is read again for each path, after its area was found dead: a process that committed and then
+    # died after an earlier read of the index must keep what it registered.
+    for path, size in sweep_dead_areas(store.tmp_root, keep=lambda p: p.resolve() in indexed_paths(store)):
         report.removed.append(path)
         report.freed_bytes += size
+    versions = store.list_versions()
     known = {(v.name, v.number) for v in versions}
     on_disk = [(n, k, p) for n, k, p in version_dirs(store.adapters_root) + record_files(store.adapters_root)]
     report.unindexed = sorted({p for n, k, p in on_disk if (n, k) not in known})

@@ -11,6 +11,7 @@ partial directory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qlora_tui.core.once import held_lock
 from qlora_tui.core.quant import DTYPE_NAMES, torch_dtype
 from qlora_tui.core.testhooks import kill_point
 from qlora_tui.core.versions import MERGE_LIBRARIES, library_versions
@@ -77,6 +79,13 @@ def _check_out_dir(store: Store, out: Path, force: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not force:
         raise RegistryError(f"--out {out}: the directory exists and is not empty",
                             hint="choose an empty or new directory, or pass --force to replace its contents")
+
+
+def out_lock_path(store: Store, out: Path) -> Path:
+    """The lock merges into `out` take while they check, fill and register it (inside the registry, not beside
+    the user's folder)."""
+    digest = hashlib.sha256(str(out).encode()).hexdigest()[:16]
+    return store.root / ".locks" / f"merge-out-{digest}.lock"
 
 
 def _choose_base_weights(adapter: AdapterVersion, requested: str, quant: TrainingQuant) -> str:
@@ -142,10 +151,6 @@ def merge_version(store: Store, ref: str, out_dir: Path, *, dtype: str = "bf16",
                                       lambda message, fraction: report(message, 0.7 + 0.25 * fraction))
         report("registering the merged model", 0.96)
         kill_point("registry.merge.before-register")
-        if out.exists():
-            remove_tree(out)  # checked above: empty, or --force
-        area.track(out)
-        partial.rename(out)
         method = "peft merge_and_unload" if plan.fallback_reason else "shard-by-shard"
         seconds = time.monotonic() - started
         meta = NewVersion(
@@ -161,8 +166,16 @@ def merge_version(store: Store, ref: str, out_dir: Path, *, dtype: str = "bf16",
                    "fidelity": fidelity.to_json() if fidelity else None,
                    "quant": adapter.extra.get("quant"), "lora": adapter.extra.get("lora")},
         )
-        merged = store.add(merged_name, out, meta, copy=False)
-        area.untrack(out)
+        # Checked again under a lock on --out: a merge into the same --out that registered meanwhile is refused,
+        # never overwritten.
+        with held_lock(out_lock_path(store, out)):
+            _check_out_dir(store, out, force)
+            if out.exists():
+                remove_tree(out)  # empty, or --force
+            area.track(out)
+            partial.rename(out)
+            merged = store.add(merged_name, out, meta, copy=False)
+            area.untrack(out)
     report(f"registered {merged.ref}", 1.0)
     return MergeResult(merged, adapter, out, method, plan.fallback_reason, dtype, chosen, fidelity,
                        time.monotonic() - started, resolved.warning)

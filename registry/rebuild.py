@@ -165,13 +165,15 @@ def index_is_healthy(store: Store) -> bool:
 def rebuild_index(store: Store, *, force: bool = False) -> RebuildReport:
     """Recreate the index from the files, one rebuild at a time.
 
-    A missing, empty or unreadable index is refused by every writer, so nothing
-    writes while it is rebuilt; a healthy one is rebuilt only with `force`,
-    which asks the user to stop other qlora-tui work first.
+    A missing, empty or unreadable index is refused by every writer; a healthy
+    one is rebuilt only with `force`. Either way the rebuild holds the writers
+    lock alone from reading the files to replacing the index, so a write in
+    progress (a run registering, an import) ends first and a new one waits for
+    the new index: no version is left out of it.
     """
     if not force and index_is_healthy(store):
         raise RegistryError(f"{store.db_path}: the index is healthy; nothing to rebuild",
-                            hint="--force rebuilds it from the files anyway (stop other qlora-tui work first)")
+                            hint="--force rebuilds it from the files anyway (writes wait until it is done)")
     report = RebuildReport()
     store.root.mkdir(parents=True, exist_ok=True)
     with open(store.root / ".rebuild.lock", "w") as lock:
@@ -179,8 +181,8 @@ def rebuild_index(store: Store, *, force: bool = False) -> RebuildReport:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RegistryError("another qlora-tui registry rebuild is running") from None
-        entries = collect(store, report)
-        with work_area(store.tmp_root, "rebuild") as area:
+        with store.writers_lock(alone=True), work_area(store.tmp_root, "rebuild") as area:
+            entries = collect(store, report)
             area.path.mkdir()
             _write_index(area.path / "index.sqlite", entries, store)
             if store.db_path.exists():

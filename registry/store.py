@@ -18,7 +18,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +26,9 @@ from urllib.parse import quote
 from qlora_tui.core.errors import is_disk_full
 from qlora_tui.core.hashing import hash_tree
 from qlora_tui.core.home import registry_dir
+from qlora_tui.core.once import held_lock
 from qlora_tui.core.testhooks import kill_point
+from qlora_tui.registry.duplicates import SAME_RUN, SAMENESS, find_same, holder_of
 from qlora_tui.registry.errors import NotFoundError, RegistryError
 from qlora_tui.registry.evalrecords import EvalResult, evals_for_record, insert_eval, read_evals
 from qlora_tui.registry.records import (
@@ -51,12 +53,14 @@ from qlora_tui.registry.sidecars import (
 from qlora_tui.registry.staging import make_read_only, remove_tree, work_area
 
 __all__ = [
-    "KINDS", "AdapterVersion", "DamagedRegistryError", "FileEntry", "NewVersion", "Push", "Store", "check_name",
+    "KINDS", "SAME_RUN", "AdapterVersion", "DamagedRegistryError", "FileEntry", "NewVersion", "Push", "Store",
+    "check_name",
     "open_store", "parse_ref", "remove_tree",
 ]
 
 REBUILD_HINT = "qlora-tui registry rebuild recreates the index from the stored versions"
 RECORDS_SINCE = 2  # the schema version from which every version has its record beside its directory
+WRITERS_LOCK = ".writers.lock"
 
 
 class DamagedRegistryError(RegistryError):
@@ -187,8 +191,13 @@ class Store:
 
     @contextmanager
     def write_transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception: one writer at a time, all or nothing."""
-        with self.connection(write=True) as conn:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception: one writer at a time, all or nothing.
+
+        Writers share the registry's writers lock, which a rebuild takes alone: a write never lands in an index
+        that a rebuild is about to replace, and the connection is opened after the lock, on the index in place.
+        """
+        self.check_index_present()  # before the lock file is made: a refused write leaves the registry as it was
+        with self.writers_lock(), self.connection(write=True) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -196,6 +205,21 @@ class Store:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    @contextmanager
+    def writers_lock(self, *, alone: bool = False) -> Iterator[None]:
+        """The flock every write transaction holds shared and `registry rebuild` holds alone."""
+        path = self.root / WRITERS_LOCK
+        held = ExitStack()
+        try:
+            held.enter_context(held_lock(path, shared=not alone))
+        except PermissionError:
+            raise RegistryError(f"{self.root}: the registry is read-only here ({path} cannot be opened)",
+                                hint="reads work; changes need write access to the registry folder") from None
+        except OSError as err:
+            raise explain_os_error(err, f"registry {self.root}") from None
+        with held:
+            yield
 
     def _resolve_location(self, location: str) -> Path:
         path = Path(location)
@@ -255,15 +279,34 @@ class Store:
         """Register the directory `source` as the next version of `name`.
 
         With copy=False the files stay where they are (a merged model can be
-        hundreds of GB) and only their hashes enter the index.
+        hundreds of GB) and only their hashes enter the index; a directory that
+        holds, or lies inside, another version's files is refused.
         """
+        return self._add(name, source, meta, copy=copy, same="")[0]
+
+    def add_once(self, name: str, source: Path, meta: NewVersion, *, same: str) -> tuple[AdapterVersion, bool]:
+        """Add `source` unless the registry already holds it; returns the version and whether it was there.
+
+        `same` says what "already there" means (registry/duplicates.py): the
+        version this run registered (SAME_RUN), or a version of `name` with
+        exactly these files (SAME_FILES). It is decided inside the transaction
+        that allocates the number, so concurrent adds of one thing make one version.
+        """
+        if same not in SAMENESS:
+            raise ValueError(f"same must be one of {', '.join(SAMENESS)}; got {same!r}")
+        return self._add(name, source, meta, copy=True, same=same)
+
+    def _add(self, name: str, source: Path, meta: NewVersion, *, copy: bool, same: str
+             ) -> tuple[AdapterVersion, bool]:
         check_name(name)
         if meta.kind not in KINDS:
             raise RegistryError(f"kind must be one of {', '.join(KINDS)}; got {meta.kind!r}")
         source = Path(source)
         if not source.is_dir():
             raise RegistryError(f"{source}: not a directory")
-        parent_id = self.get(meta.parent).id if meta.parent else None
+        if meta.parent:
+            self.get(meta.parent)  # a missing parent is named before anything is copied
+        existing: int | None = None
         try:
             with work_area(self.tmp_root, "add") as area:
                 staging = area.path
@@ -277,6 +320,15 @@ class Store:
                     raise RegistryError(str(err)) from None
                 kill_point("registry.add.after-copy")
                 with self.write_transaction() as conn:
+                    existing = find_same(conn, name, meta.run_id, files, same) if same else None
+                    if existing is not None:
+                        return self._load(conn, "v.id = ?", (existing,)), True
+                    if not copy and (holder := holder_of(conn, self.root, source)) is not None:
+                        raise RegistryError(f"{source}: holds the files of registered version {holder}; a "
+                                            "version's files are never shared or changed",
+                                            hint=f"choose another directory, or qlora-tui delete {holder} first")
+                    # resolved here, not before: a parent deleted meanwhile is named, never a broken link
+                    parent_id = self._resolve(conn, meta.parent).id if meta.parent else None
                     number = self._next_free_number(conn, name)
                     conn.execute(
                         "INSERT INTO names(name, next_number) VALUES (?, ?) "
@@ -313,13 +365,13 @@ class Store:
             raise explain_os_error(err, f"adding {name} to the registry") from None
         if copy:
             make_read_only(final)
-        return self.get(f"{name}@{number}")
+        return self.get(f"{name}@{number}"), False
 
     def set_alias(self, ref: str, alias: str) -> AdapterVersion:
         """Point `name@alias` at this version, moving the alias if another version of the name had it."""
         check_alias(alias)
-        version = self.get(ref)
         with self.write_transaction() as conn:
+            version = self._resolve(conn, ref)
             conn.execute("INSERT INTO aliases(name, alias, version_id) VALUES (?, ?, ?) "
                          "ON CONFLICT(name, alias) DO UPDATE SET version_id = excluded.version_id",
                          (version.name, alias, version.id))
@@ -328,16 +380,16 @@ class Store:
 
     def remove_alias(self, name: str, alias: str) -> AdapterVersion:
         """Drop `name@alias`; returns the version it pointed at."""
-        version = self.get(f"{check_name(name)}@{check_alias(alias)}")
         with self.write_transaction() as conn:
+            version = self._resolve(conn, f"{check_name(name)}@{check_alias(alias)}")
             conn.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", (name, alias))
             self._write_records(conn, [], [name])
         return self.get(version.ref)
 
     def record_push(self, ref: str, *, repo: str, commit_id: str, url: str, merged: bool) -> AdapterVersion:
         """Remember that this version went to the Hub (the index changes, never the files)."""
-        version = self.get(ref)
         with self.write_transaction() as conn:
+            version = self._resolve(conn, ref)
             conn.execute("INSERT INTO pushes(version_id, repo, commit_id, url, merged, pushed) VALUES (?,?,?,?,?,?)",
                          (version.id, repo, commit_id, url, int(merged), time.time()))
             self._write_records(conn, [version.id], [])
@@ -346,8 +398,8 @@ class Store:
     def add_eval(self, ref: str, result: EvalResult) -> EvalResult:
         """Keep one eval result (a prompt set's answers or a benchmark's scores) with the version, in the index
         and in its record, so a rebuilt index still has it."""
-        version = self.get(ref)
         with self.write_transaction() as conn:
+            version = self._resolve(conn, ref)
             result.id = insert_eval(conn, version.id, result)
             self._write_records(conn, [version.id], [])
         result.ref = version.ref
@@ -373,25 +425,34 @@ class Store:
         if parse_ref(ref)[1] is None:
             raise RegistryError(f"delete {ref!r}: name the version to delete, as {ref}@N",
                                 hint=f"qlora-tui adapters {ref} lists its versions")
-        version = self.get(ref)
-        children = self.children(version.ref)
-        if children and not force:
-            raise RegistryError(
-                f"{version.ref}: {', '.join(c.ref for c in children)} derive from it; deleting it would cut "
-                "their lineage", hint=f"delete those first, or pass --force to delete {version.ref} anyway")
-        # The work area names what goes; a crash after the commit leaves it to gc, and its end removes it.
+        # Decided inside the transaction: a version another delete removed meanwhile is named as gone, and a
+        # child registered meanwhile is seen. The work area names what goes; a crash after the commit leaves it
+        # to gc, and its end removes it; a delete that fails keeps every file.
         with work_area(self.tmp_root, "delete") as area:
-            if self.is_stored(version):
-                area.track(version.path)
-            area.track(self.record_path(version))
-            with self.write_transaction() as conn:
-                for child in children:
-                    row = conn.execute("SELECT extra FROM versions WHERE id = ?", (child.id,)).fetchone()
-                    extra = {**json.loads(row["extra"]), "parent_deleted": version.ref}
-                    conn.execute("UPDATE versions SET parent_id = NULL, extra = ? WHERE id = ?",
-                                 (json.dumps(extra), child.id))
-                conn.execute("DELETE FROM versions WHERE id = ?", (version.id,))
-                self._write_records(conn, [c.id for c in children], [version.name])
+            try:
+                with self.write_transaction() as conn:
+                    version = self._resolve(conn, ref)
+                    children = [self._load(conn, "v.id = ?", (int(r["id"]),)) for r in conn.execute(
+                        "SELECT id FROM versions WHERE parent_id = ? ORDER BY id", (version.id,)).fetchall()]
+                    if children and not force:
+                        raise RegistryError(
+                            f"{version.ref}: {', '.join(c.ref for c in children)} derive from it; deleting it would "
+                            "cut their lineage", hint=f"delete those first, or pass --force to delete {version.ref} "
+                                                      "anyway")
+                    if self.is_stored(version):
+                        area.track(version.path)
+                    area.track(self.record_path(version))
+                    for child in children:
+                        row = conn.execute("SELECT extra FROM versions WHERE id = ?", (child.id,)).fetchone()
+                        extra = {**json.loads(row["extra"]), "parent_deleted": version.ref}
+                        conn.execute("UPDATE versions SET parent_id = NULL, extra = ? WHERE id = ?",
+                                     (json.dumps(extra), child.id))
+                    conn.execute("DELETE FROM versions WHERE id = ?", (version.id,))
+                    self._write_records(conn, [c.id for c in children], [version.name])
+            except BaseException:
+                for path in list(area.outside):  # nothing was deleted: the area's end must keep the files
+                    area.untrack(path)
+                raise
             kill_point("registry.delete.after-commit")
         return version, [c.ref for c in children]
 
@@ -428,19 +489,23 @@ class Store:
 
     def get(self, ref: str) -> AdapterVersion:
         """Resolve NAME, NAME@N or NAME@ALIAS; unknown ones get the close matches named."""
-        name, selector = parse_ref(ref)
         with self.connection() as conn:
-            if selector is None:
-                where, args = "v.name = ? ORDER BY v.number DESC LIMIT 1", (name,)
-            elif selector.isdigit():
-                where, args = "v.name = ? AND v.number = ?", (name, int(selector))
-            else:
-                where = "v.name = ? AND v.id = (SELECT version_id FROM aliases WHERE name = ? AND alias = ?)"
-                args = (name, name, selector)
-            try:
-                return self._load(conn, where, args)
-            except LookupError:
-                raise self._not_found(conn, ref, name, selector) from None
+            return self._resolve(conn, ref)
+
+    def _resolve(self, conn: sqlite3.Connection, ref: str) -> AdapterVersion:
+        """`get` on an open connection: a write resolves its version inside its own transaction."""
+        name, selector = parse_ref(ref)
+        if selector is None:
+            where, args = "v.name = ? ORDER BY v.number DESC LIMIT 1", (name,)
+        elif selector.isdigit():
+            where, args = "v.name = ? AND v.number = ?", (name, int(selector))
+        else:
+            where = "v.name = ? AND v.id = (SELECT version_id FROM aliases WHERE name = ? AND alias = ?)"
+            args = (name, name, selector)
+        try:
+            return self._load(conn, where, args)
+        except LookupError:
+            raise self._not_found(conn, ref, name, selector) from None
 
     def find_by_run(self, run_id: str) -> AdapterVersion | None:
         """The version a training run registered (a run registers once), or None."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from qlora_tui.registry.duplicates import SAME_FILES
 from qlora_tui.registry.errors import IntegrityError, InvalidAdapterError, RegistryError
 from qlora_tui.registry.lora import CONVERT_HINT, SAFETENSORS_RULE, pickled_files
 from qlora_tui.registry.records import AdapterVersion, NewVersion, check_name
@@ -220,9 +221,6 @@ def _find_same(store: Store, files: list[dict[str, Any]], name: str | None = Non
 def _add_one(store: Store, archive: Path, entry: dict[str, Any], folder: Path, name: str,
              new_refs: dict[str, str]) -> ImportedVersion:
     check_name(name)
-    existing = _find_same(store, entry["files"], name)
-    if existing is not None:
-        return ImportedVersion(entry["ref"], existing, True)
     # A parent is linked only when it is certainly the same version: it came in this archive, or a version here
     # has exactly its files. The same NAME@N here may well be another adapter.
     parent = new_refs.get(entry.get("parent") or "", "")
@@ -239,4 +237,5 @@ def _add_one(store: Store, archive: Path, entry: dict[str, Any], folder: Path, n
         dataset_fingerprint=entry.get("dataset_fingerprint", ""), metrics=entry.get("metrics", {}), parent=parent,
         library_versions=entry.get("library_versions", {}), run_id=entry.get("run_id", ""), extra=extra,
     )
-    return ImportedVersion(entry["ref"], store.add(name, folder, meta), False)
+    version, already_present = store.add_once(name, folder, meta, same=SAME_FILES)
+    return ImportedVersion(entry["ref"], version, already_present)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from qlora_tui.core.versions import library_versions
-from qlora_tui.registry.store import AdapterVersion, NewVersion, open_store
+from qlora_tui.registry.store import SAME_RUN, AdapterVersion, NewVersion, open_store
 from qlora_tui.runner import checkpoints
 from qlora_tui.runner.dist import ranks as distributed
 from qlora_tui.runner.errors import NonFiniteLossError
@@ -104,8 +104,5 @@ def register(home: Path, run: RunDir, prepared: Prepared, adapter: Path, metrics
                **({"alignment_slice": prepared.measure_slice} if prepared.measure_slice else {}),
                **({"warnings": warnings} if warnings else {})},
     )
-    store = open_store(home)
-    existing = store.find_by_run(run.run_id)
-    if existing is not None:  # registered before a crash: once per run
-        return existing
-    return store.add(profile.name, adapter, meta)
+    # once per run, decided where the number is allocated: registered before a crash, it is not registered again
+    return open_store(home).add_once(profile.name, adapter, meta, same=SAME_RUN)[0]

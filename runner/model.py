@@ -18,10 +18,13 @@ from qlora_tui.runner.fast.offload import enable_offloaded_checkpointing
 
 
 def resolve_base(profile: Profile, home: Path) -> BaseModel:
-    """The profile's base model as local files, downloaded into the Hugging Face cache when needed."""
+    """The profile's base model as local files, built or downloaded when needed (in a distributed run, by each
+    box's local rank 0 while the others wait)."""
+    from qlora_tui.runner.dist.ranks import box_main_first
+
     try:
-        return resolve_model(home, profile.model.id, profile.model.revision, download=True,
-                             trust_remote_code=profile.model.trust_remote_code)
+        return box_main_first(lambda: resolve_model(home, profile.model.id, profile.model.revision, download=True,
+                                                    trust_remote_code=profile.model.trust_remote_code))
     except ModelError as err:
         raise ModelError(f"model.id: {err.message}", hint=err.hint) from None
 
@@ -113,6 +116,7 @@ def load_base_for_training(profile: Profile, base: BaseModel, task_type: str = "
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelError(f"model.id: cannot load the weights of {base.model_id!r}: {first}") from None
     model.config.use_cache = False
+    keep_trainable_4bit_layout(model)
     if fsdp:
         return model  # FSDP shards one dtype per unit and checkpoints activations itself
     freeze_base(model, keep_fp16_upcast=quant is not None and compute_dtype_name(profile) == "fp16")
@@ -152,6 +156,25 @@ def stream_dtypes(profile: Profile) -> dict[str, str]:
     base = {4: f"{profile.quant.type} 4-bit, dequantized to {compute}", 8: f"int8 (LLM.int8), {compute} compute"}
     lora = compute if sharded() and bits == 4 else "fp32"  # FSDP-QLoRA keeps the LoRA in the storage dtype
     return {"stream": stream, "base": base.get(bits, compute), "lora": lora}  # type: ignore[call-overload]
+
+
+def keep_trainable_4bit_layout(model: Any) -> int:
+    """Stop bitsandbytes from repacking this model's 4-bit weights into its CPU inference layout; returns how many
+    layers were told.
+
+    On a CPU with AVX512-BF16, a Linear4bit's first forward in eval mode without gradients (an evaluation, the
+    alignment measure) repacks its weight for an inference kernel that has no backward: until a checkpoint's
+    state_dict unpacks it again, training steps get no gradient through the frozen base, so a run's result
+    depends on whether and when it saved, and a resumed run cannot match an uninterrupted one.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return 0
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 @contextlib.contextmanager

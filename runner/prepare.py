@@ -17,6 +17,7 @@ from qlora_tui.runner.data.preference import to_alignment_examples
 from qlora_tui.runner.data.preflight import preflight_alignment, prepare_tokenizer, tokenize_all
 from qlora_tui.runner.data.rows import data_fingerprint, read_rows, to_sft_examples
 from qlora_tui.runner.data.split import split_eval
+from qlora_tui.runner.dist import ranks as distributed
 from qlora_tui.runner.errors import RunError
 from qlora_tui.runner.events import EventWriter
 from qlora_tui.runner.fast.choice import choose_fast_path
@@ -44,7 +45,7 @@ def prepare(profile: Profile, home: Path, writer: EventWriter) -> Prepared:
     tokenizer_source = str(parent_path) if parent_path and (parent_path / "tokenizer_config.json").exists() \
         else base.source
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=profile.model.trust_remote_code)
-    raw = read_rows(profile.data)
+    raw = distributed.box_main_first(lambda: read_rows(profile.data))  # a Hub data set downloads once per box
     method = profile.train.method
     if method == "sft":
         converted = to_sft_examples(raw, profile.data.format, profile.data.system_prompt)

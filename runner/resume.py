@@ -74,6 +74,24 @@ def check_unchanged_since_start(run: RunDir, prepared: Prepared) -> None:
                            hint="start a new run with qlora-tui run, or restore what changed")
 
 
+def restore_token_count(trainer: Any, checkpoint: Path) -> None:
+    """TRL's running count of trained tokens (the steps' num_tokens) as the checkpoint's last step logged it.
+
+    TRL keeps the count outside the trainer state a checkpoint saves, so a resumed run would count from zero;
+    with logging_steps > 1 the checkpoint's step may have no count logged, and then it still does.
+    """
+    from transformers import TrainerState
+
+    if not hasattr(trainer, "_total_train_tokens"):
+        return
+    state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    # Only a count logged at the checkpoint's own step is exact (with logging_steps > 1 it may not be there).
+    logged = [h["num_tokens"] for h in state.log_history
+              if h.get("step") == state.global_step and "loss" in h and isinstance(h.get("num_tokens"), (int, float))]
+    if logged:
+        trainer._total_train_tokens = int(logged[-1])  # noqa: SLF001 - TRL's own counter, read back as it logs it
+
+
 def checkpoint_is_final(checkpoint: Path) -> bool:
     """True when the checkpoint's trainer state is at its last step (the schedule has nothing left)."""
     from transformers import TrainerState

@@ -30,6 +30,7 @@ from qlora_tui.runner.resume import (
     checkpoint_step,
     finish_if_registered,
     load_final_checkpoint,
+    restore_token_count,
     resume_point,
 )
 from qlora_tui.runner.rundir import RunDir
@@ -123,6 +124,8 @@ def train(trainer: Any, resume_from: Path | None, writer: EventWriter) -> None:
                                                   "registering without training further")
         load_final_checkpoint(trainer, resume_from)
         return
+    if resume_from is not None:
+        restore_token_count(trainer, resume_from)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
 

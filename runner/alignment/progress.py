@@ -41,8 +41,11 @@ class AlignmentProgress(TrainerCallback):
             self.best = (key, step, figures)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # A step a stop request ends is measured too, as the Trainer still evaluates it: the resumed run starts
+        # after it, so skipping it would leave a hole an unbroken run does not have. The last step is measured
+        # once, by the runner, after training.
         step = state.global_step
-        if self.every and step % self.every == 0 and step < state.max_steps and not control.should_training_stop:
+        if self.every and step % self.every == 0 and step < state.max_steps:
             self.record(step, self.measure())
 
     def best_metrics(self) -> dict[str, float]:

@@ -10,6 +10,7 @@ function here answers as for the one process there is.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from qlora_tui.core.device import describe_torch_device
 
 T = TypeVar("T")
 GIB = 1024 ** 3
+PREPARE_WAIT_S = 6 * 3600  # how long ranks wait for their box's rank 0 to build or download the base model
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,33 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def box_main_first(prepare: Callable[[], T]) -> T:
+    """`prepare()` on local rank 0 of each box while the box's other ranks wait, then on them.
+
+    For what ranks share on disk (the built-in model, a Hub download): one
+    process per box makes it and the others find it made. The wait is on a
+    gloo group of its own with PREPARE_WAIT_S, so a long first download is not
+    cut off by dist.timeout_s. Rank 0's error is raised on it after the
+    barrier, so the others are never left waiting; they then run `prepare`
+    themselves and fail the same way.
+    """
+    if _ranks is None:
+        return prepare()
+    import torch.distributed as dist
+
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=PREPARE_WAIT_S))
+    try:
+        if _ranks.local_rank == 0:
+            try:
+                return prepare()
+            finally:
+                dist.barrier(group=group)
+        dist.barrier(group=group)
+        return prepare()
+    finally:
+        dist.destroy_process_group(group)
 
 
 # ---------------------------------------------------------------- resume
