@@ -48,8 +48,8 @@ started=$SECONDS
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 QLORA_TUI_FIGURES="$FIG"
 left() { echo $((ALL_S - (SECONDS - started))); }
 
-"$PY" bench/gpu_wheels.py size --jsonl "$FIG"  # what was carried, as the device tool counts it
-"$PY" bench/gpu_wheels.py install --site "$WORK/site" --unsloth-site "$WORK/site-unsloth" --project "$WORK/qlora" \
+"$PY" bench/gpu_box.py size --jsonl "$FIG"  # what was carried, as the device tool counts it
+"$PY" bench/gpu_box.py install --site "$WORK/site" --unsloth-site "$WORK/site-unsloth" --project "$WORK/qlora" \
   --jsonl "$FIG" || exit 1
 export PYTHONPATH="$WORK/qlora:$WORK/site:$PWD/bench${PYTHONPATH:+:$PYTHONPATH}" PATH="$WORK/site/bin:$PATH"
 export UNSLOTH_SITE="$WORK/site-unsloth"
@@ -69,7 +69,7 @@ record = {'what': 'env', 'python': sys.version.split()[0], 'torch': torch.__vers
 open('$FIG', 'a').write(json.dumps({'t': round(time.time(), 1), **record}) + '\n')
 print(record)"
 } 2>&1 | tee "$OUT/env.txt"
-"$PY" bench/gpu_wheels.py verify --jsonl "$FIG" $([ "$GPU" = 1 ] && echo --gpu) | tee -a "$OUT/env.txt"
+"$PY" bench/gpu_box.py verify --jsonl "$FIG" $([ "$GPU" = 1 ] && echo --gpu) | tee -a "$OUT/env.txt"
 echo "setup took $((SECONDS - started)) s"
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then

@@ -34,9 +34,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         (report.when == "teardown" and report.failed)  # a skip is decided at setup; an error can come at either end
     if not counted:
         return
-    outcome = report.outcome if report.when == "call" else f"{report.outcome} in {report.when}"
-    _counts[report.outcome] += 1
-    record: dict[str, Any] = {"what": "test", "id": report.nodeid, "outcome": outcome,
+    outcome = "error" if report.failed and report.when != "call" else report.outcome  # pytest's own words
+    _counts[outcome] += 1
+    record: dict[str, Any] = {"what": "test", "id": report.nodeid, "outcome": outcome, "when": report.when,
                               "seconds": round(report.duration, 2)}
     if report.failed:
         record["message"] = str(report.longrepr)[-1500:]

@@ -4,7 +4,7 @@ read from a wheel follow the box's platform and the extras asked for."""
 from __future__ import annotations
 
 import csv
-import importlib.util
+import importlib
 import io
 import subprocess
 import sys
@@ -12,15 +12,16 @@ import zipfile
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def gpu_wheels() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_wheels", ROOT / "bench" / "gpu_wheels.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def gpu_wheels(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """bench/gpu_wheels.py, imported as the script imports its neighbours (bench/ on the path)."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    return importlib.import_module("gpu_wheels")
 
 
 def make_wheel(folder: Path) -> Path:
@@ -44,8 +45,9 @@ def make_wheel(folder: Path) -> Path:
     return wheel
 
 
-def test_a_slimmed_wheel_lists_only_the_files_it_kept_and_still_installs(tmp_path: Path) -> None:
-    module = gpu_wheels()
+def test_a_slimmed_wheel_lists_only_the_files_it_kept_and_still_installs(tmp_path: Path, gpu_wheels: ModuleType
+                                                                           ) -> None:
+    module = gpu_wheels
     wheel = make_wheel(tmp_path)
     saved = module.slim(wheel, module.bnb_keep)
     assert saved > 0
@@ -62,8 +64,8 @@ def test_a_slimmed_wheel_lists_only_the_files_it_kept_and_still_installs(tmp_pat
                                                                           "libbitsandbytes_cuda130.so"]
 
 
-def test_requirements_follow_the_box_platform_and_the_extras_asked_for(tmp_path: Path) -> None:
-    module = gpu_wheels()
+def test_requirements_follow_the_box_platform_and_the_extras_asked_for(tmp_path: Path, gpu_wheels: ModuleType) -> None:
+    module = gpu_wheels
     wheel = make_wheel(tmp_path)
     box = module.target_environment("3.12")
     assert [str(r) for r in module.requirements_of(wheel, set(), box)] == ["numpy>=1.17"]
