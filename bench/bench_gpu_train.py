@@ -16,8 +16,8 @@ causal attention per row; HFU adds checkpointing's recompute). Every figure is a
 still leaves what it measured. Then, unless --skip-7b, the shipped Llama-2-7B recipes for a few steps each.
 
 Usage (needs a CUDA GPU; --allow-cpu --size tiny is the dry run that tests/bench/test_gpu_script.py makes):
-  python bench/bench_gpu_train.py [--size 8b|1b|tiny] [--steps 6] [--warmup 2] [--batch 8] [--seq 2048]
-                                  [--budget-s 330] [--skip-7b] [--work DIR] [--jsonl FILE]
+  python bench/bench_gpu_train.py [--size 8b|1b|tiny] [--steps 5] [--warmup 2] [--batch 8] [--seq 2048]
+                                  [--budget-s 360] [--skip-7b] [--work DIR] [--jsonl FILE]
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ from gpu_model import LLAMA_2_7B, SIZES, write_pairs, write_random_model, write_
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 SEVEN_B_S = 240  # writing the random 7B model and two short recipe runs, on an H200
-RECIPE_S = {"a": 160.0, "b": 150.0, "c": 150.0}  # the 8B: loading (about a minute) and 8 steps, each at most
+RECIPE_S = {"a": 150.0, "b": 140.0, "c": 130.0}  # the 8B: loading (about a minute) and 7 steps, each at most
+RESERVED_FOR_B_S = 110.0  # (a) stops in time to leave (b) this much: (b) is the figure the loan is for
+UNSLOTH_MIN_S = 90.0  # (c) is skipped with less than this left
 TARGETS = {"speed_b_over_a": 2.0, "memory_b_over_a": 0.5, "speed_b_over_c": 1.0, "memory_b_over_c": 1.0,
            "mfu_b_pct": 30.0}
 
@@ -188,7 +190,7 @@ def side_by_side(args: argparse.Namespace, device: str, figures: Figures) -> Non
     def limit(recipe: str, after: float) -> float:
         return max(30.0, min(RECIPE_S[recipe] * args.recipe_scale, figures.left() - after))
 
-    results["a"] = run_recipe(args, "a", model_dir, data, figures, limit("a", RECIPE_S["b"] * args.recipe_scale))
+    results["a"] = run_recipe(args, "a", model_dir, data, figures, limit("a", RESERVED_FOR_B_S * args.recipe_scale))
     figures.add({"what": "recipe", "label": "(a) HF + PEFT + TRL defaults", **results["a"]})
     clock = time.monotonic()
     events, error = qlora_run(args.work / "home", fast_profile(args, model_dir, data, args.work / "fast.toml"),
@@ -209,7 +211,7 @@ def unsloth_recipe(args: argparse.Namespace, model_dir: Path, data: Path, figure
     if not (site and Path(site, "unsloth").is_dir()) and not _importable("unsloth"):
         return {"recipe": "c", "skipped": "Unsloth is not installed and its wheels were not carried "
                                           "(bench/gpu_wheels.py fetch drops them when they do not fit)"}
-    if figures.left() < 60:
+    if figures.left() < UNSLOTH_MIN_S:
         return {"recipe": "c", "skipped": f"{figures.left():.0f} s left of the budget"}
     limit = max(30.0, min(RECIPE_S["c"] * args.recipe_scale, figures.left()))
     return run_recipe(args, "c", model_dir, data, figures, limit, extra_path=site or None)
@@ -249,7 +251,7 @@ def seven_b_recipes(args: argparse.Namespace, figures: Figures) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", choices=sorted(SIZES), default="8b")
-    parser.add_argument("--steps", type=int, default=6, help="measured steps after the warm-up")
+    parser.add_argument("--steps", type=int, default=5, help="measured steps after the warm-up")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=2048)

@@ -6,7 +6,7 @@ limit still leaves its steps) and prints a RESULT line with tokens/s, MFU and HF
 the same counter and shape as the runner's) and peak memory over the steps after the warm-up.
 
   python bench/gpu_recipes.py baseline|unsloth --model DIR --data ROWS.jsonl --work DIR --jsonl FILE
-         [--steps 6] [--warmup 2] [--batch 8] [--seq 2048]
+         [--steps 5] [--warmup 2] [--batch 8] [--seq 2048]
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def unsloth(args: argparse.Namespace) -> dict[str, Any]:
 
     tokenizer, rows = tokenized_rows(args.model, args.data, args.seq)
     model, _ = FastLanguageModel.from_pretrained(model_name=str(args.model), max_seq_length=args.seq,
-                                                 dtype=torch.bfloat16, load_in_4bit=True, local_files_only=True)
+                                                 dtype=torch.bfloat16, load_in_4bit=True)
     model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32, lora_dropout=0, bias="none",
                                              target_modules=TARGETS, use_gradient_checkpointing="unsloth",
                                              random_state=42)
@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--jsonl", type=Path, default=None)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=2048)

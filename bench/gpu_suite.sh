@@ -14,7 +14,7 @@
 # On the device tool: carry [".whl"], timeout_s 600, command `bash bench/gpu_suite.sh all`.
 # What comes back, in $OUT (./gpu-out when unset): figures.jsonl (one JSON line per figure, appended the moment it
 # is measured: a stop at any limit keeps everything before it), env.txt, bench.log, pytest.log, junit-cuda.xml,
-# junit.xml. Budgets in seconds: ALL_S (560: the command's whole run), BENCH_S (330 in "all"), CUDA_S (150, the
+# junit.xml. Budgets in seconds: ALL_S (560: the command's whole run), BENCH_S (380 in "all"), CUDA_S (120, the
 # cuda-marked tests); BENCH_ARGS, CUDA_TESTS and REST_TESTS change what runs; WORK (/tmp/qlora-gpu) holds the
 # installed wheels, the random model and the runs.
 set -uo pipefail
@@ -73,9 +73,10 @@ print(record)"
 echo "setup took $((SECONDS - started)) s"
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
-  budget="${BENCH_S:-$([ "$MODE" = all ] && echo 330 || left)}"
+  budget="${BENCH_S:-$([ "$MODE" = all ] && echo 380 || left)}"
   # shellcheck disable=SC2086
-  timeout --signal=INT --kill-after=20 "$budget" "$PY" bench/bench_gpu_train.py --size "$SIZE" --skip-7b \
+  timeout --signal=INT --kill-after=20 "$budget" "$PY" bench/bench_gpu_train.py --size "$SIZE" \
+    $([ "$MODE" = all ] && echo --skip-7b) \
     --budget-s $((budget - 20)) --work "$WORK/bench" --jsonl "$FIG" $([ "$ALLOW_CPU" = 1 ] && echo --allow-cpu) \
     ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -E "^FIGURE|Error|error" | cut -c1-400
   echo "bench: exit ${PIPESTATUS[0]} after $((SECONDS - started)) s (124: stopped at its ${budget} s budget)"
@@ -83,7 +84,7 @@ fi
 
 if [ "$MODE" = suite ] || [ "$MODE" = all ]; then
   xdist=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
-  budget=$(( $(left) < ${CUDA_S:-150} ? $(left) : ${CUDA_S:-150} ))
+  budget=$(( $(left) < ${CUDA_S:-120} ? $(left) : ${CUDA_S:-120} ))
   # shellcheck disable=SC2086
   QLORA_TUI_SUITE=cuda timeout --signal=INT --kill-after=15 "$budget" "$PY" -m pytest -q -p no:cacheprovider \
     -p pytest_jsonl -m cuda -ra --junitxml "$OUT/junit-cuda.xml" ${CUDA_TESTS:-tests} 2>&1 | tee "$OUT/pytest.log" \

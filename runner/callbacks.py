@@ -208,7 +208,7 @@ class EventsCallback(TrainerCallback):
 
 
 def peaks_reset_message(before: dict[str, Any]) -> str:
-    """Says what the recorded peaks count from, and what loading peaked at."""
+    """Says what loading peaked at, and what the peaks in the step events count from."""
     parts = []
     if "gpu_mem_load_peak_gb" in before:
         parts.append(f"GPU {before['gpu_mem_load_peak_gb']:.2f} GiB allocated, "
@@ -216,9 +216,11 @@ def peaks_reset_message(before: dict[str, Any]) -> str:
     if "rss_load_peak_gb" in before:
         parts.append(f"RSS {before['rss_load_peak_gb']:.2f} GiB")
     loading = f"loading peaked at {', '.join(parts)}; " if parts else ""
-    gpu = "GPU peaks (torch's counters, reset now) and " if "gpu_mem_load_peak_gb" in before else ""
-    return (f"memory: {loading}the step events' {gpu}the process's peak RSS count from "
-            f"{before.get('rss_peak_since', 'the process started')}")
+    since = before.get("rss_peak_since", "the process started")
+    if "gpu_mem_load_peak_gb" in before:
+        return (f"memory: {loading}the GPU peaks in step events count from now (torch's counters, reset), "
+                f"the peak RSS from when {since}")
+    return f"memory: {loading}the peak RSS in step events counts from when {since}"
 
 
 def _fault_step() -> int | None:

@@ -137,6 +137,8 @@ class StepStart:
 
 @dataclass
 class KernelGuard:
+    """One run's wrapped kernels and the trainer steps they guard; `warnings` is what the version records."""
+
     patches: list[Patch]
     warn: Callable[[str], None]
     rewind: list[Rewindable]

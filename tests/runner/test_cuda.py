@@ -60,7 +60,7 @@ def test_mfu_and_hfu_are_the_model_flops_over_the_peak_for_a_gpu_in_the_table(ho
 def test_the_recorded_peak_is_trainings_not_loadings(home: Path) -> None:
     run = run_to_end(home, quick_profile("peak", max_steps=4, save_steps=4))
     (reset,) = [e for e in events_of(run, "log") if e["message"].startswith("memory: loading peaked at GPU")]
-    assert "GPU peaks (torch's counters, reset now)" in reset["message"]
+    assert "the GPU peaks in step events count from now (torch's counters, reset)" in reset["message"]
     metrics = open_store(home).get("peak").metrics
     assert metrics["gpu_mem_load_peak_gb"] > 0 and metrics["gpu_mem_reserved_peak_gb"] > 0
     assert metrics["rss_peak_gb"] > 0 and metrics["rss_peak_since"] == "training began"

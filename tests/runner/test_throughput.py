@@ -153,7 +153,7 @@ def test_a_run_records_its_path_throughput_and_memory_plan(trained_home: Path) -
     assert all(e["rss_peak_gb"] > 0.1 for e in steps) and done["rss_peak_gb"] > 0.1
     assert done["rss_peak_since"] == "training began"
     (reset,) = [e for e in events_of(run, "log") if e["message"].startswith("memory: loading peaked at")]
-    assert "count from training began" in reset["message"]
+    assert reset["message"].endswith("the peak RSS in step events counts from when training began")
     if torch.cuda.is_available():
         assert all(e["gpu_mem_reserved_peak_gb"] >= e["gpu_mem_peak_gb"] > 0 for e in steps)
         (check,) = events_of(run, "memory_check")
