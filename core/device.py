@@ -7,6 +7,7 @@ import contextlib
 import functools
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 GB = 1e9
@@ -169,6 +170,58 @@ def torch_gpu_memory() -> dict[str, Any]:
     }
     if len(devices) > 1:
         out["gpu_mem_devices"] = devices
+    return out
+
+
+def reset_memory_peaks() -> dict[str, Any]:
+    """Start the peak-memory counters over, so the peaks read later are training's and not loading's.
+
+    Resets torch's CUDA peaks on every visible device and, on Linux, the process's peak RSS (VmHWM). Returns the
+    peaks they held before (loading's), and what the RSS peak now counts from.
+    """
+    import torch
+
+    gib = 1024 ** 3
+    before: dict[str, Any] = {}
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        before["gpu_mem_load_peak_gb"] = round(sum(torch.cuda.max_memory_allocated(i) for i in range(count)) / gib, 3)
+        before["gpu_mem_reserved_load_peak_gb"] = round(
+            sum(torch.cuda.max_memory_reserved(i) for i in range(count)) / gib, 3)
+        for i in range(count):
+            torch.cuda.reset_peak_memory_stats(i)
+    rss = process_memory()
+    if "rss_peak_gb" in rss:
+        before["rss_load_peak_gb"] = rss["rss_peak_gb"]
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: this process's peak RSS starts again from now
+        before["rss_peak_since"] = "training began"
+    except OSError:
+        before["rss_peak_since"] = "the process started"
+    return before
+
+
+def process_memory() -> dict[str, Any]:
+    """This process's resident memory (RSS) in GiB, now and at its peak (empty where neither can be read)."""
+    gib = 1024 ** 3
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    out: dict[str, Any] = {}
+    if "VmRSS" in fields and "VmHWM" in fields:  # kB
+        out["rss_gb"] = round(int(fields["VmRSS"].split()[0]) * 1024 / gib, 3)
+        out["rss_peak_gb"] = round(int(fields["VmHWM"].split()[0]) * 1024 / gib, 3)
+        return out
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+        out["rss_peak_gb"] = round(peak * (1 if sys.platform == "darwin" else 1024) / gib, 3)
+    except (ImportError, OSError):
+        pass
     return out
 
 

@@ -4,8 +4,10 @@ on_log writes `step`/`eval` events and catches a non-finite loss (the
 Trainer's own NaN filter is switched off so we see it); on_step_end polls the
 stop file and signal flag; on_save completes the checkpoint the trainer staged.
 on_train_begin hooks a real-token counter onto the trained model, so every
-method's step events carry tokens/s, MFU and GPU memory (counted from this
-process's start: a resumed run counts from its resume).
+method's step events carry tokens/s, MFU and HFU (core/gpu_peaks.py's
+convention) and memory (counted from this process's start: a resumed run counts
+from its resume); it also starts the peak-memory counters over, so the peaks
+recorded are training's, not loading's.
 """
 
 from __future__ import annotations
@@ -18,12 +20,25 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from qlora_tui.core.device import process_gpu_memory_gib, torch_device_name, torch_gpu_memory
-from qlora_tui.core.gpu_peaks import mfu_pct
+from qlora_tui.core.device import (
+    process_gpu_memory_gib,
+    process_memory,
+    reset_memory_peaks,
+    torch_device_name,
+    torch_gpu_memory,
+)
+from qlora_tui.core.gpu_peaks import (
+    TrainedShape,
+    TrainedWork,
+    hardware_flops,
+    model_flops,
+    significant,
+    utilisation_pct,
+)
 from qlora_tui.core.testhooks import kill_point
 from qlora_tui.runner import checkpoints
 from qlora_tui.runner.events import EventWriter
-from qlora_tui.runner.measure import MEMORY_CHECK_STEP, TokenCounter, matmul_params, memory_comparison
+from qlora_tui.runner.measure import MEMORY_CHECK_STEP, TokenCounter, memory_comparison, trained_shape
 from qlora_tui.runner.rundir import RunDir
 
 FAULT_ENV = "QLORA_TUI_FAULT"  # test hook: "nan_at_step=N" poisons a LoRA weight before step N
@@ -45,7 +60,9 @@ class EventsCallback(TrainerCallback):
         self.last_log_time: float | None = None
         self.step_seconds: float | None = None
         self.tokens = TokenCounter()
-        self.params = 0
+        self.shape: TrainedShape | None = None
+        self.recomputes = False  # gradient checkpointing runs each layer's forward twice (HFU counts it)
+        self.load_peaks: dict[str, Any] = {}
         self.device_name: str | None = None
         self.train_began: float | None = None
         self.train_seconds = 0.0
@@ -63,8 +80,12 @@ class EventsCallback(TrainerCallback):
         self.last_step_logged = state.global_step
         if model is not None:
             self.tokens.attach(model)
-            self.params = matmul_params(model)
+            self.shape = trained_shape(model)
+        fsdp = getattr(args, "fsdp_config", None) or {}
+        self.recomputes = bool(getattr(args, "gradient_checkpointing", False) or fsdp.get("activation_checkpointing"))
         self.device_name = torch_device_name()
+        self.load_peaks = reset_memory_peaks()
+        self.writer.write("log", level="info", message=peaks_reset_message(self.load_peaks))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.tokens.detach()
@@ -110,15 +131,13 @@ class EventsCallback(TrainerCallback):
             control.should_save = False
         fields = {RENAMED.get(k, k): v for k, v in logs.items()}
         now = time.monotonic()
-        tokens = self.tokens.take()
+        work = self.tokens.take_work()
         if self.last_log_time is not None and step > self.last_step_logged:
             seconds = (now - self.last_log_time) / (step - self.last_step_logged)
             self.step_seconds = seconds if self.step_seconds is None else 0.7 * self.step_seconds + 0.3 * seconds
-            if tokens and now > self.last_log_time:
-                fields["tokens_per_s"] = round(tokens / (now - self.last_log_time), 1)
-                mfu = mfu_pct(self.params, fields["tokens_per_s"], self.device_name or "")
-                if mfu is not None:
-                    fields["mfu_pct"] = mfu
+            if work.tokens and now > self.last_log_time:
+                fields["tokens_per_s"] = round(work.tokens / (now - self.last_log_time), 1)
+                fields.update(self.utilisation(work, now - self.last_log_time))
         fields["tokens_seen"] = self.tokens.total
         if self.tokens.total and self.train_began is not None and now > self.train_began:
             fields["tokens_per_s_avg"] = round(self.tokens.total / (now - self.train_began), 1)
@@ -127,6 +146,7 @@ class EventsCallback(TrainerCallback):
             fields["eta_s"] = round(self.step_seconds * max(0, state.max_steps - step), 1)
         self.memory = self.more_step_fields(fields)
         fields.update(self.memory)
+        fields.update(process_memory())
         self.writer.write("step", step=step, max_steps=state.max_steps, **fields)
         if step >= MEMORY_CHECK_STEP:
             self._check_memory(step)
@@ -147,14 +167,28 @@ class EventsCallback(TrainerCallback):
         out: dict[str, Any] = {"tokens_trained": self.tokens.total}
         if self.tokens.total and self.train_seconds > 0:
             out["tokens_per_s_avg"] = round(self.tokens.total / self.train_seconds, 1)
-            mfu = mfu_pct(self.params, out["tokens_per_s_avg"], self.device_name or "")
-            if mfu is not None:
-                out["mfu_pct_avg"] = mfu
+            out |= {f"{k}_avg": v for k, v in self.utilisation(self.tokens.total_work, self.train_seconds).items()}
         for key in ("gpu_mem_peak_gb", "gpu_mem_reserved_peak_gb"):
             if key in self.memory:
                 out[key] = self.memory[key]
+        out |= {k: v for k, v in self.load_peaks.items() if k.startswith("gpu_mem_")}
+        if "rss_peak_gb" in (rss := process_memory()):
+            out["rss_peak_gb"] = rss["rss_peak_gb"]
+            out["rss_peak_since"] = self.load_peaks.get("rss_peak_since", "the process started")
         if self.memory_estimate_gb is not None:
             out["memory_estimate_gb"] = self.memory_estimate_gb
+        return out
+
+    def utilisation(self, work: TrainedWork, seconds: float) -> dict[str, float]:
+        """Model FLOPs per real token, and MFU and HFU over `seconds` where the card's peak is known."""
+        if self.shape is None or not work.tokens:
+            return {}
+        flops = model_flops(self.shape, work)
+        out = {"flops_per_token": significant(flops / work.tokens, 4)}
+        mfu = utilisation_pct(flops, seconds, self.device_name or "")
+        hfu = utilisation_pct(hardware_flops(self.shape, work, self.recomputes), seconds, self.device_name or "")
+        if mfu is not None and hfu is not None:
+            out |= {"mfu_pct": mfu, "hfu_pct": hfu}
         return out
 
     def stop_wanted(self) -> bool:
@@ -171,6 +205,22 @@ class EventsCallback(TrainerCallback):
         final = checkpoints.finalize(self.run.checkpoints_path, state.global_step, self.keep)
         self.writer.write("checkpoint", step=state.global_step, path=str(final))
         kill_point(f"runner.after-checkpoint.step-{state.global_step}")
+
+
+def peaks_reset_message(before: dict[str, Any]) -> str:
+    """Says what loading peaked at, and what the peaks in the step events count from."""
+    parts = []
+    if "gpu_mem_load_peak_gb" in before:
+        parts.append(f"GPU {before['gpu_mem_load_peak_gb']:.2f} GiB allocated, "
+                     f"{before['gpu_mem_reserved_load_peak_gb']:.2f} GiB reserved")
+    if "rss_load_peak_gb" in before:
+        parts.append(f"RSS {before['rss_load_peak_gb']:.2f} GiB")
+    loading = f"loading peaked at {', '.join(parts)}; " if parts else ""
+    since = before.get("rss_peak_since", "the process started")
+    if "gpu_mem_load_peak_gb" in before:
+        return (f"memory: {loading}the GPU peaks in step events count from now (torch's counters, reset), "
+                f"the peak RSS from when {since}")
+    return f"memory: {loading}the peak RSS in step events counts from when {since}"
 
 
 def _fault_step() -> int | None:

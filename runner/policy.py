@@ -73,13 +73,18 @@ def load_policy(prepared: Prepared, writer: EventWriter) -> Any:
                                                   f"LoRA shape are used{head}, [lora] is ignored")
     policy = attach_lora(model, profile, prepared.parent_path, task_type)
     keep_trainable_heads_in_fp32(policy)
-    if prepared.fast is not None and prepared.fast.fused_lora:
-        prepared.fused = apply_fused_lora(policy)
-        writer.write("log", level="info" if prepared.fused.used else "warning",
-                     message=f"fused LoRA layers: {prepared.fused.note}")
     if prepared.experts is not None:
         writer.write("log", level="info", message=check_loaded_experts(policy, prepared.experts))
     return policy
+
+
+def use_fused_layers(prepared: Prepared, policy: Any, writer: EventWriter) -> None:
+    """Our fused LoRA layers in place of PEFT's forwards, where the fast path chose them; said in the events."""
+    if prepared.fast is None or not prepared.fast.fused_lora:
+        return
+    prepared.fused = apply_fused_lora(policy)
+    writer.write("log", level="info" if prepared.fused.used else "warning",
+                 message=f"fused LoRA layers: {prepared.fused.note}")
 
 
 def keep_trainable_heads_in_fp32(model: Any) -> None:

@@ -20,9 +20,11 @@ from qlora_tui.runner.callbacks import EventsCallback
 from qlora_tui.runner.dist import ranks as distributed
 from qlora_tui.runner.errors import NonFiniteLossError
 from qlora_tui.runner.events import EventWriter, mean_tokens_per_s, read_events
+from qlora_tui.runner.fast.faulty_kernel import install_faulty_kernel
+from qlora_tui.runner.fast.guard import KernelWatch
 from qlora_tui.runner.finish import final_evaluation, final_metrics, register, regression_warnings, save_adapter
 from qlora_tui.runner.methods import build_trainer
-from qlora_tui.runner.policy import load_policy
+from qlora_tui.runner.policy import load_policy, use_fused_layers
 from qlora_tui.runner.prepare import prepare
 from qlora_tui.runner.prepared import Prepared
 from qlora_tui.runner.resume import (
@@ -54,7 +56,12 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     estimate_gb = write_start(run, home, prepared, writer, first_step if resume_from else None)
     start_trackers(prepared, run, home, writer)
     policy = load_policy(prepared, writer)
+    watch = KernelWatch(policy)  # the model's code before our layers and the trainer's kernels (Liger) go in
+    use_fused_layers(prepared, policy, writer)
     trainer, callback = build_trainer(prepared, policy, run, writer, stop_signalled)
+    install_faulty_kernel(policy)  # test hook: QLORA_TUI_FAULT=kernel_fails_in=forward|backward
+    kernels = watch.guard(trainer, lambda message: writer.write("log", level="warning", message=message),
+                          rewind=[callback.tokens])
     callback.memory_estimate_gb = estimate_gb
     keep_trainer_output_to_events(trainer, writer)
     if stopped_while_starting(run, writer, stop_signalled, first_step):
@@ -73,7 +80,7 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     metrics |= final_evaluation(prepared, trainer)
     if alignment is not None:
         metrics |= alignment.finish(trainer, writer)
-    warnings = regression_warnings(prepared, trainer, metrics, writer)
+    warnings = kernels.warnings + regression_warnings(prepared, trainer, metrics, writer)
     adapter = save_adapter(trainer, prepared.tokenizer, run)
     if adapter is None:  # another rank of a distributed run: rank 0 saves and registers
         return

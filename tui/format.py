@@ -51,3 +51,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     for row in rows:
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
     return "\n".join(lines)
+
+
+def percent(value: float) -> str:
+    """One decimal, or two significant figures below 0.1% (a tiny model's MFU is small, not zero)."""
+    return f"{value:.1f}%" if abs(value) >= 0.1 or value == 0 else f"{value:.2g}%"

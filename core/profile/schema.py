@@ -111,6 +111,8 @@ class TrainSection:
     tf32: bool = spec(False, "bool", "TF32 matmuls on Ampere or newer GPUs (ignored without one)")
     packing: bool = spec(True, "bool", "padding-free batches: rows concatenated, attention kept within each row "
                          "(SFT; other methods pad)")
+    fused_lora: bool = spec(True, "bool", "qlora-tui's fused LoRA layers where they compute exactly PEFT's LoRA "
+                            "(false: PEFT's path everywhere)")
     liger: bool = spec(True, "bool", "Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU) when liger-kernel is "
                        "installed and a CUDA GPU is present")
     report_to: list[str] = spec([], "trackers", "experiment trackers that also get the metrics: tensorboard, wandb, "

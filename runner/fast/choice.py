@@ -71,6 +71,8 @@ def choose_fast_path(profile: Profile, config: Any) -> FastPath:
 
 def choose_fused_lora(profile: Profile, config: Any) -> tuple[bool, str]:
     """Our fused LoRA layers where they compute exactly what PEFT's would; else PEFT's path, and why."""
+    if not profile.train.fused_lora:
+        return False, "train.fused_lora = false: PEFT's path"
     if profile.model.adapter:
         return False, ("model.adapter continues a registered adapter, whose saved LoRA may use what the fused "
                        "layers do not compute: PEFT's path")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from qlora_tui.tui.commands.common import print_json, registry_store
-from qlora_tui.tui.format import number, size, table, timestamp
+from qlora_tui.tui.format import number, percent, size, table, timestamp
 
 
 def cmd_adapters(args: argparse.Namespace, home: Path) -> int:
@@ -90,14 +90,20 @@ def performance_lines(metrics: dict[str, Any]) -> list[tuple[str, str]]:
 
     lines = []
     if (rate := num("tokens_per_s_avg")) is not None:
-        mfu = num("mfu_pct_avg")
+        mfu, hfu = num("mfu_pct_avg"), num("hfu_pct_avg")
         lines.append(("throughput", f"{rate:,.0f} tokens/s (real tokens, run average)"
-                      + (f", MFU {mfu:.1f}%" if mfu is not None else ", MFU - (CPU or a GPU without a known peak)")))
+                      + (f", MFU {percent(mfu)}" if mfu is not None else ", MFU - (CPU or a GPU without a known peak)")
+                      + (f", HFU {percent(hfu)} (with checkpointing's recompute)"
+                         if hfu is not None and mfu is not None and hfu > mfu else "")))
     if (peak := num("gpu_mem_peak_gb")) is not None:
         reserved, plan = num("gpu_mem_reserved_peak_gb"), num("memory_estimate_gb")
         lines.append(("GPU memory", f"peak {peak:.2f} GiB allocated"
                       + (f", {reserved:.2f} GiB reserved" if reserved is not None else "")
                       + (f"; the plan said {plan:.2f} GB" if plan is not None else "")))
+    if (rss := num("rss_peak_gb")) is not None:
+        since = metrics.get("rss_peak_since")
+        lines.append(("host memory", f"peak RSS {rss:.2f} GiB"
+                      + (f" (since {since})" if isinstance(since, str) else "")))
     pairs = {w: (num(f"align/{w}_before"), num(f"align/{w}_after")) for w in ("accuracy", "margin", "reward")}
     gains = [f"{what} {a:.3g} -> {b:.3g}" for what, (a, b) in pairs.items() if a is not None and b is not None]
     if gains:

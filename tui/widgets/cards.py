@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from qlora_tui.runner.events import RunState
-from qlora_tui.tui.format import duration, number
+from qlora_tui.tui.format import duration, number, percent
 
 
 def card_values(state: RunState) -> list[tuple[str, str]]:
@@ -32,16 +32,20 @@ def card_values(state: RunState) -> list[tuple[str, str]]:
 
 
 def throughput_values(state: RunState) -> list[tuple[str, str]]:
-    """Run-average real tokens/s, MFU and peak reserved GPU memory, for runs whose events carry them."""
+    """Run-average real tokens/s, MFU and HFU, and peak reserved GPU memory (a CPU run: peak RSS), where the events
+    carry them."""
     seen = {**state.metrics, **state.summary}
     values = []
     if isinstance(seen.get("tokens_per_s_avg"), (int, float)):
         values.append(("tok/s avg", f"{seen['tokens_per_s_avg']:,.0f}"))
-    mfu = seen.get("mfu_pct_avg", seen.get("mfu_pct"))
-    if isinstance(mfu, (int, float)):
-        values.append(("MFU", f"{mfu:.1f}%"))
+    for label, key in (("MFU", "mfu_pct"), ("HFU", "hfu_pct")):
+        value = seen.get(f"{key}_avg", seen.get(key))
+        if isinstance(value, (int, float)):
+            values.append((label, percent(value)))
     if isinstance(seen.get("gpu_mem_reserved_peak_gb"), (int, float)):
         values.append(("GPU reserved", f"{seen['gpu_mem_reserved_peak_gb']:.1f} GiB peak"))
+    elif isinstance(seen.get("rss_peak_gb"), (int, float)):  # a CPU run: the process's memory is the figure
+        values.append(("RSS peak", f"{seen['rss_peak_gb']:.2f} GiB"))
     return values
 
 

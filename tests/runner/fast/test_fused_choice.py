@@ -49,6 +49,9 @@ def test_a_profile_the_fused_layers_cannot_compute_keeps_peft_and_says_why() -> 
                          ({"bias": "all"}, "lora.bias")):
         fast = choose_fast_path(profile_for(**lora), llama)
         assert not fast.fused_lora and reason in fast.fused_lora_note
+    off = profile_for()
+    off.train.fused_lora = False
+    assert choose_fast_path(off, llama).fused_lora_note == "train.fused_lora = false: PEFT's path"
     continued = profile_for()
     continued.model.adapter = "sft@1"
     assert "model.adapter" in choose_fast_path(continued, llama).fused_lora_note

@@ -14,7 +14,7 @@ from qlora_tui.core.profile.files import dumps_profile
 from qlora_tui.runner.events import EventWriter
 from qlora_tui.runner.launch import PROFILE_HEADER
 from qlora_tui.runner.methods import build_trainer
-from qlora_tui.runner.policy import load_policy
+from qlora_tui.runner.policy import load_policy, use_fused_layers
 from qlora_tui.runner.prepare import prepare
 from qlora_tui.runner.rundir import create_run
 from tests.conftest import quick_profile
@@ -31,7 +31,9 @@ def train_sft(home: Path, fused: bool) -> tuple[list[float], dict[str, Any], Any
     assert prepared.fast is not None and prepared.fast.fused_lora  # the demo's default
     if not fused:
         prepared.fast = dataclasses.replace(prepared.fast, fused_lora=False)
-    trainer, _ = build_trainer(prepared, load_policy(prepared, writer), run, writer, lambda: False)
+    policy = load_policy(prepared, writer)
+    use_fused_layers(prepared, policy, writer)  # as run_training does
+    trainer, _ = build_trainer(prepared, policy, run, writer, lambda: False)
     if fused:
         assert prepared.fused is not None and prepared.fused.used and prepared.fused.projections == 4 * 7
     else:
