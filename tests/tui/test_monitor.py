@@ -125,3 +125,26 @@ async def test_opening_monitors_switches_no_garbage_collector_and_leaves_none_be
             assert gc.isenabled() and gc.get_freeze_count() == frozen_before
             await pilot.press("escape")
             await until(pilot, lambda: isinstance(app.screen, RunsScreen), "the runs table")
+
+
+async def test_tab_in_the_full_log_moves_between_its_two_panes(tmp_path: Path) -> None:
+    """Issue 21 bug 1: tab did nothing in the log view (the Screen has no focus_next action), so at 80x24 the
+    first of the runner's messages could not be scrolled to."""
+    home = build_demo_home(tmp_path / "home")
+    app = make_app(home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_monitor(pilot, app, RunDir(home / "runs" / DONE_RUN))
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, RunLogScreen), "the full log")
+        messages_pane = app.screen.query_one("#all-messages", Log)
+        await until(pilot, lambda: messages_pane.line_count > messages_pane.scrollable_content_region.height,
+                    "more messages than the pane shows")
+        assert app.focused is app.screen.query_one("#full-log", Log)
+        await pilot.press("tab")
+        assert app.focused is messages_pane
+        await pilot.press("end")
+        await until(pilot, lambda: messages_pane.scroll_y > 0, "the messages pane scrolled down")
+        await pilot.press("home")
+        await until(pilot, lambda: messages_pane.scroll_y == 0, "the first message back in view")
+        await pilot.press("tab")
+        assert app.focused is app.screen.query_one("#full-log", Log)

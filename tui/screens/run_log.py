@@ -20,7 +20,8 @@ LOG_BYTES = 1 << 22  # the last 4 MB of runner.log: its whole story for any run 
 
 class RunLogScreen(Screen[None]):
     CSS_PATH = "run_views.tcss"
-    BINDINGS = [Binding("escape,l", "app.pop_screen", "Back"), Binding("tab", "focus_next", "Other pane")]
+    # app.focus_next: a Screen has no focus_next action, and a binding to one does nothing
+    BINDINGS = [Binding("escape,l", "app.pop_screen", "Back"), Binding("tab", "app.focus_next", "Other pane")]
 
     def __init__(self, follower: RunFollower) -> None:
         super().__init__()
