@@ -80,3 +80,23 @@ async def test_deleting_a_version_with_children_asks_in_the_app_s_words(tmp_path
     versions = {v.ref: v for v in open_store(home).list_versions()}
     assert set(versions) == {"demo-dpo@1", "demo@1"}
     assert versions["demo-dpo@1"].extra["parent_deleted"] == "demo@2"
+
+
+async def test_the_cursor_stays_on_the_verified_version(tmp_path: Path) -> None:
+    """Issue 21 bug 2: after `v` the tree was rebuilt and the cursor moved to its line before the new lines were
+    laid out, so it landed on the name row (and `m` said "choose a version first"); seen 2 times in 5."""
+    home = build_demo_home(tmp_path / "home")
+    app = make_app(home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_registry(pilot, app)
+        await pilot.press("down")
+        await until(pilot, lambda: details(app).startswith("demo@2"), "demo@2's details")
+        tree = screen.query_one(Tree)
+        for attempt in range(5):
+            before = tree.root
+            await pilot.press("v")
+            await until(pilot, lambda: not screen.busy and tree.root is not before, "the verify and the reload")
+            for _ in range(3):  # the cursor is put back after the next refresh
+                await pilot.pause()
+            assert screen.selected_ref() == "demo@2", f"try {attempt + 1}: cursor on {screen.selected_ref()}"
+        assert "demo@2: every file matches its sha256" in str(screen.query_one("#job-status", Static).render())

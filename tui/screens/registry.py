@@ -19,6 +19,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar, Static, Tree
+from textual.widgets.tree import TreeNode
 from textual.worker import Worker
 
 from qlora_tui.registry.errors import RegistryError
@@ -75,6 +76,15 @@ def details_text(version: AdapterVersion, lineage: list[str]) -> Text:
         text.append("\nprofile\n", style="bold")
         text.append(version.profile, style="dim")
     return text
+
+
+def put_cursor_on(tree: Tree[str], node: TreeNode[str]) -> None:
+    """Move the cursor to `node` now, with the tree's lines numbered first.
+
+    Tree numbers its lines lazily; moving to a node not yet numbered (line -1) put the cursor on the first row.
+    """
+    if tree.last_line >= 0:  # reading last_line numbers the lines
+        tree.move_cursor(node)
 
 
 class RegistryScreen(ShowsWorkerErrors, Screen[None]):
@@ -137,9 +147,9 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
     def on_mount(self) -> None:
         self.query_one(ProgressBar).display = False
         self.query_one(Tree).show_root = False
-        self.reload()
 
     def on_screen_resume(self) -> None:
+        """Read the registry each time the view is shown (the first time too: Textual resumes a new screen)."""
         self.reload()
 
     def open_store(self) -> Store:
@@ -168,8 +178,7 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
             self.query_one("#details", Static).update("No adapters yet: a finished run registers its adapter.")
             return
         tree.focus()
-        target = leaves.get(selected or "") or next(iter(leaves.values()))
-        self.call_after_refresh(tree.move_cursor, target)
+        put_cursor_on(tree, leaves.get(selected or "") or next(iter(leaves.values())))
 
     def selected_ref(self) -> str | None:
         node = self.query_one(Tree).cursor_node
