@@ -8,7 +8,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from textual.pilot import Pilot
+from textual.widget import Widget
 from textual.widgets import Label, Static, Tree
 
 from qlora_tui.registry.store import open_store
@@ -100,3 +102,28 @@ async def test_the_cursor_stays_on_the_verified_version(tmp_path: Path) -> None:
                 await pilot.pause()
             assert screen.selected_ref() == "demo@2", f"try {attempt + 1}: cursor on {screen.selected_ref()}"
         assert "demo@2: every file matches its sha256" in str(screen.query_one("#job-status", Static).render())
+
+
+def text_inside(app: QloraApp, widget: Widget) -> str:
+    """What the terminal shows inside `widget`'s content area, its rows joined by spaces."""
+    region = widget.content_region
+    rows = [strip.text for strip in app.screen._compositor.render_strips()]  # noqa: SLF001 - the screen as seen
+    return " ".join(row[region.x:region.right].strip() for row in rows[region.y:region.bottom])
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+async def test_the_delete_question_shows_whole(tmp_path: Path, size: tuple[int, int]) -> None:
+    """Issue 21 bug 3: the question for a version others derive from stopped at "...and their lineage"."""
+    home = build_demo_home(tmp_path / "home")
+    app = make_app(home)
+    async with app.run_test(size=size) as pilot:
+        await open_registry(pilot, app)
+        await pilot.press("down")
+        await until(pilot, lambda: details(app).startswith("demo@2"), "demo@2's details")
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, Confirm), "the question")
+        await pilot.pause()
+        shown = " ".join(text_inside(app, app.screen.query_one(".dialog")).split())
+        assert ("Delete demo@2? Its files are removed from the registry. demo-dpo@1 derive from it: they keep "
+                "working, and their lineage will say that demo@2 was deleted.") in shown, shown
+        assert "Yes (y)" in shown and "No (n)" in shown
