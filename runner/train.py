@@ -145,10 +145,14 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
         )
     if callback.stop_requested:
         writer.write("stopped", step=trainer.state.global_step,
-                     message=f"stopped at step {trainer.state.global_step}; resume continues from there")
+                     message=f"stopped at step {trainer.state.global_step}; resume continues from there",
+                     tokens_per_s=mean_tokens_per_s(read_events(run.events_path)))
         return
 
     metrics = final_metrics(trainer, time.monotonic() - started) | callback.throughput_summary()
+    average = mean_tokens_per_s(read_events(run.events_path))  # every life's, as the app and the done event say
+    if average is not None:
+        metrics["tokens_per_s_avg"] = average
     if prepared.eval_data and method != "rlhf":
         evaluation = trainer.evaluate()  # the callback writes it as an `eval` event
         metrics["eval_loss"] = evaluation.get("eval_loss")
@@ -161,7 +165,7 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     ref = register(home, run, prepared, adapter, metrics, warnings)
     kill_point("runner.after-register")
     writer.write("done", step=trainer.state.global_step, adapter_path=str(ref.path), registry_ref=ref.ref,
-                 summary=metrics, warnings=warnings, tokens_per_s=mean_tokens_per_s(read_events(run.events_path)))
+                 summary=metrics, warnings=warnings, tokens_per_s=average)
 
 
 def stopped_while_starting(run: RunDir, writer: EventWriter, stop_signalled: Callable[[], bool], step: int) -> bool:

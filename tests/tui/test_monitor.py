@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -148,3 +149,22 @@ async def test_tab_in_the_full_log_moves_between_its_two_panes(tmp_path: Path) -
         await until(pilot, lambda: messages_pane.scroll_y == 0, "the first message back in view")
         await pilot.press("tab")
         assert app.focused is app.screen.query_one("#full-log", Log)
+
+
+async def test_resume_on_a_done_run_whose_version_was_deleted_says_so(tmp_path: Path) -> None:
+    """Issue 21: `r` on a done run said "(registered demo@2)" after demo@2 had been deleted."""
+    home = build_demo_home(tmp_path / "home")
+    run = RunDir(home / "runs" / DONE_RUN)
+    version_dir = home / "registry" / "adapters" / "demo" / "2"
+    events = run.events_path.read_text().replace(f'"adapter_path":"runs/{DONE_RUN}/adapter"',
+                                                 f'"adapter_path":"{version_dir}"')
+    run.events_path.write_text(events)
+    app = make_app(home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_monitor(pilot, app, run)
+        assert f"registered demo@2: {version_dir}" in status(app)
+        shutil.rmtree(version_dir)
+        await pilot.press("r")
+        await until(pilot, lambda: bool(app._notifications), "the answer")  # noqa: SLF001 - the toasts shown
+        (note,) = [n.message for n in app._notifications]  # noqa: SLF001
+        assert note == f"run {DONE_RUN} is done (it registered demo@2, deleted since); nothing to resume", note

@@ -97,7 +97,7 @@ async def test_the_cursor_stays_on_the_verified_version(tmp_path: Path) -> None:
         for attempt in range(5):
             before = tree.root
             await pilot.press("v")
-            await until(pilot, lambda: not screen.busy and tree.root is not before, "the verify and the reload")
+            await until(pilot, lambda b=before: not screen.busy and tree.root is not b, "the verify and the reload")
             for _ in range(3):  # the cursor is put back after the next refresh
                 await pilot.pause()
             assert screen.selected_ref() == "demo@2", f"try {attempt + 1}: cursor on {screen.selected_ref()}"

@@ -17,8 +17,8 @@ from textual.widgets import Footer, Header, Log, Static
 
 from qlora_tui.core.device import Gpus
 from qlora_tui.core.errors import UserFacingError
-from qlora_tui.runner.resume_rule import plan_resume
-from qlora_tui.runner.rundir import RunDir, RunSummary
+from qlora_tui.runner.resume_rule import plan_resume, registered_note
+from qlora_tui.runner.rundir import ACTIVE, RunDir, RunSummary
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.watch import RunFollower
 from qlora_tui.tui.widgets.cards import MetricCards
@@ -52,7 +52,7 @@ def status_line(follower: RunFollower) -> Text:
     if s.reference and status in ("running", "starting"):
         text.append(f"\nreference: {s.reference}", style="dim")
     if status == "done":
-        text.append(f"\nregistered {s.registry_ref}: {s.adapter_path}", style="cyan")
+        text.append(f"\n{registered_note(s)}: {s.adapter_path}", style="cyan")
     elif status == "stopping":
         text.append("\nstopping: it saves a checkpoint at the end of its step (while starting, between stages)",
                     style="yellow")
@@ -155,7 +155,7 @@ class MonitorScreen(ShowsWorkerErrors, Screen[None]):
         assert self.follower is not None
         state = self.follower.state
         self.query_one("#run-status", Static).update(status_line(self.follower))
-        self.query_one(MetricCards).show(state)
+        self.query_one(MetricCards).show(state, live=self.follower.status in ACTIVE)
         loss = [Series("loss", state.loss_history, "cyan")]
         if state.eval_history:
             loss.append(Series("eval", state.eval_history, "magenta"))
