@@ -10,6 +10,7 @@ or quitting ends the worker and frees the models.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
@@ -24,6 +25,7 @@ from textual.worker import Worker
 
 from qlora_tui.registry.store import open_store
 from qlora_tui.tui.playground import PlaygroundWorker
+from qlora_tui.tui.screens.dialogs import Confirm
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 
 Turn = dict[str, str]
@@ -40,6 +42,17 @@ def transcript(turns: list[Turn], partial: str | None = None) -> Text:
     if partial is not None:
         text.append(partial)
     return text
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def empty_answer(new_tokens: int) -> str:
+    """Why a pane has no text, where it would otherwise look like nothing happened."""
+    if new_tokens == 0:
+        return "(empty answer: the model's first token ended it)"
+    return f"(no visible text: {plural(new_tokens, 'token')} of whitespace or special tokens)"
 
 
 class AnswerPane(Vertical):
@@ -201,7 +214,7 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
     # ------------------------------------------------------------ chat mode
 
     def show_mode(self) -> None:
-        turns = len(next(iter(self.history.values()), [])) // 2
+        turns = self.turns()
         text = (f"chat, turn {turns + 1} (ctrl+n: new chat)" if self.chat
                 else "single prompts (ctrl+t: chat)")
         raw = self.raw if self.raw is not None else self.raw_used
@@ -209,19 +222,50 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
         text += f"\nprompt {form}{', auto' if self.raw is None else ''} (ctrl+r)"
         self.query_one("#compare-mode", Static).update(Text(text, style="dim"))
 
+    def turns(self) -> int:
+        """The chat's turns answered so far (each pane holds the same number)."""
+        return len(next(iter(self.history.values()), [])) // 2
+
+    def leave_chat_then(self, switch: Callable[[], None], why: str) -> None:
+        """Run `switch`, which ends the chat; with turns answered, only once the user says yes."""
+        if not (self.chat and self.turns()):
+            switch()
+            return
+        turns = self.turns()
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                switch()
+
+        self.app.push_screen(Confirm(f"{why} ends this chat and forgets its {turns} turn{'s' if turns > 1 else ''}"
+                                     ". Go on?"), answered)
+
     def action_toggle_chat(self) -> None:
-        self.chat = not self.chat
-        self.history = {}
         if self.chat:
-            self.raw = False  # a conversation goes through the chat template
+            self.leave_chat_then(self.end_chat, "Leaving chat mode")
+            return
+        self.chat, self.history = True, {}
+        self.raw = False  # a conversation goes through the chat template
+        self.show_mode()
+
+    def end_chat(self) -> None:
+        self.chat, self.history = False, {}
         self.show_mode()
 
     def action_toggle_raw(self) -> None:
         """The prompt as typed (a model trained on plain text continues it) or through the chat template."""
-        self.raw = not (self.raw if self.raw is not None else self.raw_used)
-        if self.raw:
-            self.chat, self.history = False, {}
-        self.show_mode()
+        raw = not (self.raw if self.raw is not None else self.raw_used)
+
+        def switch() -> None:
+            self.raw = raw
+            if raw:  # a conversation needs the template: raw prompts stand alone
+                self.chat, self.history = False, {}
+            self.show_mode()
+
+        if raw:
+            self.leave_chat_then(switch, "Sending prompts as typed (raw)")
+        else:
+            switch()
 
     def action_new_chat(self) -> None:
         self.history = {}
@@ -280,6 +324,8 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
             self.notify("the compare worker has ended; ctrl+g starts it again", severity="error")
             return
         self.running = True
+        if self.chat:  # the turn is sent: the box is for the next one
+            self.query_one(TextArea).clear()
 
     def start_worker(self) -> None:
         if self.worker is not None and self.worker.alive:
@@ -336,18 +382,22 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
             status.update(Text(f"{line.get('message')}{hint}", style="red"))
             for pane in panes:
                 pane.set_timing("")
+            prompt_box = self.query_one(TextArea)
+            if self.chat and not prompt_box.text:  # the turn was not answered: it is the user's to send again
+                prompt_box.text = self.prompt
 
     def answered(self, panes: list[AnswerPane], answers: list[dict[str, Any]]) -> None:
         self.running = False
         for pane, answer in zip(panes, answers):
             text = str(answer.get("text", ""))
+            new_tokens = int(answer.get("new_tokens", 0))
             if self.chat:
                 self.history.setdefault(pane.label, []).extend(
                     [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": text}])
                 pane.set_text(transcript(self.history[pane.label]))
             else:
-                pane.set_text(text)
-            pane.set_timing(f"{answer.get('new_tokens', 0)} tokens in {answer.get('seconds', 0):.2f} s")
+                pane.set_text(text if text.strip() else Text(empty_answer(new_tokens), style="dim italic"))
+            pane.set_timing(f"{plural(new_tokens, 'token')} in {answer.get('seconds', 0):.2f} s")
         pid = self.worker.pid if self.worker is not None else "?"
         self.query_one("#compare-status", Static).update(Text(
             f"done: one batched generate call; the models stay loaded (pid {pid})",
