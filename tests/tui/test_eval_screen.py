@@ -85,3 +85,25 @@ async def test_ctrl_g_runs_the_set_in_the_worker_and_keeps_the_results(trained_c
         assert str(status.render()).startswith("done"), str(status.render())
         assert screen.query_one(DataTable).row_count == 3
     assert len(open_store(trained_copy).evals("quick@1", name="smoke")) == 1
+
+
+async def test_the_list_read_again_keeps_the_picks_and_the_highlighted_row(tmp_path: Path) -> None:
+    """Issue 21: in Eval, space, down, space picked one version. The list is read again whenever the view is shown
+    (on arrival, after a dialog) and each read rebuilt it under the keys, losing the highlighted row."""
+    from tests.tui.fixtures import build_demo_home
+
+    app = make_app(build_demo_home(tmp_path / "home"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("6")
+        screen = app.screen
+        assert isinstance(screen, EvalScreen)
+        versions = screen.query_one(SelectionList)
+        await wait_for(pilot, lambda: versions.option_count == 3, 10, "the adapter versions")
+        versions.focus()
+        await pilot.press("space")
+        screen.load_choices()  # as showing the view again does, while the person picks
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        await pilot.press("down", "space")
+        await pilot.pause()
+        assert len(versions.selected) == 2, versions.selected

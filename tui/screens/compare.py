@@ -23,10 +23,12 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, SelectionList, Static, TextArea
 from textual.worker import Worker
 
+from qlora_tui.registry.records import AdapterVersion
 from qlora_tui.registry.store import open_store
 from qlora_tui.tui.playground import PlaygroundWorker
 from qlora_tui.tui.screens.dialogs import Confirm
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
+from qlora_tui.tui.widgets.version_list import compare_choices, refill
 
 Turn = dict[str, str]
 
@@ -99,6 +101,11 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
             super().__init__()
             self.line = line
 
+    class VersionsLoaded(Message):
+        def __init__(self, versions: list[AdapterVersion]) -> None:
+            super().__init__()
+            self.versions = versions
+
     class WorkerEnded(Message):
         def __init__(self, worker: PlaygroundWorker, code: int) -> None:
             super().__init__()
@@ -147,10 +154,10 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.load_versions()
         self.show_mode()
 
     def on_screen_resume(self) -> None:
+        """Read the versions each time the view is shown (the first time too: Textual resumes a new screen)."""
         self.load_versions()
 
     def on_screen_suspend(self) -> None:
@@ -172,29 +179,21 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
             self.worker = None
         self.running = False
 
+    @work(thread=True, exclusive=True, group="compare-load", exit_on_error=False)
     def load_versions(self) -> None:
-        selection = self.query_one(SelectionList)
-        chosen = set(selection.selected) | set(self.wanted)
-        was_at = selection.highlighted or 0
-        selection.clear_options()
-        store = open_store(self.app.home)  # type: ignore[attr-defined]
-        self.kinds = {}
-        for version in reversed(store.list_versions()):
-            if version.kind == "adapter":
-                selection.add_option((f"{version.ref}  {version.method}  {version.base_model}", version.ref,
-                                      version.ref in chosen))
-            elif version.kind == "reward":
-                selection.add_option((f"{version.ref}  reward model: scores the answers", version.ref,
-                                      version.ref in chosen))
-            self.kinds[version.ref] = version.kind
-        self.wanted = []
-        if selection.option_count:
-            selection.highlighted = min(was_at, selection.option_count - 1)  # space picks without an arrow key first
+        """The registry's versions, read off the UI thread (a read may wait behind another process's write)."""
+        self.post_message(self.VersionsLoaded(open_store(self.app.home).list_versions()))  # type: ignore[attr-defined]
+
+    def on_compare_screen_versions_loaded(self, message: VersionsLoaded) -> None:
+        self.kinds = {v.ref: v.kind for v in message.versions}
+        wanted, self.wanted = self.wanted, []
+        refill(self.query_one(SelectionList), compare_choices(message.versions), set(wanted),
+               highlight=wanted[0] if wanted else None)  # a version picked in the Registry is in view
 
     def choose(self, refs: list[str]) -> None:
-        """Preselect versions (from the Registry screen's Compare action)."""
+        """Preselect versions (from the Registry screen's Compare action), once the list has been read again."""
         self.wanted = list(refs)
-        if self.is_mounted:  # otherwise on_mount picks them up
+        if self.is_mounted:  # otherwise on_screen_resume reads the list and picks them
             self.load_versions()
 
     def decoding(self) -> dict[str, Any]:

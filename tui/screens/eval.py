@@ -23,6 +23,7 @@ from textual.worker import Worker
 
 from qlora_tui.tui.jobs import run_worker
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
+from qlora_tui.tui.widgets.version_list import VersionChoice, refill
 
 MARKS = {True: Text("pass", style="green"), False: Text("FAIL", style="bold red"), None: Text("-", style="dim")}
 
@@ -70,7 +71,7 @@ class EvalScreen(ShowsWorkerErrors, Screen[None]):
             self.line = line
 
     class Loaded(Message):
-        def __init__(self, sets: list[str], versions: list[tuple[str, str]]) -> None:
+        def __init__(self, sets: list[str], versions: list[VersionChoice]) -> None:
             super().__init__()
             self.sets, self.versions = sets, versions
 
@@ -85,6 +86,7 @@ class EvalScreen(ShowsWorkerErrors, Screen[None]):
         super().__init__()
         self.running = False
         self.report: dict[str, Any] | None = None
+        self.sets: list[str] = []
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -100,10 +102,8 @@ class EvalScreen(ShowsWorkerErrors, Screen[None]):
                 yield DataTable(id="eval-table", cursor_type="row", zebra_stripes=True)
         yield Footer(compact=True)
 
-    def on_mount(self) -> None:
-        self.load_choices()
-
     def on_screen_resume(self) -> None:
+        """Read the sets and versions each time the view is shown (the first time too: Textual resumes it)."""
         self.load_choices()
 
     @work(thread=True, exclusive=True, group="eval-load", exit_on_error=False)
@@ -112,24 +112,22 @@ class EvalScreen(ShowsWorkerErrors, Screen[None]):
         from qlora_tui.registry.store import open_store
 
         home = self.app.home  # type: ignore[attr-defined]
-        versions = [(f"{v.ref}  {v.method}", v.ref) for v in reversed(open_store(home).list_versions())
+        versions = [VersionChoice(f"{v.ref}  {v.method}", v.ref) for v in reversed(open_store(home).list_versions())
                     if v.kind == "adapter"]
         self.post_message(self.Loaded(list_prompt_sets(home), versions))
 
     def on_eval_screen_loaded(self, message: Loaded) -> None:
         select = self.query_one("#eval-sets", Select)
-        chosen = select.value
-        select.set_options([(name, name) for name in message.sets])
-        if chosen in message.sets:
-            select.value = chosen
+        if message.sets != self.sets:  # setting the same options again would close a list being chosen from
+            self.sets = message.sets
+            chosen = select.value
+            select.set_options([(name, name) for name in message.sets])
+            if chosen in message.sets:
+                select.value = chosen
         if not message.sets:
             self.query_one("#eval-status", Static).update(
                 "no prompt sets yet: write <home>/prompts/NAME.jsonl (one JSON object per line: prompt, contains...)")
-        selection = self.query_one(SelectionList)
-        picked = set(selection.selected)
-        selection.clear_options()
-        for label, ref in message.versions:
-            selection.add_option((label, ref, ref in picked))
+        refill(self.query_one(SelectionList), message.versions)
 
     def picked(self) -> tuple[str | None, list[str]]:
         value = self.query_one("#eval-sets", Select).value

@@ -86,11 +86,11 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
     CSS_PATH = "new_run.tcss"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (80, "-wide")]  # under 80 columns the labels and plan shrink
     BINDINGS = [
-        Binding("ctrl+s", "save", "Save profile"),
+        Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+l", "launch", "Launch"),
-        Binding("ctrl+o", "preview_data", "Data preview"),
+        Binding("ctrl+o", "preview_data", "Preview"),
         Binding("ctrl+r", "enqueue", "Queue"),
-        Binding("g", "card_size", "Card GB"),
+        Binding("g", "card_size", "Card GB", show=False),  # the plan names it; the footer fits 80 columns
     ]
     PALETTE = [("Save as profile", "Write the form to a profile file (ctrl+s)", "action_save"),
                ("Launch run", "Start this profile in the background (ctrl+l)", "action_launch"),
