@@ -28,7 +28,7 @@ from qlora_tui.registry.store import open_store
 from qlora_tui.tui.playground import PlaygroundWorker
 from qlora_tui.tui.screens.dialogs import Confirm
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
-from qlora_tui.tui.widgets.version_list import compare_choices, refill
+from qlora_tui.tui.widgets.version_list import compare_choices, refill, unpickable_note
 
 Turn = dict[str, str]
 
@@ -150,6 +150,7 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
             with Vertical(id="compare-results"):
                 yield Static("ctrl+g: the base and the picked versions answer.", id="compare-status")
                 yield Static("", id="compare-mode")
+                yield Static("", id="versions-note")
                 yield Horizontal(id="panes")
         yield Footer(compact=True)
 
@@ -187,8 +188,12 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
     def on_compare_screen_versions_loaded(self, message: VersionsLoaded) -> None:
         self.kinds = {v.ref: v.kind for v in message.versions}
         wanted, self.wanted = self.wanted, []
-        refill(self.query_one(SelectionList), compare_choices(message.versions), set(wanted),
+        choices = compare_choices(message.versions)
+        refill(self.query_one(SelectionList), choices, set(wanted),
                highlight=wanted[0] if wanted else None)  # a version picked in the Registry is in view
+        note = self.query_one("#versions-note", Static)
+        note.update(unpickable_note(choices))
+        note.display = bool(note.content)
 
     def choose(self, refs: list[str]) -> None:
         """Preselect versions (from the Registry screen's Compare action), once the list has been read again."""

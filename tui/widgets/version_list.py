@@ -23,6 +23,7 @@ class VersionChoice:
     label: str
     ref: str
     pickable: bool = True
+    source: str = ""  # for a merged model: the adapter it was merged from
 
 
 def compare_choices(versions: list[AdapterVersion]) -> list[VersionChoice]:
@@ -35,9 +36,17 @@ def compare_choices(versions: list[AdapterVersion]) -> list[VersionChoice]:
             choices.append(VersionChoice(f"{version.ref}  reward model: scores the answers", version.ref))
         elif version.kind == "merged":
             source = version.parent_ref or "its adapter"
-            choices.append(VersionChoice(f"{version.ref}  merged: pick {source}, the same weights", version.ref,
-                                         pickable=False))
+            choices.append(VersionChoice(f"{version.ref}  merged", version.ref, pickable=False, source=source))
     return choices
+
+
+def unpickable_note(choices: list[VersionChoice]) -> str:
+    """Why the greyed-out rows cannot be picked, and what to pick instead."""
+    merged = [c for c in choices if not c.pickable]
+    if not merged:
+        return ""
+    pairs = ", ".join(f"{c.ref}: {c.source}" for c in merged)
+    return f"merged models answer as their adapters do: pick those ({pairs})"
 
 
 def refill(selection: SelectionList[str], choices: list[VersionChoice], pick: set[str] = frozenset(),
