@@ -152,21 +152,34 @@ def slow_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowHub]:
     hub.server.shutdown()
 
 
-async def test_the_memory_plan_shows_only_the_newest_request(home: Path, slow_hub: SlowHub) -> None:
+async def test_the_memory_plan_shows_only_the_newest_request(home: Path, slow_hub: SlowHub,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Bug 9: a slow Hub lookup for an earlier value painted over the plan of the current one, and each
-    keystroke of a model id started its own lookup."""
+    keystroke of a model id started its own lookup.
+
+    The pause the plan waits for is made an hour, so how fast the keys arrive (a busy machine) cannot let a
+    lookup through early (issue 21: this test counted lookups after 50 ms pauses and failed under load);
+    leaving the field is what starts the plan.
+    """
+    from qlora_tui.tui.screens import new_run
+
     app = make_app(home)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_demo(pilot, app)
+        monkeypatch.setattr(new_run, "PLAN_DELAY_S", 3600.0)
         model = screen.query_one(f"#{field_id('model', 'id')}", Input)
-        for end in range(1, len("slow/model-a") + 1):  # typed, one key at a time
-            model.value = "slow/model-a"[:end]
-            await pilot.pause(0.05)
+        model.focus()
+        model.value = ""
+        await pilot.press(*"slow/model-a")  # typed, one key at a time
+        assert model.value == "slow/model-a" and slow_hub.requested == []  # no lookup while typing
+        await pilot.press("tab")  # leaving the field plans at once
         await until(pilot, lambda: bool(slow_hub.requested), "the Hub lookup")
+        model.focus()
         model.value = "builtin:tiny-llama"  # changed while the lookup is under way
+        await pilot.press("tab")
         await until(pilot, lambda: slow_hub.answered == len(slow_hub.requested), "the slow answer")
         await until(pilot, lambda: all(w.is_finished for w in app.workers), "the plan workers")
-        await pilot.pause(0.2)
+        await pilot.pause()
         assert text(app, "#plan").startswith("builtin:tiny-llama"), text(app, "#plan")
         assert slow_hub.requested == ["/slow/model-a/resolve/main/config.json"]  # not one per keystroke
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,7 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
         self._loaded_from = ""
         self.plan_request = 0  # only the newest request's plan is shown (older workers may finish later)
         self._plan_timer: Timer | None = None
+        self._pending_plan: Callable[[], None] | None = None  # what the timer will do, unless a field is left first
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -177,8 +179,6 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
     def _loaded(self) -> None:
         self._loading = False
         self._loaded_from = ""
-        self.plan_request = 0  # only the newest request's plan is shown (older workers may finish later)
-        self._plan_timer: Timer | None = None
         self.show_method_options()
         self.update_plan()
 
@@ -294,7 +294,21 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
         status.update("[green]profile is valid[/green]")
         request, card_gb = self.plan_request, self.card_gb
         width = self.query_one("#plan", Static).size.width or 30
-        self._plan_timer = self.set_timer(PLAN_DELAY_S, lambda: self.estimate(profile, card_gb, request, width))
+
+        def plan() -> None:
+            self._pending_plan = None
+            self.estimate(profile, card_gb, request, width)
+
+        self._pending_plan = plan
+        self._plan_timer = self.set_timer(PLAN_DELAY_S, plan)
+
+    @on(Input.Blurred)
+    def field_left(self) -> None:
+        """Leaving a field plans at once: the pause in typing only waits for a value to be whole."""
+        if self._pending_plan is not None:
+            if self._plan_timer is not None:
+                self._plan_timer.stop()
+            self._pending_plan()
 
     @work(thread=True, group="estimate", exit_on_error=False)
     def estimate(self, profile: Profile, card_gb: float | None, request: int, width: int = 30) -> None:
