@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
 
 def duration(seconds: float | None) -> str:
@@ -51,3 +53,30 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     for row in rows:
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
     return "\n".join(lines)
+
+
+def labelled_lines(key: str, value: Any, indent: str = "") -> list[tuple[str, str]]:
+    """A metadata value as (label, text) lines: a table becomes a heading and its keys, indented, below it.
+
+    A heading's text is empty. Lists of plain values are joined by commas; anything else is shown as JSON.
+    """
+    if isinstance(value, dict):
+        if not value:
+            return [(f"{indent}{key}", "-")]
+        lines = [(f"{indent}{key}", "")]
+        for sub_key, sub_value in value.items():
+            lines += labelled_lines(str(sub_key), sub_value, indent + "  ")
+        return lines
+    return [(f"{indent}{key}", plain_value(value))]
+
+
+def plain_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return number(value)
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+        return ", ".join(plain_value(v) if isinstance(v, float) else str(v) for v in value) or "-"
+    return value if isinstance(value, str) else json.dumps(value)

@@ -127,3 +127,29 @@ async def test_the_delete_question_shows_whole(tmp_path: Path, size: tuple[int, 
         assert ("Delete demo@2? Its files are removed from the registry. demo-dpo@1 derive from it: they keep "
                 "working, and their lineage will say that demo@2 was deleted.") in shown, shown
         assert "Yes (y)" in shown and "No (n)" in shown
+
+
+async def test_details_show_tables_as_labelled_lines(tmp_path: Path) -> None:
+    """Issue 21: the details printed fast_path, fidelity, lora and merge as raw JSON dicts."""
+    from qlora_tui.registry.records import NewVersion
+    from tests.tui.fixtures import BASE_MODEL, add_version
+    from tests.tui.test_cli_commands import cli
+
+    home = build_demo_home(tmp_path / "home")
+    merge = {"method": "peft", "dtype": "bf16", "fidelity": {"top1_agreement": 0.9984, "max_kl": 2.5e-05}}
+    add_version(open_store(home), home / "work", "demo-merged",
+                NewVersion(base_model=BASE_MODEL, kind="merged", parent="demo@2",
+                           extra={"merge": merge, "lora": {"r": 8, "targets": ["q_proj", "v_proj"]}}), 0.0)
+    app = make_app(home)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_registry(pilot, app)
+        await pilot.press("end")
+        await until(pilot, lambda: details(app).startswith("demo-merged@1"), "the merged version's details")
+        shown = details(app)
+        assert "{" not in shown, shown
+        assert "lora\n  r: 8\n  targets: q_proj, v_proj\n" in shown
+        assert ("merge\n  method: peft\n  dtype: bf16\n  fidelity\n    top1_agreement: 0.9984\n"
+                "    max_kl: 2.50e-05\n") in shown
+    printed = cli(home, "show", "demo-merged@1").stdout
+    assert "  merge\n    method: peft\n    dtype: bf16\n    fidelity\n      top1_agreement: 0.9984\n" in printed
+    assert "{" not in printed.split("  files")[0], printed

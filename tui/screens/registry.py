@@ -25,7 +25,7 @@ from textual.worker import Worker
 from qlora_tui.registry.errors import RegistryError
 from qlora_tui.registry.records import AdapterVersion
 from qlora_tui.registry.store import Store, open_store
-from qlora_tui.tui.format import number, size, timestamp
+from qlora_tui.tui.format import labelled_lines, number, size, timestamp
 from qlora_tui.tui.jobs import WorkerJob
 from qlora_tui.tui.screens.dialogs import AskMerge, AskPush, Confirm, MergeOptions, PushOptions
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
@@ -63,9 +63,11 @@ def details_text(version: AdapterVersion, lineage: list[str]) -> Text:
             shown = number(value) if isinstance(value, (int, float)) else json.dumps(value)
             text.append(f"  {key}: {shown}\n")
     for key, value in sorted((k, v) for k, v in version.extra.items() if k != "warnings"):
-        text.append(f"\n{key}: ", style="bold")
-        text.append(json.dumps(value) if not isinstance(value, str) else value)
-    text.append("\n\nfiles\n", style="bold")
+        text.append("\n")
+        for label, shown in labelled_lines(key, value):
+            text.append(f"{label}" + (": " if shown else ""), style="bold" if not label.startswith(" ") else "dim")
+            text.append(f"{shown}\n")
+    text.append("\nfiles\n", style="bold")
     for f in version.files:
         text.append(f"  {f.path}  {size(f.size)}  {f.sha256[:12]}\n")
     if version.pushes:
