@@ -153,3 +153,30 @@ async def test_details_show_tables_as_labelled_lines(tmp_path: Path) -> None:
     printed = cli(home, "show", "demo-merged@1").stdout
     assert "  merge\n    method: peft\n    dtype: bf16\n    fidelity\n      top1_agreement: 0.9984\n" in printed
     assert "{" not in printed.split("  files")[0], printed
+
+
+async def test_toasts_stay_off_dialogs_and_a_finished_job_s_line_goes(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21: toasts covered the dialogs' lines, and "deleted demo@1" stayed under the details for minutes."""
+    from qlora_tui.tui.screens import registry
+    from tests.tui.test_runs_screen import screen_text
+
+    monkeypatch.setattr(registry, "JOB_STATUS_S", 0.01)
+    home = build_demo_home(tmp_path / "home")
+    app = make_app(home)
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        screen = await open_registry(pilot, app)
+        status = screen.query_one("#job-status", Static)
+        await pilot.press("v")
+        await until(pilot, lambda: not screen.busy and bool(app._notifications), "the verify")  # noqa: SLF001
+        await until(pilot, lambda: str(status.render()) == "", "the job's line cleared")
+        toast = "every file matches"  # the verify's toast (for 10 s), its line under the details cleared
+        assert toast in screen_text(app)
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, Confirm), "the question")
+        await pilot.pause()
+        assert toast not in screen_text(app)  # it waits while the dialog is up
+        await pilot.press("n")
+        await until(pilot, lambda: not isinstance(app.screen, Confirm), "the question closed")
+        await pilot.pause()
+        assert toast in screen_text(app)

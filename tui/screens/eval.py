@@ -17,12 +17,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.screen import ModalScreen, Screen
+from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, Select, SelectionList, Static
 from textual.worker import Worker
 
 from qlora_tui.tui.jobs import run_worker
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
+from qlora_tui.tui.screens.modal import Dialog
 from qlora_tui.tui.widgets.version_list import VersionChoice, refill
 
 MARKS = {True: Text("pass", style="green"), False: Text("FAIL", style="bold red"), None: Text("-", style="dim")}
@@ -32,7 +33,7 @@ def rate_text(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.0%}"
 
 
-class Answers(ModalScreen[None]):
+class Answers(Dialog[None]):
     """One prompt's answers next to each other: base and each version, with the checks each failed."""
 
     BINDINGS = [Binding("escape,q", "dismiss", "Close")]

@@ -18,6 +18,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, Header, ProgressBar, Static, Tree
 from textual.widgets.tree import TreeNode
 from textual.worker import Worker
@@ -29,6 +30,8 @@ from qlora_tui.tui.format import labelled_lines, number, size, timestamp
 from qlora_tui.tui.jobs import WorkerJob
 from qlora_tui.tui.screens.dialogs import AskMerge, AskPush, Confirm, MergeOptions, PushOptions
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
+
+JOB_STATUS_S = 15.0  # how long a finished job's line stays under the details (its toast stays 10 s)
 
 
 def merge_args(ref: str, options: MergeOptions) -> list[str]:
@@ -133,6 +136,7 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
         super().__init__()
         self.versions: dict[str, AdapterVersion] = {}
         self.busy = False
+        self.status_timer: Timer | None = None  # clears a finished job's line, which would stay for good
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -224,6 +228,8 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
             self.query_one("#job-status", Static).update("")
 
     def on_registry_screen_job_progress(self, message: JobProgress) -> None:
+        if self.status_timer is not None:
+            self.status_timer.stop()
         self.query_one("#job-status", Static).update(message.message)
         bar = self.query_one(ProgressBar)
         bar.display = message.fraction is not None
@@ -236,6 +242,10 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
         status = self.query_one("#job-status", Static)
         status.update(Text(message.message, style="green" if message.ok else "red"))
         self.notify(message.message, severity="information" if message.ok else "error", timeout=10)
+        if self.status_timer is not None:
+            self.status_timer.stop()
+        if message.ok:  # a failure stays until the next job: it may need reading twice
+            self.status_timer = self.set_timer(JOB_STATUS_S, lambda: status.update(""))
         self.reload()
 
     def action_merge(self) -> None:
