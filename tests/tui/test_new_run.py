@@ -219,3 +219,28 @@ async def test_the_data_preview_shows_the_rows_as_the_model_sees_them(home: Path
         assert "dropped by the run: no response tokens left within max_seq_len=20" in shown
         await pilot.press("escape")
         assert app.screen is screen
+
+
+async def test_save_offers_a_free_name_and_the_plan_says_what_it_keeps_free(home: Path) -> None:
+    """Issue 21: Save pre-filled "demo" and then refused it; "fits a 24 GB card, 20.8 GB spare" for a 0.78 GB plan
+    did not say that 10% is kept free; "gradient checkpointing off; 0.8 GB if on" read as more memory, not less."""
+    app = make_app(home)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_demo(pilot, app)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: bool(app.screen.query("#answer")), "the name question")
+        assert app.screen.query_one("#answer", Input).value == "demo-2"  # demo is a shipped profile
+        await pilot.press("enter")
+        await until(pilot, lambda: (home / "profiles" / "demo-2.toml").exists(), "the saved profile")
+        await pilot.press("escape", "ctrl+s")  # the form now shows demo-2's name: demo-2 and demo are taken
+        await until(pilot, lambda: bool(app.screen.query("#answer")), "the name question")
+        assert app.screen.query_one("#answer", Input).value == "demo-3"
+        await pilot.press("escape", "escape", "g")
+        await until(pilot, lambda: bool(app.screen.query("#answer")), "the card size question")
+        app.screen.query_one("#answer", Input).value = "24"
+        await pilot.press("enter")
+        await until(pilot, lambda: "fits a 24 GB card" in text(app, "#plan"), "the plan for a 24 GB card")
+        plan = " ".join(text(app, "#plan").split())
+        assert "GB spare, after keeping 2.4 GB (10%) free" in plan, plan
+        assert "gradient checkpointing off; on, the total " in plan, plan
+        assert " less)" in plan or "the total stays" in plan, plan

@@ -74,18 +74,39 @@ def compact_plan(plan: Any, width: int = 30) -> str:
     if plan.fits is None:
         lines.append("\nno GPU detected: press g for a card size")
     elif plan.fits:
-        lines.append(f"\n[green]fits a {plan.gpu_gb:.0f} GB card, {plan.spare_gb:.1f} GB spare[/green]")
+        lines.append(f"\n[green]fits a {plan.gpu_gb:.0f} GB card: {plan.spare_gb:.1f} GB spare, after "
+                     f"keeping {plan.headroom_gb:.1f} GB ({plan.headroom_gb / plan.gpu_gb:.0%}) free[/green]")
     else:
-        lines.append(f"\n[red]does not fit a {plan.gpu_gb:.0f} GB card[/red]")
-    gc = "on" if plan.gradient_checkpointing else "off"
-    lines.append(f"gradient checkpointing {gc}; {plan.total_gb_other_checkpointing:.1f} GB if "
-                 f"{'off' if gc == 'on' else 'on'}")
+        lines.append(f"\n[red]does not fit a {plan.gpu_gb:.0f} GB card ({plan.headroom_gb:.1f} GB kept "
+                     f"free)[/red]")
+    lines.append(checkpointing_line(plan))
     return "\n".join(lines)
+
+
+def checkpointing_line(plan: Any) -> str:
+    """What turning gradient checkpointing the other way would do to the total, said as less or more."""
+    state, other = ("on", "off") if plan.gradient_checkpointing else ("off", "on")
+    change = plan.total_gb_other_checkpointing - plan.total_gb
+    if abs(change) < 0.005:
+        return f"gradient checkpointing {state}; {other}, the total stays {plan.total_gb:.2f} GB"
+    return (f"gradient checkpointing {state}; {other}, the total is {plan.total_gb_other_checkpointing:.2f} GB "
+            f"({abs(change):.2f} GB {'less' if change < 0 else 'more'})")
+
+
+def free_profile_name(home: Path, name: str) -> str:
+    """`name`, or NAME-2, NAME-3...: the first that is neither a shipped profile nor one of the user's."""
+    taken = {path.stem for _origin, path in list_profiles(home)}
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
 
 
 class NewRunScreen(ShowsWorkerErrors, Screen[None]):
     CSS_PATH = "new_run.tcss"
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (80, "-wide")]  # under 80 columns the labels and plan shrink
+    # under 80 columns the labels and the plan shrink; from 110 the plan widens rather than the fields
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (80, "-wide"), (110, "-wider")]
     BINDINGS = [
         Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+l", "launch", "Launch"),
@@ -120,7 +141,7 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
         yield Header()
         with Horizontal(id="new-run"):
             with VerticalScroll(id="profile-form"):
-                with Horizontal(classes="field-row"):
+                with Horizontal(classes="field-row", id="profile-select-row"):
                     yield Label("start from", classes="field-label")
                     yield Select[str]([], prompt="choose a profile", id="profile-select")
                 yield Vertical(id="fields")
@@ -372,7 +393,8 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
             else:
                 write(path)
 
-        self.app.push_screen(AskText("Save as profile (a name for your profiles folder)", profile.name), chosen)
+        self.app.push_screen(AskText("Save as profile (a name for your profiles folder)",
+                                     free_profile_name(self.app.home, profile.name)), chosen)  # type: ignore[attr-defined]
 
     def action_preview_data(self) -> None:
         from qlora_tui.tui.screens.data_preview import DataPreviewScreen
