@@ -6,6 +6,8 @@ only what was appended and repaints everything in one go. `l` opens the full log
 
 from __future__ import annotations
 
+import textwrap
+
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -31,6 +33,17 @@ METRIC_SERIES = {"rewards/accuracies": "green", "rewards/margins": "blue", "accu
                  "kl": "red", "align/accuracy": "magenta", "align/reward": "magenta", "align/greedy_reward": "yellow"}
 SUPERSEDED_STYLE = "grey42"  # steps an earlier life logged and a resumed one did again
 CRASH_LOG_LINES = 4
+
+
+def wrap_lines(lines: list[str], width: int) -> list[str]:
+    """Lines folded to `width` (a Log does not wrap, and a checkpoint's path runs past 80 columns)."""
+    if width < 20:
+        return lines
+    out = []
+    for line in lines:
+        out += textwrap.wrap(line, width, subsequent_indent="    ", break_on_hyphens=False,
+                             drop_whitespace=False) or [line]
+    return out
 
 
 def resume_sentence(follower: RunFollower) -> str:
@@ -149,7 +162,8 @@ class MonitorScreen(ShowsWorkerErrors, Screen[None]):
             lines += ["runner.log ends with:", *(f"  {line}" for line in self.run.log_tail(CRASH_LOG_LINES))]
         self.crash_shown = crashed
         if lines:
-            self.query_one(Log).write_lines(lines)
+            log = self.query_one(Log)
+            log.write_lines(wrap_lines(lines, log.scrollable_content_region.width))
 
     def repaint(self) -> None:
         assert self.follower is not None

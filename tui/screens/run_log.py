@@ -12,6 +12,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Log, Static
 
 from qlora_tui.runner.rundir import RunDir
+from qlora_tui.tui.screens.monitor import wrap_lines
 from qlora_tui.tui.watch import RunFollower
 
 POLL_S = 0.5
@@ -49,7 +50,8 @@ class RunLogScreen(Screen[None]):
         messages = self.follower.messages[self.shown:]
         self.shown = len(self.follower.messages)
         if messages:
-            self.query_one("#all-messages", Log).write_lines(messages)
+            pane = self.query_one("#all-messages", Log)
+            pane.write_lines(wrap_lines(messages, pane.scrollable_content_region.width))
         lines = self.follower.new_log_lines(max_bytes=LOG_BYTES)
         if lines:
             self.query_one("#full-log", Log).write_lines(lines)
