@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
+from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -48,16 +50,25 @@ class Answers(Dialog[None]):
         box.border_subtitle = "escape closes"
         with box:
             yield Static(Text(self.prompt, style="bold"), classes="answers-prompt")
-            with Horizontal(id="answers-row"):
-                for label, answer in self.answers:
-                    with Vertical(classes="answers-pane"):
-                        head = Text(f"{label}  ")
-                        head.append_text(MARKS[answer.get("passed")])
-                        yield Label(head, classes="pane-title")
-                        yield Static(Text(answer.get("answer") or "(empty answer)"))
-                        failed = (answer.get("detail") or {}).get("failed") or []
-                        if failed:
-                            yield Static(Text("\n".join(failed), style="red"), classes="answers-failed")
+            yield Static(answers_table(self.answers), id="answers-row")
+
+
+def answers_table(answers: list[tuple[str, dict[str, Any]]]) -> Table:
+    """The answers as one table row, a column each: its lines run the row's full height, however short the text."""
+    table = Table(box=box.SQUARE, expand=True, show_edge=False, padding=(0, 1))
+    for label, answer in answers:
+        head = Text(f"{label}  ", style="bold")
+        head.append_text(MARKS[answer.get("passed")])
+        table.add_column(head, ratio=1, overflow="fold")
+    cells = []
+    for _label, answer in answers:
+        cell = Text(answer.get("answer") or "(empty answer)")
+        failed = (answer.get("detail") or {}).get("failed") or []
+        if failed:
+            cell.append("\n\n" + "\n".join(failed), style="red")
+        cells.append(cell)
+    table.add_row(*cells)
+    return table
 
 
 class EvalScreen(ShowsWorkerErrors, Screen[None]):
