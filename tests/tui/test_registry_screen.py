@@ -180,3 +180,32 @@ async def test_toasts_stay_off_dialogs_and_a_finished_job_s_line_goes(tmp_path: 
         await until(pilot, lambda: not isinstance(app.screen, Confirm), "the question closed")
         await pilot.pause()
         assert toast in screen_text(app)
+
+
+async def test_a_big_registry_opens_the_adapter_on_show_and_keeps_what_was_opened(tmp_path: Path) -> None:
+    """Issue 21: 1,000 versions took 777 ms to show, the tree laying out every row first; past 200 versions only
+    the adapter on show starts open, and the others open with enter (and stay open when the view reloads)."""
+    from tests.tui.fixtures import build_bench_registry
+
+    home = tmp_path / "home"
+    build_bench_registry(home, versions=250, names=5)
+    app = make_app(home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("3")
+        await until(pilot, lambda: isinstance(app.screen, RegistryScreen) and details(app).startswith("bench-00@1"),
+                    "the first version")
+        tree = app.screen.query_one(Tree)
+        assert [str(n.label) for n in tree.root.children] == [f"bench-0{i}  (50)" for i in range(5)]
+        assert [n.is_expanded for n in tree.root.children] == [True, False, False, False, False]
+        assert tree.last_line == 5 + 50 - 1  # five names, one group's versions
+        tree.move_cursor(tree.root.children[2])
+        await pilot.press("enter")
+        await until(pilot, lambda: tree.root.children[2].is_expanded, "bench-02 opened")
+        await pilot.press("down")
+        await until(pilot, lambda: details(app).startswith("bench-02@1"), "bench-02@1's details")
+        before = tree.root
+        await pilot.press("v")
+        await until(pilot, lambda: tree.root is not before and not app.screen.busy, "the verify and the reload")
+        await pilot.pause()
+        assert [n.is_expanded for n in tree.root.children] == [True, False, True, False, False]
+        assert app.screen.selected_ref() == "bench-02@1"

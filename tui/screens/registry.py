@@ -31,6 +31,9 @@ from qlora_tui.tui.jobs import WorkerJob
 from qlora_tui.tui.screens.dialogs import AskMerge, AskPush, Confirm, MergeOptions, PushOptions
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 
+# Up to this many versions every adapter's group starts open; beyond, only the one on show (the others open with
+# enter): the tree lays out and measures every open row before it paints one.
+OPEN_ALL_UP_TO = 200
 JOB_STATUS_S = 15.0  # how long a finished job's line stays under the details (its toast stays 10 s)
 
 
@@ -81,6 +84,11 @@ def details_text(version: AdapterVersion, lineage: list[str]) -> Text:
         text.append("\nprofile\n", style="bold")
         text.append(version.profile, style="dim")
     return text
+
+
+def group_name(node: TreeNode[str]) -> str:
+    """The adapter name of a group's row ("demo  (3)" -> "demo"; a name has no spaces)."""
+    return str(node.label).rsplit("  (", 1)[0]
 
 
 def put_cursor_on(tree: Tree[str], node: TreeNode[str]) -> None:
@@ -137,6 +145,7 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
         self.versions: dict[str, AdapterVersion] = {}
         self.busy = False
         self.status_timer: Timer | None = None  # clears a finished job's line, which would stay for good
+        self.open_names: set[str] | None = None  # the adapters whose versions the tree shows (None: not loaded)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -169,22 +178,38 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
     def on_registry_screen_loaded(self, message: Loaded) -> None:
         tree = self.query_one(Tree)
         selected = self.selected_ref()
-        tree.clear()
         self.versions = {v.ref: v for v in message.versions}
-        names: dict[str, Any] = {}
-        leaves: dict[str, Any] = {}
+        groups: dict[str, list[AdapterVersion]] = {}
         for version in message.versions:
-            if version.name not in names:
-                names[version.name] = tree.root.add(version.name, expand=True)
-            label = f"@{version.number}  {version.kind}  {version.method}"
-            if version.aliases:
-                label += f"  [{', '.join(version.aliases)}]"
-            leaves[version.ref] = names[version.name].add_leaf(label, data=version.ref)
-        if not message.versions:
+            groups.setdefault(version.name, []).append(version)
+        target = self.versions.get(selected or "") or next(iter(self.versions.values()), None)
+        if self.open_names is None:  # the first load: a big registry opens only the adapter on show
+            few = len(message.versions) <= OPEN_ALL_UP_TO
+            self.open_names = set(groups) if few else {target.name} if target else set()
+        if target is not None:
+            self.open_names.add(target.name)
+        tree.clear()
+        leaves: dict[str, TreeNode[str]] = {}
+        for name, versions in groups.items():
+            group = tree.root.add(f"{name}  ({len(versions)})", expand=name in self.open_names)
+            for version in versions:
+                label = f"@{version.number}  {version.kind}  {version.method}"
+                if version.aliases:
+                    label += f"  [{', '.join(version.aliases)}]"
+                leaves[version.ref] = group.add_leaf(label, data=version.ref)
+        if target is None:
             self.query_one("#details", Static).update("No adapters yet: a finished run registers its adapter.")
             return
         tree.focus()
-        put_cursor_on(tree, leaves.get(selected or "") or next(iter(leaves.values())))
+        put_cursor_on(tree, leaves[target.ref])
+
+    def on_tree_node_expanded(self, event: Tree.NodeExpanded[str]) -> None:
+        if self.open_names is not None and event.node.data is None:  # an adapter's name: kept open on reload
+            self.open_names.add(group_name(event.node))
+
+    def on_tree_node_collapsed(self, event: Tree.NodeCollapsed[str]) -> None:
+        if self.open_names is not None and event.node.data is None:
+            self.open_names.discard(group_name(event.node))
 
     def selected_ref(self) -> str | None:
         node = self.query_one(Tree).cursor_node
