@@ -209,3 +209,12 @@ async def test_a_big_registry_opens_the_adapter_on_show_and_keeps_what_was_opene
         await pilot.pause()
         assert [n.is_expanded for n in tree.root.children] == [True, False, True, False, False]
         assert app.screen.selected_ref() == "bench-02@1"
+
+
+async def test_a_version_s_aliases_show_in_the_tree(tmp_path: Path) -> None:
+    """Issue 21 (seen while there): "@2  adapter  sft  [best]" lost its "[best]", read as markup."""
+    app = make_app(build_demo_home(tmp_path / "home"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_registry(pilot, app)
+        labels = [str(leaf.label) for group in screen.query_one(Tree).root.children for leaf in group.children]
+        assert "@2  adapter  sft  [best]" in labels, labels

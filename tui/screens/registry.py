@@ -190,13 +190,13 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
             self.open_names.add(target.name)
         tree.clear()
         leaves: dict[str, TreeNode[str]] = {}
-        for name, versions in groups.items():
-            group = tree.root.add(f"{name}  ({len(versions)})", expand=name in self.open_names)
+        for name, versions in groups.items():  # Text labels: a str is read as markup, and "[best]" vanished
+            group = tree.root.add(Text(f"{name}  ({len(versions)})"), expand=name in self.open_names)
             for version in versions:
                 label = f"@{version.number}  {version.kind}  {version.method}"
                 if version.aliases:
                     label += f"  [{', '.join(version.aliases)}]"
-                leaves[version.ref] = group.add_leaf(label, data=version.ref)
+                leaves[version.ref] = group.add_leaf(Text(label), data=version.ref)
         if target is None:
             self.query_one("#details", Static).update("No adapters yet: a finished run registers its adapter.")
             return
