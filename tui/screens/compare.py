@@ -28,6 +28,7 @@ from qlora_tui.registry.store import open_store
 from qlora_tui.tui.playground import PlaygroundWorker
 from qlora_tui.tui.screens.dialogs import Confirm
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
+from qlora_tui.tui.screens.on_show import ReadsOnShow
 from qlora_tui.tui.widgets.version_list import compare_choices, refill, unpickable_note
 
 Turn = dict[str, str]
@@ -84,7 +85,7 @@ class AnswerPane(Vertical):
             self.query_one(".answer-timing", Static).update(text)
 
 
-class CompareScreen(ShowsWorkerErrors, Screen[None]):
+class CompareScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
     AUTO_FOCUS = "#versions"  # not the prompt box: it would take the number keys that switch screens
     BINDINGS = [Binding("ctrl+g", "generate", "Generate"),
                 Binding("ctrl+t", "toggle_chat", "Chat"),
@@ -157,8 +158,7 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
     def on_mount(self) -> None:
         self.show_mode()
 
-    def on_screen_resume(self) -> None:
-        """Read the versions each time the view is shown (the first time too: Textual resumes a new screen)."""
+    def read_on_show(self) -> None:
         self.load_versions()
 
     def on_screen_suspend(self) -> None:
@@ -198,7 +198,7 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
     def choose(self, refs: list[str]) -> None:
         """Preselect versions (from the Registry screen's Compare action), once the list has been read again."""
         self.wanted = list(refs)
-        if self.is_mounted:  # otherwise on_screen_resume reads the list and picks them
+        if self.is_mounted:  # otherwise the read on show picks them
             self.load_versions()
 
     def decoding(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from textual.worker import Worker
 from qlora_tui.tui.jobs import run_worker
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.screens.modal import Dialog
+from qlora_tui.tui.screens.on_show import ReadsOnShow
 from qlora_tui.tui.widgets.version_list import VersionChoice, refill
 
 MARKS = {True: Text("pass", style="green"), False: Text("FAIL", style="bold red"), None: Text("-", style="dim")}
@@ -71,7 +72,7 @@ def answers_table(answers: list[tuple[str, dict[str, Any]]]) -> Table:
     return table
 
 
-class EvalScreen(ShowsWorkerErrors, Screen[None]):
+class EvalScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
     AUTO_FOCUS = "#eval-sets"
     BINDINGS = [Binding("ctrl+g", "run", "Run eval")]
     PALETTE = [("Run eval", "Base and picked versions answer the prompt set (ctrl+g)", "action_run"),
@@ -114,8 +115,7 @@ class EvalScreen(ShowsWorkerErrors, Screen[None]):
                 yield DataTable(id="eval-table", cursor_type="row", zebra_stripes=True)
         yield Footer(compact=True)
 
-    def on_screen_resume(self) -> None:
-        """Read the sets and versions each time the view is shown (the first time too: Textual resumes it)."""
+    def read_on_show(self) -> None:
         self.load_choices()
 
     @work(thread=True, exclusive=True, group="eval-load", exit_on_error=False)

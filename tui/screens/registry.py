@@ -30,6 +30,7 @@ from qlora_tui.tui.format import labelled_lines, number, size, timestamp
 from qlora_tui.tui.jobs import WorkerJob
 from qlora_tui.tui.screens.dialogs import AskMerge, AskPush, Confirm, MergeOptions, PushOptions
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
+from qlora_tui.tui.screens.on_show import ReadsOnShow
 
 # Up to this many versions every adapter's group starts open; beyond, only the one on show (the others open with
 # enter): the tree lays out and measures every open row before it paints one.
@@ -100,7 +101,7 @@ def put_cursor_on(tree: Tree[str], node: TreeNode[str]) -> None:
         tree.move_cursor(node)
 
 
-class RegistryScreen(ShowsWorkerErrors, Screen[None]):
+class RegistryScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
     CSS_PATH = "registry.tcss"
     BINDINGS = [
         Binding("m", "merge", "Merge"),
@@ -163,8 +164,7 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
         self.query_one(ProgressBar).display = False
         self.query_one(Tree).show_root = False
 
-    def on_screen_resume(self) -> None:
-        """Read the registry each time the view is shown (the first time too: Textual resumes a new screen)."""
+    def read_on_show(self) -> None:
         self.reload()
 
     def open_store(self) -> Store:
