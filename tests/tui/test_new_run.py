@@ -244,3 +244,36 @@ async def test_save_offers_a_free_name_and_the_plan_says_what_it_keeps_free(home
         assert "GB spare, after keeping 2.4 GB (10%) free" in plan, plan
         assert "gradient checkpointing off; on, the total " in plan, plan
         assert " less)" in plan or "the total stays" in plan, plan
+
+
+async def test_the_data_preview_is_kept_for_the_same_profile_and_data(home: Path, tmp_path: Path) -> None:
+    """Issue 21: each ctrl+o tokenized again (~5 s); the same profile over the same data file now shows at once,
+    and a changed data file is read again."""
+    from qlora_tui.tui.screens.data_preview import DataPreviewScreen
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"instruction": "say hi", "output": "hello there"}) + "\n")
+    app = make_app(home)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_demo(pilot, app)
+        screen.query_one(f"#{field_id('data', 'path')}", Input).value = str(rows)
+        await pilot.pause()
+
+        async def preview() -> tuple[DataPreviewScreen, str]:
+            await pilot.press("ctrl+o")
+            await until(pilot, lambda: isinstance(app.screen, DataPreviewScreen), "the preview screen")
+            shown = app.screen
+            assert isinstance(shown, DataPreviewScreen)
+            body = shown.query_one("#preview-body", Static)
+            await until(pilot, lambda: "pre-flight" in str(body.render()), "the preview", timeout=120)
+            text = str(body.render())
+            await pilot.press("escape")
+            return shown, text
+
+        first, first_text = await preview()
+        assert first.child is not None and "hello there" in first_text  # tokenized by a child
+        again, again_text = await preview()
+        assert again.child is None and again_text == first_text  # kept: no child this time
+        rows.write_text(json.dumps({"instruction": "say bye", "output": "goodbye now"}) + "\n")
+        changed, changed_text = await preview()
+        assert changed.child is not None and "goodbye now" in changed_text
