@@ -195,3 +195,9 @@ async def test_long_messages_wrap_in_the_monitor_at_80_columns(tmp_path: Path) -
         lines = messages(app)
         assert max(len(line) for line in lines) <= pane.scrollable_content_region.width
         assert f"checkpoint at step 40: {path}" in unwrapped(lines)
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, RunLogScreen), "the full log")
+        pane = app.screen.query_one("#all-messages", Log)
+        await until(pilot, lambda: pane.line_count > 0, "the messages in the full log")
+        assert max(len(line) for line in pane.lines) <= pane.scrollable_content_region.width
+        assert f"checkpoint at step 40: {path}" in unwrapped(list(pane.lines))

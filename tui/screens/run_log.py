@@ -40,7 +40,7 @@ class RunLogScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.follower.log_offset = 0  # from the start (of its last 4 MB), however often this view is opened
-        self.follow()
+        self.call_after_refresh(self.follow)  # once laid out: the messages are folded to the pane's width
         self.set_interval(POLL_S, self.follow)
         self.query_one("#full-log", Log).focus()
 
