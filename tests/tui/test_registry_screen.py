@@ -70,7 +70,7 @@ async def test_deleting_a_version_with_children_asks_in_the_app_s_words(tmp_path
         await pilot.press("d")
         await until(pilot, lambda: isinstance(app.screen, Confirm), "the question")
         question = str(app.screen.query_one(Label).render())
-        assert "demo-dpo@1 derive from it" in question and "--force" not in question
+        assert "demo-dpo@1 derives from it" in question and "--force" not in question
         await pilot.press("n")
         assert {v.ref for v in open_store(home).list_versions()} == {"demo-dpo@1", "demo@2", "demo@1"}
         await pilot.press("d")
@@ -124,8 +124,8 @@ async def test_the_delete_question_shows_whole(tmp_path: Path, size: tuple[int, 
         await until(pilot, lambda: isinstance(app.screen, Confirm), "the question")
         await pilot.pause()
         shown = " ".join(text_inside(app, app.screen.query_one(".dialog")).split())
-        assert ("Delete demo@2? Its files are removed from the registry. demo-dpo@1 derive from it: they keep "
-                "working, and their lineage will say that demo@2 was deleted.") in shown, shown
+        assert ("Delete demo@2? Its files are removed from the registry. demo-dpo@1 derives from it: it keeps "
+                "working, and its lineage will say that demo@2 was deleted.") in shown, shown
         assert "Yes (y)" in shown and "No (n)" in shown
 
 
@@ -218,3 +218,25 @@ async def test_a_version_s_aliases_show_in_the_tree(tmp_path: Path) -> None:
         screen = await open_registry(pilot, app)
         labels = [str(leaf.label) for group in screen.query_one(Tree).root.children for leaf in group.children]
         assert "@2  adapter  sft  [best]" in labels, labels
+
+
+async def test_a_new_adapter_s_group_opens_in_a_small_registry(tmp_path: Path) -> None:
+    """Issue 21 walk-through: after a merge, its new group "demo-merged" showed closed; in a small registry every
+    group is open unless the user closed it."""
+    from qlora_tui.registry.records import NewVersion
+    from tests.tui.fixtures import BASE_MODEL, add_version
+
+    home = build_demo_home(tmp_path / "home")
+    app = make_app(home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_registry(pilot, app)
+        tree = screen.query_one(Tree)
+        tree.root.children[1].collapse()  # demo-dpo, closed by the user
+        await pilot.pause()
+        add_version(open_store(home), home / "work", "demo-merged",
+                    NewVersion(base_model=BASE_MODEL, kind="merged", parent="demo@2"), 0.0)
+        before = tree.root
+        screen.reload()
+        await until(pilot, lambda: tree.root is not before, "the reload")
+        shown = {str(n.label): n.is_expanded for n in tree.root.children}
+        assert shown == {"demo  (2)": True, "demo-dpo  (1)": False, "demo-merged  (1)": True}, shown

@@ -146,7 +146,8 @@ class RegistryScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
         self.versions: dict[str, AdapterVersion] = {}
         self.busy = False
         self.status_timer: Timer | None = None  # clears a finished job's line, which would stay for good
-        self.open_names: set[str] | None = None  # the adapters whose versions the tree shows (None: not loaded)
+        self.opened_names: set[str] = set()  # adapters the user opened (enter) or closed: kept so on reload
+        self.closed_names: set[str] = set()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -183,15 +184,16 @@ class RegistryScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
         for version in message.versions:
             groups.setdefault(version.name, []).append(version)
         target = self.versions.get(selected or "") or next(iter(self.versions.values()), None)
-        if self.open_names is None:  # the first load: a big registry opens only the adapter on show
-            few = len(message.versions) <= OPEN_ALL_UP_TO
-            self.open_names = set(groups) if few else {target.name} if target else set()
+        if len(message.versions) <= OPEN_ALL_UP_TO:
+            shown = set(groups) - self.closed_names
+        else:  # a big registry: the adapter on show and those opened with enter
+            shown = self.opened_names | ({target.name} if target else set())
         if target is not None:
-            self.open_names.add(target.name)
+            shown.add(target.name)
         tree.clear()
         leaves: dict[str, TreeNode[str]] = {}
         for name, versions in groups.items():  # Text labels: a str is read as markup, and "[best]" vanished
-            group = tree.root.add(Text(f"{name}  ({len(versions)})"), expand=name in self.open_names)
+            group = tree.root.add(Text(f"{name}  ({len(versions)})"), expand=name in shown)
             for version in versions:
                 label = f"@{version.number}  {version.kind}  {version.method}"
                 if version.aliases:
@@ -204,12 +206,14 @@ class RegistryScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
         put_cursor_on(tree, leaves[target.ref])
 
     def on_tree_node_expanded(self, event: Tree.NodeExpanded[str]) -> None:
-        if self.open_names is not None and event.node.data is None:  # an adapter's name: kept open on reload
-            self.open_names.add(group_name(event.node))
+        if event.node.data is None:  # an adapter's name: it stays open when the view reloads
+            self.opened_names.add(group_name(event.node))
+            self.closed_names.discard(group_name(event.node))
 
     def on_tree_node_collapsed(self, event: Tree.NodeCollapsed[str]) -> None:
-        if self.open_names is not None and event.node.data is None:
-            self.open_names.discard(group_name(event.node))
+        if event.node.data is None:
+            self.closed_names.add(group_name(event.node))
+            self.opened_names.discard(group_name(event.node))
 
     def selected_ref(self) -> str | None:
         node = self.query_one(Tree).cursor_node
@@ -358,7 +362,10 @@ class RegistryScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
     def on_registry_screen_delete_checked(self, message: DeleteChecked) -> None:
         ref, children = message.ref, message.children
         question = f"Delete {ref}? Its files are removed from the registry."
-        if children:
+        if len(children) == 1:
+            question += (f"\n{children[0]} derives from it: it keeps working, and its lineage will say that {ref} "
+                         "was deleted.")
+        elif children:
             question += (f"\n{', '.join(children)} derive from it: they keep working, and their lineage will say "
                          f"that {ref} was deleted.")
 
