@@ -100,8 +100,8 @@ async def test_a_version_chosen_in_the_registry_is_picked_and_in_view(tmp_path: 
         await pilot.pause()
         shown = screen_text(app)
         assert "demo@1  sft  builtin" in shown  # on screen, not scrolled away
-        merged = next(i for i in range(versions.option_count) if versions.get_option_at_index(i).value
-                      == "demo-merged@1")
+        merged = versions.option_count - 1  # after the versions that can be picked
+        assert versions.get_option_at_index(merged).value == "demo-merged@1"
         assert str(versions.get_option_at_index(merged).prompt) == "demo-merged@1  merged"
         note = app.screen.query_one("#versions-note", Static)
         assert note.display and str(note.render()) == ("merged models answer as their adapters do: pick those "

@@ -27,7 +27,7 @@ class VersionChoice:
 
 
 def compare_choices(versions: list[AdapterVersion]) -> list[VersionChoice]:
-    """Newest first: adapters, reward models (they score the answers), and merged models, which cannot be picked."""
+    """Newest first: adapters and reward models (they score the answers); then merged models, which cannot be picked."""
     choices = []
     for version in reversed(versions):
         if version.kind == "adapter":
@@ -37,7 +37,7 @@ def compare_choices(versions: list[AdapterVersion]) -> list[VersionChoice]:
         elif version.kind == "merged":
             source = version.parent_ref or "its adapter"
             choices.append(VersionChoice(f"{version.ref}  merged", version.ref, pickable=False, source=source))
-    return choices
+    return [c for c in choices if c.pickable] + [c for c in choices if not c.pickable]
 
 
 def unpickable_note(choices: list[VersionChoice]) -> str:
