@@ -71,8 +71,8 @@ def labelled_lines(key: str, value: Any, indent: str = "") -> list[tuple[str, st
 
 
 def plain_value(value: Any) -> str:
-    if value is None:
-        return "-"
+    if value is None or value == "":
+        return "-"  # never empty: an empty text would read as a heading
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):

@@ -136,7 +136,8 @@ async def test_details_show_tables_as_labelled_lines(tmp_path: Path) -> None:
     from tests.tui.test_cli_commands import cli
 
     home = build_demo_home(tmp_path / "home")
-    merge = {"method": "peft", "dtype": "bf16", "fidelity": {"top1_agreement": 0.9984, "max_kl": 2.5e-05}}
+    merge = {"method": "peft", "dtype": "bf16", "fidelity": {"top1_agreement": 0.9984, "max_kl": 2.5e-05},
+             "note": ""}
     add_version(open_store(home), home / "work", "demo-merged",
                 NewVersion(base_model=BASE_MODEL, kind="merged", parent="demo@2",
                            extra={"merge": merge, "lora": {"r": 8, "targets": ["q_proj", "v_proj"]}}), 0.0)
@@ -149,7 +150,7 @@ async def test_details_show_tables_as_labelled_lines(tmp_path: Path) -> None:
         assert "{" not in shown, shown
         assert "lora\n  r: 8\n  targets: q_proj, v_proj\n" in shown
         assert ("merge\n  method: peft\n  dtype: bf16\n  fidelity\n    top1_agreement: 0.9984\n"
-                "    max_kl: 2.50e-05\n") in shown
+                "    max_kl: 2.50e-05\n  note: -\n") in shown
     printed = cli(home, "show", "demo-merged@1").stdout
     assert "  merge\n    method: peft\n    dtype: bf16\n    fidelity\n      top1_agreement: 0.9984\n" in printed
     assert "{" not in printed.split("  files")[0], printed
