@@ -17,7 +17,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, SelectionList, Static, TextArea
@@ -29,60 +29,8 @@ from qlora_tui.tui.playground import PlaygroundWorker
 from qlora_tui.tui.screens.dialogs import Confirm
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.screens.on_show import ReadsOnShow
+from qlora_tui.tui.widgets.answer_pane import AnswerPane, Turn, empty_answer, plural, transcript
 from qlora_tui.tui.widgets.version_list import compare_choices, refill, unpickable_note
-
-Turn = dict[str, str]
-
-
-def transcript(turns: list[Turn], partial: str | None = None) -> Text:
-    """A pane's conversation: the user's turns dim, the model's as they are; `partial` is an answer arriving."""
-    text = Text()
-    for turn in turns:
-        if turn["role"] == "user":
-            text.append(f"> {turn['content']}\n", style="dim")
-        else:
-            text.append(f"{turn['content']}\n\n")
-    if partial is not None:
-        text.append(partial)
-    return text
-
-
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
-def empty_answer(new_tokens: int) -> str:
-    """Why a pane has no text, where it would otherwise look like nothing happened."""
-    if new_tokens == 0:
-        return "(empty answer: the model's first token ended it)"
-    return f"(no visible text: {plural(new_tokens, 'token')} of whitespace or special tokens)"
-
-
-class AnswerPane(Vertical):
-    """One row of the comparison: its label, the text so far (or its conversation), and its timing once done."""
-
-    def __init__(self, label: str) -> None:
-        super().__init__(classes="answer-pane")
-        self.label = label
-        self.text: Text = Text()
-        self.timing = "generating..."
-
-    def compose(self) -> ComposeResult:
-        yield Label(self.label, classes="pane-title")
-        yield VerticalScroll(Static(self.text, classes="answer-text"))
-        yield Static(self.timing, classes="answer-timing")
-
-    def set_text(self, text: str | Text) -> None:
-        """Show text (kept until the pane is composed, when lines arrive first)."""
-        self.text = text if isinstance(text, Text) else Text(text)
-        if self.is_mounted and self.query(".answer-text"):
-            self.query_one(".answer-text", Static).update(self.text)
-            self.query_one(VerticalScroll).scroll_end(animate=False)
-
-    def set_timing(self, text: str) -> None:
-        self.timing = text
-        if self.is_mounted and self.query(".answer-timing"):
-            self.query_one(".answer-timing", Static).update(text)
 
 
 class CompareScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):

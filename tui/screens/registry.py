@@ -8,7 +8,6 @@ post messages; the handlers here change what is shown.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from rich.text import Text
@@ -26,11 +25,11 @@ from textual.worker import Worker
 from qlora_tui.registry.errors import RegistryError
 from qlora_tui.registry.records import AdapterVersion
 from qlora_tui.registry.store import Store, open_store
-from qlora_tui.tui.format import labelled_lines, number, size, timestamp
 from qlora_tui.tui.jobs import WorkerJob
 from qlora_tui.tui.screens.dialogs import AskMerge, AskPush, Confirm, MergeOptions, PushOptions
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.screens.on_show import ReadsOnShow
+from qlora_tui.tui.widgets.version_details import details_text
 
 # Up to this many versions every adapter's group starts open; beyond, only the one on show (the others open with
 # enter): the tree lays out and measures every open row before it paints one.
@@ -41,50 +40,6 @@ JOB_STATUS_S = 15.0  # how long a finished job's line stays under the details (i
 def merge_args(ref: str, options: MergeOptions) -> list[str]:
     return ["merge", ref, "--out", options.out_dir, "--dtype", options.dtype, "--base-weights",
             options.base_weights] + (["--force"] if options.force else [])
-
-
-def details_text(version: AdapterVersion, lineage: list[str]) -> Text:
-    text = Text()
-    text.append(f"{version.ref}", style="bold")
-    text.append(f"  ({version.kind})\n", style="dim")
-    for warning in version.extra.get("warnings") or []:
-        text.append(f"warning: {warning}\n", style="bold yellow")
-    rows = [
-        ("base model", version.base_model + (f"  [{version.base_revision}]" if version.base_revision else "")),
-        ("method", version.method or "-"),
-        ("created", timestamp(version.created)),
-        ("lineage", " -> ".join(lineage)),
-        ("data set", version.dataset or "-"),
-        ("data fingerprint", version.dataset_fingerprint or "-"),
-        ("run", version.run_id or "-"),
-        ("aliases", ", ".join(version.aliases) or "-"),
-        ("size", size(version.size_bytes)),
-        ("path", str(version.path)),
-    ]
-    for key, value in rows:
-        text.append(f"{key}: ", style="dim")
-        text.append(f"{value}\n")
-    if version.metrics:
-        text.append("\nmetrics\n", style="bold")
-        for key, value in sorted(version.metrics.items()):
-            shown = number(value) if isinstance(value, (int, float)) else json.dumps(value)
-            text.append(f"  {key}: {shown}\n")
-    for key, value in sorted((k, v) for k, v in version.extra.items() if k != "warnings"):
-        text.append("\n")
-        for label, shown in labelled_lines(key, value):
-            text.append(f"{label}" + (": " if shown else ""), style="bold" if not label.startswith(" ") else "dim")
-            text.append(f"{shown}\n")
-    text.append("\nfiles\n", style="bold")
-    for f in version.files:
-        text.append(f"  {f.path}  {size(f.size)}  {f.sha256[:12]}\n")
-    if version.pushes:
-        text.append("\nHub pushes\n", style="bold")
-        for p in version.pushes:
-            text.append(f"  {p.repo}  {p.commit_id[:12]}  {p.url}  {timestamp(p.pushed)}\n")
-    if version.profile:
-        text.append("\nprofile\n", style="bold")
-        text.append(version.profile, style="dim")
-    return text
 
 
 def group_name(node: TreeNode[str]) -> str:
