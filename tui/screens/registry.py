@@ -141,8 +141,9 @@ class RegistryScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
         target = self.versions.get(selected or "") or next(iter(self.versions.values()), None)
         if len(message.versions) <= OPEN_ALL_UP_TO:
             shown = set(groups) - self.closed_names
-        else:  # a big registry: the adapter on show and those opened with enter
+        else:  # a big registry: the adapter on show and those opened before (with enter, or shown)
             shown = self.opened_names | ({target.name} if target else set())
+            self.opened_names = set(shown)
         if target is not None:
             shown.add(target.name)
         tree.clear()
