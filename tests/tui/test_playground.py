@@ -126,6 +126,7 @@ async def test_a_chat_turn_clears_the_prompt_and_raw_asks_before_ending_the_chat
             await type_text(pilot, turn)
             await pilot.press("ctrl+g")
             assert prompt_box.text == ""  # sent: the box waits for the next turn
+            assert all(f"> {turn}" in text for text in pane_texts(screen))  # shown above its answer to come
             await wait_for(pilot, lambda: not screen.running, ANSWER_S, f"the answer to {turn!r}")
         for turns in screen.history.values():
             assert [t["content"] for t in turns if t["role"] == "user"] == ["Hello there", "And again"]

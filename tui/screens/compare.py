@@ -257,14 +257,13 @@ class CompareScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
             panes.remove_children()
             panes.mount_all([AnswerPane(label) for label in labels])
             self.labels = labels
-        else:
-            for pane in self.query(AnswerPane):
-                pane.set_text(transcript(self.history.get(pane.label, []), "") if self.chat else "")
-                pane.set_timing("generating...")
+        self.prompt = prompt
+        for pane in self.query(AnswerPane):
+            pane.set_text(self.asked(pane.label, ""))
+            pane.set_timing("generating...")
         self.start_worker()
         assert self.worker is not None
         self.request += 1
-        self.prompt = prompt
         status = ("loading the base model and adapters (a child process that keeps them)..."
                   if set(refs) != set(self.worker.loaded) else "generating (models already loaded)...")
         self.query_one("#compare-status", Static).update(status)
@@ -278,6 +277,13 @@ class CompareScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
         self.running = True
         if self.chat:  # the turn is sent: the box is for the next one
             self.query_one(TextArea).clear()
+
+    def asked(self, label: str, partial: str) -> str | Text:
+        """A pane while its answer arrives: in chat, the conversation and the turn just sent above it."""
+        if not self.chat:
+            return partial
+        sent = {"role": "user", "content": self.prompt}
+        return transcript([*self.history.get(label, []), sent], partial)
 
     def start_worker(self) -> None:
         if self.worker is not None and self.worker.alive:
@@ -322,7 +328,7 @@ class CompareScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
         elif kind == "text" and 0 <= int(line.get("row", -1)) < len(panes):
             pane = panes[int(line["row"])]
             text = str(line.get("text", ""))
-            pane.set_text(transcript(self.history.get(pane.label, []), text) if self.chat else text)
+            pane.set_text(self.asked(pane.label, text))
         elif kind == "answers":
             self.raw_used = bool(line.get("raw"))
             self.answered(panes, line.get("answers", []))
