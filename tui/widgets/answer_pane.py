@@ -16,8 +16,10 @@ def transcript(turns: list[Turn], partial: str | None = None) -> Text:
     for turn in turns:
         if turn["role"] == "user":
             text.append(f"> {turn['content']}\n", style="dim")
-        else:
+        elif turn["content"].strip():
             text.append(f"{turn['content']}\n\n")
+        else:
+            text.append("(empty answer)\n\n", style="dim italic")  # not a gap that looks like nothing came
     if partial is not None:
         text.append(partial)
     return text
