@@ -184,6 +184,9 @@ def bench_first_paint(home: Path, size: tuple[int, int], repeat: int) -> None:
           f"(min {min(paints) * 1000:.0f}, max {max(paints) * 1000:.0f})  target < 500 ms")
     print(f"    process start -> the app answers a key ('?' opens help): median "
           f"{statistics.median(answers) * 1000:.0f} ms (min {min(answers) * 1000:.0f}, max {max(answers) * 1000:.0f})")
+    after_frame = [a - f for a, f in zip(answers, frames)]
+    print(f"    first frame -> that key answered: median {statistics.median(after_frame) * 1000:.0f} ms "
+          f"(min {min(after_frame) * 1000:.0f}, max {max(after_frame) * 1000:.0f})  target < 300 ms")
     imports = []
     for _ in range(repeat):
         started = time.perf_counter()
@@ -194,14 +197,26 @@ def bench_first_paint(home: Path, size: tuple[int, int], repeat: int) -> None:
     in_process = [asyncio.run(in_process_paint(home, size)) for _ in range(repeat)]
     print(f"    in-process make_app() -> 200 rows in the table and a frame rendered (run_test, headless): median "
           f"{statistics.median(in_process) * 1000:.0f} ms")
-    app = PtyApp(home, size)
-    app.wait(lambda text: done_rows(text) >= rows_needed, "the runs table")
-    app.child.send("3")
-    started = time.perf_counter()
-    shown = app.wait(lambda text: "base model:" in text and "bench-00" in text, "the registry")
-    app.quit()
-    print(f"    pressing 3 -> registry tree of 1,000 versions and the first one's details on screen: "
-          f"{(shown - started) * 1000:.0f} ms")
+    for settle, when in ((0.0, "right after the table shows (the app may still be starting)"),
+                         (1.0, "with the app started and idle")):
+        registry, registry_cpu = [], []
+        for _ in range(repeat):
+            app = PtyApp(home, size)
+            app.wait(lambda text: done_rows(text) >= rows_needed, "the runs table")
+            settled = time.perf_counter() + settle
+            while time.perf_counter() < settled:
+                app.pump(0.05)
+            cpu = proc_cpu_s(app.child.pid)
+            app.child.send("3")
+            started = time.perf_counter()
+            shown = app.wait(lambda text: "base model:" in text and "bench-00" in text, "the registry")
+            registry.append(shown - started)
+            registry_cpu.append(proc_cpu_s(app.child.pid) - cpu)
+            app.quit()
+        print(f"    pressing 3 {when} -> registry tree of 1,000 versions and the first one's details on screen: "
+              f"median {statistics.median(registry) * 1000:.0f} ms (min {min(registry) * 1000:.0f}, max "
+              f"{max(registry) * 1000:.0f}); the app's CPU meanwhile {statistics.median(registry_cpu) * 1000:.0f} ms"
+              f"  target < 300 ms")
 
 
 async def in_process_paint(home: Path, size: tuple[int, int]) -> float:

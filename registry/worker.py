@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from qlora_tui.core.errors import UserFacingError, is_disk_full
 from qlora_tui.core.home import data_home
+from qlora_tui.core.library_noise import quiet_known_library_noise
 from qlora_tui.registry.job_options import add_compare_options, add_merge_options
 
 
@@ -156,6 +157,7 @@ def handle_request(playground: Any, line: str, emit: Emitter) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_known_library_noise()  # its stderr is what the app shows when a job fails
     # Keep the real stdout for our lines; point fd 1 at stderr so library prints cannot interleave with them.
     emit = Emitter(os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1))
     sys.stdout.flush()

@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any
 
 from qlora_tui.core.errors import UserFacingError, is_disk_full
+from qlora_tui.core.library_noise import quiet_known_library_noise
 from qlora_tui.runner.events import EventWriter
 from qlora_tui.runner.rundir import RunDir, acquire_lock, write_lock_body
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock-fd", type=int, default=None, help="an already locked runner.lock descriptor")
     parser.add_argument("--processes", type=int, default=None, help="override dist.processes for this life")
     args = parser.parse_args(argv)
+    quiet_known_library_noise()  # before torch & co. load: runner.log is what the user reads
 
     run = RunDir(args.run_dir.resolve())
     home = run.path.parent.parent  # <home>/runs/<run-id>

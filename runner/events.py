@@ -175,6 +175,52 @@ def as_float(value: Any) -> float | None:
 
 
 @dataclass
+class Throughput:
+    """The run's average real tokens/s: real tokens over the run's training time, every life of the run.
+
+    A step event carries its life's tokens so far (`tokens_seen`) and their mean rate since training began
+    (`tokens_per_s_avg`), so a life's training seconds are their ratio. Logs from before those fields count each
+    step's rate over the time since the step before it instead.
+    """
+
+    earlier_tokens: float = 0.0  # lives before the current one
+    earlier_seconds: float = 0.0
+    tokens: float = 0.0  # the current life, from its last step's counters
+    seconds: float = 0.0
+    rated_tokens: float = 0.0  # the current life, step rate x interval (old logs)
+    rated_seconds: float = 0.0
+    last_step_t: float | None = None
+
+    def new_life(self) -> None:
+        tokens, seconds = self.life()
+        self.earlier_tokens += tokens
+        self.earlier_seconds += seconds
+        self.tokens = self.seconds = self.rated_tokens = self.rated_seconds = 0.0
+        self.last_step_t = None
+
+    def step(self, event: dict[str, Any]) -> None:
+        seen, mean = as_float(event.get("tokens_seen")), as_float(event.get("tokens_per_s_avg"))
+        if seen is not None and mean is not None and seen > 0 and mean > 0 and math.isfinite(seen / mean):
+            self.tokens, self.seconds = seen, seen / mean
+        t, rate = as_float(event.get("t")), as_float(event.get("tokens_per_s"))
+        if t is not None and self.last_step_t is not None and rate is not None and t > self.last_step_t \
+                and math.isfinite(rate):
+            self.rated_tokens += rate * (t - self.last_step_t)
+            self.rated_seconds += t - self.last_step_t
+        if t is not None:
+            self.last_step_t = t
+
+    def life(self) -> tuple[float, float]:
+        return (self.tokens, self.seconds) if self.seconds > 0 else (self.rated_tokens, self.rated_seconds)
+
+    @property
+    def average(self) -> float | None:
+        tokens, seconds = self.life()
+        seconds += self.earlier_seconds
+        return round((tokens + self.earlier_tokens) / seconds, 1) if seconds > 0 else None
+
+
+@dataclass
 class RunState:
     """Everything the CLI and the app show about a run, folded from its events."""
 
@@ -195,7 +241,9 @@ class RunState:
     loss: float | None = None
     lr: float | None = None
     grad_norm: float | None = None
-    tokens_per_s: float | None = None
+    tokens_per_s: float | None = None  # the last step's
+    tokens_per_s_avg: float | None = None  # the run's average, all lives (Throughput); a terminal event's wins
+    throughput: Throughput = field(default_factory=Throughput)
     eta_s: float | None = None
     gpu_mem_gb: float | None = None
     gpu_mem_peak_gb: float | None = None
@@ -251,6 +299,7 @@ def fold_event(state: RunState, event: dict[str, Any]) -> RunState:
             state.resumed_from_step = state.step = as_int(resumed)
         if state.starts > 1:
             _start_again(state, as_int(resumed) if resumed is not None else 0)
+        state.throughput.new_life()
     elif kind == "step":
         _fold_step(state, event)
     elif kind == "eval":
@@ -283,14 +332,14 @@ def fold_event(state: RunState, event: dict[str, Any]) -> RunState:
     elif kind in TERMINAL_TYPES:
         state.terminal = kind
         state.ended_t = t
+        mean = as_float(event.get("tokens_per_s"))
+        if mean is not None:  # the runner's figure from the whole log (a listing folds only its ends)
+            state.tokens_per_s_avg = mean
         if kind == "done":
             state.registry_ref = str(event.get("registry_ref", ""))
             state.adapter_path = str(event.get("adapter_path", ""))
             summary = event.get("summary")
             state.summary = dict(summary) if isinstance(summary, dict) else {}
-            mean = as_float(event.get("tokens_per_s"))
-            if mean is not None:
-                state.tokens_per_s = mean  # the run's average, not its last step's
             warnings = event.get("warnings")
             state.warnings = [str(w) for w in warnings] if isinstance(warnings, list) else []
         elif kind == "error":
@@ -318,6 +367,8 @@ def _fold_step(state: RunState, event: dict[str, Any]) -> None:
         state.loss_history.append((step, state.loss))
     if state.lr is not None and "lr" in event:
         state.lr_history.append((step, state.lr))
+    state.throughput.step(event)
+    state.tokens_per_s_avg = state.throughput.average
     for key in event.keys() - STEP_KEYS:  # method metrics (rewards/accuracies, kl, ...)
         number = as_float(event[key])
         if number is not None:
@@ -341,24 +392,17 @@ def _start_again(state: RunState, from_step: int) -> None:
 
 
 def mean_tokens_per_s(events: list[dict[str, Any]]) -> float | None:
-    """The run's average throughput: each step's tokens/s weighted by the time since the step logged before it.
+    """The run's average real tokens/s over its training time, all lives (Throughput), from its steps alone.
 
     Pauses between lives (a stop, a crash) are left out: a new `start` begins a new stretch.
     """
-    tokens = seconds = 0.0
-    last_t: float | None = None
+    throughput = Throughput()
     for event in events:
-        kind = event.get("type")
-        if kind == "start":
-            last_t = None
-        elif kind == "step":
-            t = as_float(event.get("t"))
-            rate = as_float(event.get("tokens_per_s"))
-            if t is not None and last_t is not None and rate is not None and t > last_t and math.isfinite(rate):
-                tokens += rate * (t - last_t)
-                seconds += t - last_t
-            last_t = t
-    return round(tokens / seconds, 1) if seconds > 0 else None
+        if event.get("type") == "start":
+            throughput.new_life()
+        elif event.get("type") == "step":
+            throughput.step(event)
+    return throughput.average
 
 
 def fold_events(events: list[dict[str, Any]], state: RunState | None = None) -> RunState:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from qlora_tui.runner.checkpoints import MANIFEST, complete_checkpoints
 from qlora_tui.runner.errors import RunError
+from qlora_tui.runner.events import RunState
 from qlora_tui.runner.rundir import ACTIVE, RunDir, RunSummary, summarize
 
 
@@ -33,6 +34,14 @@ class ResumePlan:
         return f"resume continues from {self.checkpoint.name} (step {self.step}){redone}"
 
 
+def registered_note(state: RunState) -> str:
+    """ "registered NAME@N", or that it was deleted since: the done event stays, the version may not."""
+    folder = Path(state.adapter_path) if state.adapter_path else None
+    if folder is not None and folder.is_absolute() and not folder.exists():
+        return f"it registered {state.registry_ref}, deleted since"
+    return f"registered {state.registry_ref}"
+
+
 def newest_complete_checkpoint(run: RunDir) -> tuple[int, Path] | None:
     """The newest checkpoint whose manifest was written (the runner re-hashes it on resume and says if broken)."""
     for step, path in complete_checkpoints(run.checkpoints_path):
@@ -50,7 +59,7 @@ def plan_resume(run: RunDir, summary: RunSummary | None = None) -> ResumePlan:
                        + (" (a stop was asked for)" if status == "stopping" else ""),
                        hint="wait for it to end; s stops it with a checkpoint")
     if status == "done":
-        registered = f" (registered {summary.state.registry_ref})" if summary.state.registry_ref else ""
+        registered = f" ({registered_note(summary.state)})" if summary.state.registry_ref else ""
         raise RunError(f"run {run.run_id} is done{registered}; nothing to resume",
                        hint="to train again, start a new run from its profile")
     found = newest_complete_checkpoint(run)

@@ -73,10 +73,14 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     check_finite(callback)
     if callback.stop_requested:
         writer.write("stopped", step=trainer.state.global_step,
-                     message=f"stopped at step {trainer.state.global_step}; resume continues from there")
+                     message=f"stopped at step {trainer.state.global_step}; resume continues from there",
+                     tokens_per_s=mean_tokens_per_s(read_events(run.events_path)))
         return
 
     metrics = final_metrics(trainer, time.monotonic() - started) | callback.throughput_summary()
+    average = mean_tokens_per_s(read_events(run.events_path))  # every life's, as the app and the done event say
+    if average is not None:
+        metrics["tokens_per_s_avg"] = average
     metrics |= final_evaluation(prepared, trainer)
     if alignment is not None:
         metrics |= alignment.finish(trainer, writer)
@@ -87,7 +91,7 @@ def run_training(run: RunDir, home: Path, writer: EventWriter, *, resume: bool,
     version = register(home, run, prepared, adapter, metrics, warnings)
     kill_point("runner.after-register")
     writer.write("done", step=trainer.state.global_step, adapter_path=str(version.path), registry_ref=version.ref,
-                 summary=metrics, warnings=warnings, tokens_per_s=mean_tokens_per_s(read_events(run.events_path)))
+                 summary=metrics, warnings=warnings, tokens_per_s=average)
 
 
 def stopped_while_starting(run: RunDir, writer: EventWriter, stop_signalled: Callable[[], bool], step: int) -> bool:

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from qlora_tui.tui.first_frame import PreloadedRuns
 
 THEMES = ("textual-dark", "textual-light")
-# One footer item for the screen keys ("123456 Views"), so each screen's own keys fit 80 columns
-SCREEN_KEYS = Binding.Group("Views", compact=True)
+# Keys that type into a text box while it has the focus: the footer leaves them out then, and offers escape
+TYPED_KEYS = {"help", "quit", "switch_mode"}
 
 
 # The screens not on show at start are imported when first opened: the first paint waits for less.
@@ -79,16 +79,18 @@ class QloraApp(App[None]):
              "queue": queue_screen,
              "eval": eval_screen}
     DEFAULT_MODE = "runs"
-    BINDINGS = [  # in footer order: at 80 columns the last ones are cut first (help and the palette list all)
+    # In footer order. Every screen's footer fits 80 columns: the six view keys are one item ("1-6 Views"), and
+    # the theme key is in the help and the palette only.
+    BINDINGS = [
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
-        Binding("1", "switch_mode('runs')", "Runs", group=SCREEN_KEYS),
-        Binding("2", "switch_mode('new')", "New run", group=SCREEN_KEYS),
-        Binding("3", "switch_mode('registry')", "Registry", group=SCREEN_KEYS),
-        Binding("4", "switch_mode('compare')", "Compare", group=SCREEN_KEYS),
-        Binding("5", "switch_mode('queue')", "Queue", group=SCREEN_KEYS),
-        Binding("6", "switch_mode('eval')", "Eval", group=SCREEN_KEYS),
-        Binding("t", "toggle_theme", "Theme"),
+        Binding("1", "switch_mode('runs')", "Views", key_display="1-6"),
+        Binding("2", "switch_mode('new')", "New run", show=False),
+        Binding("3", "switch_mode('registry')", "Registry", show=False),
+        Binding("4", "switch_mode('compare')", "Compare", show=False),
+        Binding("5", "switch_mode('queue')", "Queue", show=False),
+        Binding("6", "switch_mode('eval')", "Eval", show=False),
+        Binding("t", "toggle_theme", "Theme", show=False),
         Binding("escape", "leave_field", "Leave field"),
     ]
 
@@ -181,9 +183,12 @@ class QloraApp(App[None]):
             screen.choose(refs)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Offer "leave field" only while a text box has the focus (it takes the letter and number keys)."""
+        """While a text box has the focus it takes the letter and number keys: the footer offers "leave field"
+        then, and leaves out the keys that would only type."""
         if action == "leave_field":
             return is_text_box(self.focused)
+        if action in TYPED_KEYS:
+            return not is_text_box(self.focused)
         return True
 
     def action_leave_field(self) -> None:

@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", cmd_app)
+    if func is not cmd_app:  # merge, compare and score load bitsandbytes in this process; the app does not
+        from qlora_tui.core.library_noise import quiet_known_library_noise
+
+        quiet_known_library_noise()
     try:
         return func(args, data_home(args.home))
     except UserFacingError as err:

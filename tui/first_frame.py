@@ -26,7 +26,7 @@ from qlora_tui.tui.watch import RunsIndex
 OFF_ENV = "QLORA_TUI_NO_FIRST_FRAME"  # set (to anything) for a start without it, e.g. on an unusual terminal
 MIN_SIZE = (70, 8)  # below it the app's footer scrolls; no early frame rather than a wrong one
 FOOTER_KEYS = (("s", "Stop"), ("r", "Resume"), ("space", "Mark"), ("c", "Compare"), ("?", "Help"), ("q", "Quit"),
-               ("123456", "Views"), ("t", "Theme"))  # RunsScreen's keys then the app's, as the compact footer shows
+               ("1-6", "Views"))  # RunsScreen's keys then the app's, as the compact footer shows
 EMPTY_HINT = "No runs yet. Press 2 for New run, or run `qlora-tui run demo` in a shell."
 TITLE = "qlora-tui"
 

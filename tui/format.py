@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
 
 def duration(seconds: float | None) -> str:
@@ -56,3 +58,30 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def percent(value: float) -> str:
     """One decimal, or two significant figures below 0.1% (a tiny model's MFU is small, not zero)."""
     return f"{value:.1f}%" if abs(value) >= 0.1 or value == 0 else f"{value:.2g}%"
+
+
+def labelled_lines(key: str, value: Any, indent: str = "") -> list[tuple[str, str]]:
+    """A metadata value as (label, text) lines: a table becomes a heading and its keys, indented, below it.
+
+    A heading's text is empty. Lists of plain values are joined by commas; anything else is shown as JSON.
+    """
+    if isinstance(value, dict):
+        if not value:
+            return [(f"{indent}{key}", "-")]
+        lines = [(f"{indent}{key}", "")]
+        for sub_key, sub_value in value.items():
+            lines += labelled_lines(str(sub_key), sub_value, indent + "  ")
+        return lines
+    return [(f"{indent}{key}", plain_value(value))]
+
+
+def plain_value(value: Any) -> str:
+    if value is None or value == "":
+        return "-"  # never empty: an empty text would read as a heading
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return number(value)
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+        return ", ".join(plain_value(v) if isinstance(v, float) else str(v) for v in value) or "-"
+    return value if isinstance(value, str) else json.dumps(value)

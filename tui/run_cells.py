@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from qlora_tui.runner.rundir import ACTIVE
 from qlora_tui.tui.format import duration, number
 from qlora_tui.tui.watch import RunRow
 
@@ -27,11 +28,17 @@ def short_time(t: float | None) -> str:
     return "-" if t is None else time.strftime("%m-%d %H:%M", time.localtime(t))
 
 
+def tokens_per_s_cell(row: RunRow) -> str:
+    """A live run's last step rate; once it has ended, its average (the monitor's "tok/s avg")."""
+    rate = row.state.tokens_per_s if row.status in ACTIVE else row.state.tokens_per_s_avg
+    return "-" if rate is None else f"{rate:,.0f}"
+
+
 def cell_texts(row: RunRow, marked: bool = False) -> list[tuple[str, str]]:
     """(text, style) per column; an empty style is the table's own."""
     s = row.state
     return [(MARK + short_id(row.run.run_id), MARK_STYLE) if marked else (short_id(row.run.run_id), ""),
             (s.profile_name or "", ""), (s.method, ""), (row.status, STATUS_STYLE.get(row.status, "")),
             (f"{s.step}/{s.max_steps or '?'}", ""), (number(s.loss), ""),
-            ("-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}", ""), (short_time(s.started_t), ""),
+            (tokens_per_s_cell(row), ""), (short_time(s.started_t), ""),
             (duration(row.duration_s), "")]

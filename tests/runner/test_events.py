@@ -159,6 +159,31 @@ def test_a_done_run_reports_its_average_tokens_per_second() -> None:
               {"type": "step", "t": 5, "step": 3, "tokens_per_s": 200.0},
               {"type": "start", "t": 100}, {"type": "step", "t": 101, "step": 4, "tokens_per_s": 50.0},
               {"type": "step", "t": 102, "step": 5, "tokens_per_s": 400.0}]
-    assert mean_tokens_per_s(events) == round((100 * 1 + 200 * 3 + 400 * 1) / 5, 1)
+    assert mean_tokens_per_s(events) == round((100 * 1 + 200 * 3 + 400 * 1) / 5, 1)  # logs without counters
+    assert fold_events(events).tokens_per_s_avg == mean_tokens_per_s(events)
     state = fold_events([*events, {"type": "done", "t": 103, "tokens_per_s": 220.0}])
-    assert state.tokens_per_s == 220.0
+    assert state.tokens_per_s_avg == 220.0 and state.tokens_per_s == 400.0  # the runner's figure; the last step's
+
+
+def test_the_average_is_real_tokens_over_training_time_across_lives() -> None:
+    """Issue 21 bug 4: the table's average weighted each step's rate by the interval before it (the first step of
+    each life left out), the monitor took the last life's counter alone; one definition now serves both."""
+    from qlora_tui.runner.events import mean_tokens_per_s
+
+    def life(t0: float, began: float, steps: list[tuple[float, int]]) -> list[dict[str, object]]:
+        """Step events as the runner's callback writes them: training began at `began`; (t, tokens) per step."""
+        events: list[dict[str, object]] = [{"type": "start", "t": t0}]
+        seen, last = 0, began
+        for i, (t, tokens) in enumerate(steps, 1):
+            seen += tokens
+            events.append({"type": "step", "t": t, "step": i, "tokens_per_s": round(tokens / (t - last), 1),
+                           "tokens_seen": seen, "tokens_per_s_avg": round(seen / (t - began), 1)})
+            last = t
+        return events
+
+    first = life(0, 5, [(15, 1000), (17, 1000), (19, 1000)])  # a slow first step: 10 s
+    second = life(100, 130, [(131, 1200), (132, 1200)])  # resumed: 30 s of loading not counted
+    events = first + second
+    oracle = round((3000 + 2400) / ((19 - 5) + (132 - 130)), 1)
+    assert mean_tokens_per_s(events) == oracle == fold_events(events).tokens_per_s_avg
+    assert fold_events(first).tokens_per_s_avg == round(3000 / 14, 1)  # after the first life alone

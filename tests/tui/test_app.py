@@ -103,7 +103,7 @@ async def test_registry_screen_shows_versions_and_details(trained_home: Path) ->
         assert "base model: builtin:tiny-llama" in details and "lineage: quick@1" in details
         assert "adapter_model.safetensors" in details and "final_loss" in details
         tree = app.screen.query_one(Tree)
-        assert [str(n.label) for n in tree.root.children] == ["quick"]
+        assert [str(n.label) for n in tree.root.children] == ["quick  (1)"]
 
     await drive(trained_home, script)
 
@@ -269,13 +269,13 @@ async def test_delete_asks_first_naming_the_versions_derived_from_it(trained_cop
         await pilot.press("down", "down")  # past the "quick" name node to its version
         await wait_for(pilot, lambda: "quick@1  (adapter)" in text_of(app, "#details"), 10, "quick@1 selected")
         asked = await question(pilot, app)
-        assert "child@1 derive from it" in asked and "--force" not in asked
+        assert "child@1 derives from it" in asked and "--force" not in asked
         await pilot.press("n")  # no: nothing happens
         await pilot.pause(0.3)
         assert [v.ref for v in open_store(trained_copy).list_versions()] == ["child@1", "quick@1"]
         await pilot.press("up", "up")
         await wait_for(pilot, lambda: "child@1  (adapter)" in text_of(app, "#details"), 10, "child@1 selected")
-        assert "derive from it" not in await question(pilot, app)
+        assert "derive" not in await question(pilot, app)
         await pilot.press("y")
         await wait_for(pilot, lambda: "deleted child@1" in text_of(app, "#job-status"), 10, "the deletion")
         assert [v.ref for v in open_store(trained_copy).list_versions()] == ["quick@1"]

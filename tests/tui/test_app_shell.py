@@ -6,14 +6,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from textual.pilot import Pilot
 
 from qlora_tui.runner.rundir import RunDir
-from qlora_tui.tui.app import make_app
+from qlora_tui.tui.app import QloraApp, make_app
+from qlora_tui.tui.screens.compare import CompareScreen
+from qlora_tui.tui.screens.eval import EvalScreen
 from qlora_tui.tui.screens.monitor import MonitorScreen
 from qlora_tui.tui.screens.new_run import NewRunScreen
+from qlora_tui.tui.screens.queue import QueueScreen
+from qlora_tui.tui.screens.registry import RegistryScreen
+from qlora_tui.tui.screens.run_log import RunLogScreen
 from qlora_tui.tui.screens.runs import RunsScreen
 from tests.tui.fixtures import CRASHED_RUN, DONE_RUN, build_demo_home
+from tests.tui.test_runs_screen import screen_text
 
 
 async def until(pilot: Pilot[None], condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
@@ -64,3 +71,43 @@ async def test_the_theme_is_remembered(tmp_path: Path) -> None:
     async with again.run_test(size=(100, 30)) as pilot:
         await pilot.pause(0.1)
         assert again.theme == "textual-light"
+
+
+def footer_items(app: QloraApp) -> list[str]:
+    """What the footer should show: "KEY Description" for each shown binding, and the view keys' one item."""
+    items: dict[str, str] = {}  # one item per action, its first key (as Textual's footer does)
+    for _node, binding, enabled, _tooltip in app.screen.active_bindings.values():
+        if binding.show and enabled and binding.action != "command_palette" and binding.action not in items:
+            items[binding.action] = f"{app.get_key_display(binding)} {binding.description}".strip()
+    return [*items.values(), "^p palette"]
+
+
+VIEWS = [  # the keys to each view a new user meets, and what says it is ready
+    ("runs", [], lambda app: isinstance(app.screen, RunsScreen)),
+    ("monitor", ["down", "down", "enter"], lambda app: isinstance(app.screen, MonitorScreen)),
+    ("full log", ["down", "down", "enter", "l"], lambda app: isinstance(app.screen, RunLogScreen)),
+    ("new run", ["2"], lambda app: isinstance(app.screen, NewRunScreen)),
+    ("registry", ["3"], lambda app: isinstance(app.screen, RegistryScreen) and app.screen.versions != {}),
+    ("compare", ["4"], lambda app: isinstance(app.screen, CompareScreen)),
+    ("compare prompt", ["4", "tab"], lambda app: isinstance(app.screen, CompareScreen)),
+    ("queue", ["5"], lambda app: isinstance(app.screen, QueueScreen)),
+    ("eval", ["6"], lambda app: isinstance(app.screen, EvalScreen)),
+]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+async def test_every_footer_shows_each_of_its_keys_whole(tmp_path: Path, size: tuple[int, int]) -> None:
+    """Issue 21: at 80 columns the footer cut "t Th" and "123456 View", and New run left a stray "5" after the
+    palette key."""
+    home = build_demo_home(tmp_path / "home")
+    for view, keys, ready in VIEWS:
+        app = make_app(home)
+        async with app.run_test(size=size) as pilot:
+            await until(pilot, lambda a=app: isinstance(a.screen, RunsScreen) and a.screen.index is not None, "Runs")
+            await pilot.press(*keys)
+            await until(pilot, lambda a=app, r=ready: r(a), view)
+            await pilot.pause()
+            footer = screen_text(app).splitlines()[-1]
+            missing = [item for item in footer_items(app) if item not in footer]
+            assert not missing, f"{view}: {missing} not in {footer!r}"
+            assert footer.rstrip().endswith("^p palette"), f"{view}: {footer!r}"

@@ -58,10 +58,38 @@ async def test_kept_results_show_side_by_side_and_answers_open(tmp_path: Path) -
         table.focus()
         await pilot.press("down", "enter")
         await wait_for(pilot, lambda: isinstance(app.screen, Answers), 5, "the answers")
-        texts = [str(s.render()) for s in app.screen.query(Static)]
-        assert "prompt 1" in texts and "base 1" in texts and texts.count("answer 1") == 2
+        await pilot.pause()
+        rows = answer_rows(app)
+        assert rows[0].split("│") == ["base  FAIL", "demo@1  pass", "demo@2  FAIL"]
+        assert rows[1].split("│") == ["base 1", "answer 1", "answer 1"], rows
         await pilot.press("escape")
         assert app.screen is screen
+
+
+def answer_rows(app: QloraApp) -> list[str]:
+    """The answers dialog's table as rows of text, the cells' padding dropped, separator rows left out."""
+    from tests.tui.test_runs_screen import screen_text
+
+    box = app.screen.query_one("#answers-row")
+    lines = screen_text(app).splitlines()[box.content_region.y:box.content_region.bottom]
+    cut = [line[box.content_region.x:box.content_region.right] for line in lines]
+    return ["│".join(cell.strip() for cell in row.split("│")) for row in cut if row.strip(" ─┼")]
+
+
+async def test_the_answers_columns_run_the_full_height(tmp_path: Path) -> None:
+    """Issue 21: in the answers dialog the column borders stopped at the shortest answer."""
+    from qlora_tui.tui.screens.eval import Answers
+
+    long_answer = {"answer": "\n".join(f"line {i}" for i in range(6)), "passed": True}
+    app = make_app(tmp_path / "home")
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.push_screen(Answers("p0", "the prompt", [("base", {"answer": "short", "passed": False}),
+                                                     ("demo@1", long_answer)]))
+        await wait_for(pilot, lambda: isinstance(app.screen, Answers), 5, "the answers")
+        await pilot.pause()
+        body = answer_rows(app)[1:]
+        assert [row.split("│")[1] for row in body] == [f"line {i}" for i in range(6)]
+        assert all(row.count("│") == 1 for row in body), body  # the line between the columns goes all the way
 
 
 async def test_no_sets_yet_says_where_they_go(tmp_path: Path) -> None:
@@ -85,3 +113,25 @@ async def test_ctrl_g_runs_the_set_in_the_worker_and_keeps_the_results(trained_c
         assert str(status.render()).startswith("done"), str(status.render())
         assert screen.query_one(DataTable).row_count == 3
     assert len(open_store(trained_copy).evals("quick@1", name="smoke")) == 1
+
+
+async def test_the_list_read_again_keeps_the_picks_and_the_highlighted_row(tmp_path: Path) -> None:
+    """Issue 21: in Eval, space, down, space picked one version. The list is read again whenever the view is shown
+    (on arrival, after a dialog) and each read rebuilt it under the keys, losing the highlighted row."""
+    from tests.tui.fixtures import build_demo_home
+
+    app = make_app(build_demo_home(tmp_path / "home"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("6")
+        screen = app.screen
+        assert isinstance(screen, EvalScreen)
+        versions = screen.query_one(SelectionList)
+        await wait_for(pilot, lambda: versions.option_count == 3, 10, "the adapter versions")
+        versions.focus()
+        await pilot.press("space")
+        screen.load_choices()  # as showing the view again does, while the person picks
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        await pilot.press("down", "space")
+        await pilot.pause()
+        assert len(versions.selected) == 2, versions.selected

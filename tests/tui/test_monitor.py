@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,17 @@ def messages(app: QloraApp) -> list[str]:
     return list(app.screen.query_one("#run-log", Log).lines)
 
 
+def unwrapped(lines: list[str]) -> list[str]:
+    """The messages as written: a line the pane folded continues on lines indented by four spaces."""
+    out: list[str] = []
+    for line in lines:
+        if line.startswith("    ") and out:
+            out[-1] += line[4:]
+        else:
+            out.append(line)
+    return out
+
+
 def status(app: QloraApp) -> str:
     return str(app.screen.query_one("#run-status", Static).render())
 
@@ -53,7 +65,7 @@ async def test_the_monitor_shows_the_runner_s_messages_and_the_full_log_is_one_k
     app = make_app(home)
     async with app.run_test(size=(100, 30)) as pilot:
         monitor = await open_monitor(pilot, app, RunDir(home / "runs" / DONE_RUN))
-        lines = messages(app)
+        lines = unwrapped(messages(app))
         assert lines[0] == "training demo (sft) on builtin:tiny-llama, cuda:0 NVIDIA A10G"
         assert lines[1] == ("data: 1000 rows read, 1000 used (950 train, 50 eval), 3 truncated at 128 tokens, "
                             "121,600 trainable tokens")
@@ -66,7 +78,7 @@ async def test_the_monitor_shows_the_runner_s_messages_and_the_full_log_is_one_k
         full = app.screen.query_one("#full-log", Log)
         await until(pilot, lambda: full.line_count > 0, "runner.log in the full log")
         assert full.lines[-1].startswith("FutureWarning") and full.lines[0].startswith("loading builtin:tiny-llama")
-        assert list(app.screen.query_one("#all-messages", Log).lines)[:2] == lines[:2]
+        assert unwrapped(list(app.screen.query_one("#all-messages", Log).lines))[:2] == lines[:2]
         await pilot.press("escape")
         assert app.screen is monitor
 
@@ -125,3 +137,67 @@ async def test_opening_monitors_switches_no_garbage_collector_and_leaves_none_be
             assert gc.isenabled() and gc.get_freeze_count() == frozen_before
             await pilot.press("escape")
             await until(pilot, lambda: isinstance(app.screen, RunsScreen), "the runs table")
+
+
+async def test_tab_in_the_full_log_moves_between_its_two_panes(tmp_path: Path) -> None:
+    """Issue 21 bug 1: tab did nothing in the log view (the Screen has no focus_next action), so at 80x24 the
+    first of the runner's messages could not be scrolled to."""
+    home = build_demo_home(tmp_path / "home")
+    app = make_app(home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_monitor(pilot, app, RunDir(home / "runs" / DONE_RUN))
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, RunLogScreen), "the full log")
+        messages_pane = app.screen.query_one("#all-messages", Log)
+        await until(pilot, lambda: messages_pane.line_count > messages_pane.scrollable_content_region.height,
+                    "more messages than the pane shows")
+        assert app.focused is app.screen.query_one("#full-log", Log)
+        await pilot.press("tab")
+        assert app.focused is messages_pane
+        await pilot.press("end")
+        await until(pilot, lambda: messages_pane.scroll_y > 0, "the messages pane scrolled down")
+        await pilot.press("home")
+        await until(pilot, lambda: messages_pane.scroll_y == 0, "the first message back in view")
+        await pilot.press("tab")
+        assert app.focused is app.screen.query_one("#full-log", Log)
+
+
+async def test_resume_on_a_done_run_whose_version_was_deleted_says_so(tmp_path: Path) -> None:
+    """Issue 21: `r` on a done run said "(registered demo@2)" after demo@2 had been deleted."""
+    home = build_demo_home(tmp_path / "home")
+    run = RunDir(home / "runs" / DONE_RUN)
+    version_dir = home / "registry" / "adapters" / "demo" / "2"
+    events = run.events_path.read_text().replace(f'"adapter_path":"runs/{DONE_RUN}/adapter"',
+                                                 f'"adapter_path":"{version_dir}"')
+    run.events_path.write_text(events)
+    app = make_app(home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_monitor(pilot, app, run)
+        assert f"registered demo@2: {version_dir}" in status(app)
+        shutil.rmtree(version_dir)
+        await pilot.press("r")
+        await until(pilot, lambda: bool(app._notifications), "the answer")  # noqa: SLF001 - the toasts shown
+        (note,) = [n.message for n in app._notifications]  # noqa: SLF001
+        assert note == f"run {DONE_RUN} is done (it registered demo@2, deleted since); nothing to resume", note
+
+
+async def test_long_messages_wrap_in_the_monitor_at_80_columns(tmp_path: Path) -> None:
+    """Issue 21: at 80 columns the pane cut a checkpoint's path ("...a-8828/checkpo")."""
+    home = build_demo_home(tmp_path / "home")
+    run = RunDir(home / "runs" / DONE_RUN)
+    path = f"{home}/runs/{DONE_RUN}/checkpoints/checkpoint-40"
+    run.events_path.write_text(run.events_path.read_text().replace('"path":"checkpoints/checkpoint-40"',
+                                                                   f'"path":"{path}"'))
+    app = make_app(home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_monitor(pilot, app, run)
+        pane = app.screen.query_one("#run-log", Log)
+        lines = messages(app)
+        assert max(len(line) for line in lines) <= pane.scrollable_content_region.width
+        assert f"checkpoint at step 40: {path}" in unwrapped(lines)
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, RunLogScreen), "the full log")
+        pane = app.screen.query_one("#all-messages", Log)
+        await until(pilot, lambda: pane.line_count > 0, "the messages in the full log")
+        assert max(len(line) for line in pane.lines) <= pane.scrollable_content_region.width
+        assert f"checkpoint at step 40: {path}" in unwrapped(list(pane.lines))

@@ -103,3 +103,42 @@ async def test_quit_while_comparing_names_the_worker_and_stops_it_at_once(peft_h
         await pilot.press("s")
     assert app.return_code == 0
     assert state_of(pid) in (None, "Z")  # stopped, not left behind
+
+
+async def type_text(pilot: Pilot[None], text: str) -> None:
+    """Key by key, as a person types (a space is the "space" key)."""
+    await pilot.press(*["space" if ch == " " else ch for ch in text])
+
+
+async def test_a_chat_turn_clears_the_prompt_and_raw_asks_before_ending_the_chat(peft_home: Path) -> None:
+    """Issue 21 bugs 5 and 6: the second turn sent was "Hello thereAnd again" (the box kept the first turn), and
+    ctrl+r in chat mode left the chat without a word, its conversation lost."""
+    from qlora_tui.tui.screens.dialogs import Confirm
+
+    app = make_app(peft_home)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_compare_with_one_version(pilot, app)
+        await pilot.press("ctrl+t")
+        prompt_box = screen.query_one(TextArea)
+        prompt_box.text = ""
+        prompt_box.focus()
+        for turn in ("Hello there", "And again"):
+            await type_text(pilot, turn)
+            await pilot.press("ctrl+g")
+            assert prompt_box.text == ""  # sent: the box waits for the next turn
+            assert all(f"> {turn}" in text for text in pane_texts(screen))  # shown above its answer to come
+            await wait_for(pilot, lambda: not screen.running, ANSWER_S, f"the answer to {turn!r}")
+        for turns in screen.history.values():
+            assert [t["content"] for t in turns if t["role"] == "user"] == ["Hello there", "And again"]
+        assert "chat, turn 3" in text_of(app, "#compare-mode")
+
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, Confirm), 10, "the question")
+        assert "ends this chat and forgets its 2 turns" in str(app.screen.query_one("Label").render())
+        await pilot.press("n")
+        assert screen.chat and "chat, turn 3" in text_of(app, "#compare-mode") and screen.raw is False
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, Confirm), 10, "the question again")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: "single prompts" in text_of(app, "#compare-mode"), 10, "raw prompts")
+        assert not screen.chat and screen.raw is True and screen.history == {}

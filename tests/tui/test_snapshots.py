@@ -178,6 +178,30 @@ async def resumed_monitor(pilot: Pilot[None]) -> None:
                      "the resumed run's history")
 
 
+async def registry_question(pilot: Pilot[None], key: str) -> None:
+    """Registry on demo@2 (demo-dpo@1 derives from it), then a key that opens a dialog."""
+    from qlora_tui.tui.screens.modal import Dialog
+
+    await runs_listed(pilot)
+    await pilot.press("3")
+    app = pilot.app
+    details = lambda: plain(app.screen.query_one("#details", Static))  # noqa: E731
+    await wait_until(pilot, lambda: isinstance(app.screen, RegistryScreen) and details().startswith("demo@1"),
+                     "the first version's details")
+    await pilot.press("down")
+    await wait_until(pilot, lambda: details().startswith("demo@2"), "demo@2's details")
+    await pilot.press(key)
+    await wait_until(pilot, lambda: isinstance(app.screen, Dialog), "the dialog")
+
+
+async def delete_question(pilot: Pilot[None]) -> None:
+    await registry_question(pilot, "d")
+
+
+async def merge_question(pilot: Pilot[None]) -> None:
+    await registry_question(pilot, "m")
+
+
 async def help_open(pilot: Pilot[None]) -> None:
     await runs_listed(pilot)
     await pilot.press("question_mark")
@@ -223,6 +247,18 @@ def test_registry(snap_compare: Snap, demo_app: Callable[[], QloraApp], size: tu
 def test_compare(snap_compare: Snap, demo_app: Callable[[], QloraApp], size: tuple[int, int]) -> None:
     """Compare: prompt, decoding settings and the version list with one version picked."""
     snap(snap_compare, demo_app(), size, compare_with_version)
+
+
+@size_param
+def test_delete_question(snap_compare: Snap, demo_app: Callable[[], QloraApp], size: tuple[int, int]) -> None:
+    """d on demo@2: the whole question, the version that derives from it named, over the registry."""
+    snap(snap_compare, demo_app(), size, delete_question)
+
+
+@size_param
+def test_merge_dialog(snap_compare: Snap, demo_app: Callable[[], QloraApp], size: tuple[int, int]) -> None:
+    """m on demo@2: output folder, dtype, base weights (its line whole), overwrite, the keys."""
+    snap(snap_compare, demo_app(), size, merge_question)
 
 
 @size_param

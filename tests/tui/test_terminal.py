@@ -133,7 +133,7 @@ def test_number_keys_leave_compare_and_escape_leaves_a_text_field(terminal: Term
     time.sleep(0.5)
     assert "Prompt" in terminal.wait_for("1Is the number") and "crashed" not in terminal.text()
     terminal.press("\x1b")
-    terminal.wait_for("123456 Views")  # the screen keys are back in the footer
+    terminal.wait_for("1-6 Views")  # the screen keys are back in the footer
     terminal.press("1")
     terminal.wait_for("Runs", "crashed", timeout=5)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from qlora_tui.tui.commands.common import print_json, registry_store
-from qlora_tui.tui.format import number, percent, size, table, timestamp
+from qlora_tui.tui.format import labelled_lines, number, percent, size, table, timestamp
 
 
 def cmd_adapters(args: argparse.Namespace, home: Path) -> int:
@@ -62,7 +62,8 @@ def cmd_show(args: argparse.Namespace, home: Path) -> int:
             print(f"    {key}: {shown}")
     for key, value in sorted(version.extra.items()):
         if key != "warnings":
-            print(f"  {key}: {json.dumps(value)}")
+            for label, shown in labelled_lines(key, value, indent="  "):
+                print(f"{label}: {shown}" if shown else label)
     if version.library_versions:
         print("  libraries  " + ", ".join(f"{k} {v}" for k, v in sorted(version.library_versions.items())))
     print("  files")

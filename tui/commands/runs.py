@@ -97,6 +97,7 @@ def run_row(summary: Any) -> dict[str, Any]:
     return {
         "id": summary.run.run_id, "profile": name, "method": s.method or method, "status": summary.status,
         "step": s.step, "max_steps": s.max_steps, "loss": s.loss, "tokens_per_s": s.tokens_per_s,
+        "tokens_per_s_avg": s.tokens_per_s_avg,
         "started": s.started_t, "duration_s": (end - s.started_t) if s.started_t and end else None,
         "registry_ref": s.registry_ref or None, "error": s.error.get("message") if s.error else None,
     }

@@ -10,66 +10,30 @@ or quitting ends the worker and frees the models.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, SelectionList, Static, TextArea
 from textual.worker import Worker
 
+from qlora_tui.registry.records import AdapterVersion
 from qlora_tui.registry.store import open_store
 from qlora_tui.tui.playground import PlaygroundWorker
+from qlora_tui.tui.screens.dialogs import Confirm
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
-
-Turn = dict[str, str]
-
-
-def transcript(turns: list[Turn], partial: str | None = None) -> Text:
-    """A pane's conversation: the user's turns dim, the model's as they are; `partial` is an answer arriving."""
-    text = Text()
-    for turn in turns:
-        if turn["role"] == "user":
-            text.append(f"> {turn['content']}\n", style="dim")
-        else:
-            text.append(f"{turn['content']}\n\n")
-    if partial is not None:
-        text.append(partial)
-    return text
+from qlora_tui.tui.screens.on_show import ReadsOnShow
+from qlora_tui.tui.widgets.answer_pane import AnswerPane, Turn, empty_answer, plural, transcript
+from qlora_tui.tui.widgets.version_list import compare_choices, refill, unpickable_note
 
 
-class AnswerPane(Vertical):
-    """One row of the comparison: its label, the text so far (or its conversation), and its timing once done."""
-
-    def __init__(self, label: str) -> None:
-        super().__init__(classes="answer-pane")
-        self.label = label
-        self.text: Text = Text()
-        self.timing = "generating..."
-
-    def compose(self) -> ComposeResult:
-        yield Label(self.label, classes="pane-title")
-        yield VerticalScroll(Static(self.text, classes="answer-text"))
-        yield Static(self.timing, classes="answer-timing")
-
-    def set_text(self, text: str | Text) -> None:
-        """Show text (kept until the pane is composed, when lines arrive first)."""
-        self.text = text if isinstance(text, Text) else Text(text)
-        if self.is_mounted and self.query(".answer-text"):
-            self.query_one(".answer-text", Static).update(self.text)
-            self.query_one(VerticalScroll).scroll_end(animate=False)
-
-    def set_timing(self, text: str) -> None:
-        self.timing = text
-        if self.is_mounted and self.query(".answer-timing"):
-            self.query_one(".answer-timing", Static).update(text)
-
-
-class CompareScreen(ShowsWorkerErrors, Screen[None]):
+class CompareScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
     AUTO_FOCUS = "#versions"  # not the prompt box: it would take the number keys that switch screens
     BINDINGS = [Binding("ctrl+g", "generate", "Generate"),
                 Binding("ctrl+t", "toggle_chat", "Chat"),
@@ -85,6 +49,11 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
         def __init__(self, line: dict[str, Any]) -> None:
             super().__init__()
             self.line = line
+
+    class VersionsLoaded(Message):
+        def __init__(self, versions: list[AdapterVersion]) -> None:
+            super().__init__()
+            self.versions = versions
 
     class WorkerEnded(Message):
         def __init__(self, worker: PlaygroundWorker, code: int) -> None:
@@ -130,14 +99,14 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
             with Vertical(id="compare-results"):
                 yield Static("ctrl+g: the base and the picked versions answer.", id="compare-status")
                 yield Static("", id="compare-mode")
+                yield Static("", id="versions-note")
                 yield Horizontal(id="panes")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.load_versions()
         self.show_mode()
 
-    def on_screen_resume(self) -> None:
+    def read_on_show(self) -> None:
         self.load_versions()
 
     def on_screen_suspend(self) -> None:
@@ -159,29 +128,25 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
             self.worker = None
         self.running = False
 
+    @work(thread=True, exclusive=True, group="compare-load", exit_on_error=False)
     def load_versions(self) -> None:
-        selection = self.query_one(SelectionList)
-        chosen = set(selection.selected) | set(self.wanted)
-        was_at = selection.highlighted or 0
-        selection.clear_options()
-        store = open_store(self.app.home)  # type: ignore[attr-defined]
-        self.kinds = {}
-        for version in reversed(store.list_versions()):
-            if version.kind == "adapter":
-                selection.add_option((f"{version.ref}  {version.method}  {version.base_model}", version.ref,
-                                      version.ref in chosen))
-            elif version.kind == "reward":
-                selection.add_option((f"{version.ref}  reward model: scores the answers", version.ref,
-                                      version.ref in chosen))
-            self.kinds[version.ref] = version.kind
-        self.wanted = []
-        if selection.option_count:
-            selection.highlighted = min(was_at, selection.option_count - 1)  # space picks without an arrow key first
+        """The registry's versions, read off the UI thread (a read may wait behind another process's write)."""
+        self.post_message(self.VersionsLoaded(open_store(self.app.home).list_versions()))  # type: ignore[attr-defined]
+
+    def on_compare_screen_versions_loaded(self, message: VersionsLoaded) -> None:
+        self.kinds = {v.ref: v.kind for v in message.versions}
+        wanted, self.wanted = self.wanted, []
+        choices = compare_choices(message.versions)
+        refill(self.query_one(SelectionList), choices, set(wanted),
+               highlight=wanted[0] if wanted else None)  # a version picked in the Registry is in view
+        note = self.query_one("#versions-note", Static)
+        note.update(unpickable_note(choices))
+        note.display = bool(note.content)
 
     def choose(self, refs: list[str]) -> None:
-        """Preselect versions (from the Registry screen's Compare action)."""
+        """Preselect versions (from the Registry screen's Compare action), once the list has been read again."""
         self.wanted = list(refs)
-        if self.is_mounted:  # otherwise on_mount picks them up
+        if self.is_mounted:  # otherwise the read on show picks them
             self.load_versions()
 
     def decoding(self) -> dict[str, Any]:
@@ -201,7 +166,7 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
     # ------------------------------------------------------------ chat mode
 
     def show_mode(self) -> None:
-        turns = len(next(iter(self.history.values()), [])) // 2
+        turns = self.turns()
         text = (f"chat, turn {turns + 1} (ctrl+n: new chat)" if self.chat
                 else "single prompts (ctrl+t: chat)")
         raw = self.raw if self.raw is not None else self.raw_used
@@ -209,19 +174,50 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
         text += f"\nprompt {form}{', auto' if self.raw is None else ''} (ctrl+r)"
         self.query_one("#compare-mode", Static).update(Text(text, style="dim"))
 
+    def turns(self) -> int:
+        """The chat's turns answered so far (each pane holds the same number)."""
+        return len(next(iter(self.history.values()), [])) // 2
+
+    def leave_chat_then(self, switch: Callable[[], None], why: str) -> None:
+        """Run `switch`, which ends the chat; with turns answered, only once the user says yes."""
+        if not (self.chat and self.turns()):
+            switch()
+            return
+        turns = self.turns()
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                switch()
+
+        self.app.push_screen(Confirm(f"{why} ends this chat and forgets its {turns} turn{'s' if turns > 1 else ''}"
+                                     ". Go on?"), answered)
+
     def action_toggle_chat(self) -> None:
-        self.chat = not self.chat
-        self.history = {}
         if self.chat:
-            self.raw = False  # a conversation goes through the chat template
+            self.leave_chat_then(self.end_chat, "Leaving chat mode")
+            return
+        self.chat, self.history = True, {}
+        self.raw = False  # a conversation goes through the chat template
+        self.show_mode()
+
+    def end_chat(self) -> None:
+        self.chat, self.history = False, {}
         self.show_mode()
 
     def action_toggle_raw(self) -> None:
         """The prompt as typed (a model trained on plain text continues it) or through the chat template."""
-        self.raw = not (self.raw if self.raw is not None else self.raw_used)
-        if self.raw:
-            self.chat, self.history = False, {}
-        self.show_mode()
+        raw = not (self.raw if self.raw is not None else self.raw_used)
+
+        def switch() -> None:
+            self.raw = raw
+            if raw:  # a conversation needs the template: raw prompts stand alone
+                self.chat, self.history = False, {}
+            self.show_mode()
+
+        if raw:
+            self.leave_chat_then(switch, "Sending prompts as typed (raw)")
+        else:
+            switch()
 
     def action_new_chat(self) -> None:
         self.history = {}
@@ -261,14 +257,13 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
             panes.remove_children()
             panes.mount_all([AnswerPane(label) for label in labels])
             self.labels = labels
-        else:
-            for pane in self.query(AnswerPane):
-                pane.set_text(transcript(self.history.get(pane.label, []), "") if self.chat else "")
-                pane.set_timing("generating...")
+        self.prompt = prompt
+        for pane in self.query(AnswerPane):
+            pane.set_text(self.asked(pane.label, ""))
+            pane.set_timing("generating...")
         self.start_worker()
         assert self.worker is not None
         self.request += 1
-        self.prompt = prompt
         status = ("loading the base model and adapters (a child process that keeps them)..."
                   if set(refs) != set(self.worker.loaded) else "generating (models already loaded)...")
         self.query_one("#compare-status", Static).update(status)
@@ -280,6 +275,15 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
             self.notify("the compare worker has ended; ctrl+g starts it again", severity="error")
             return
         self.running = True
+        if self.chat:  # the turn is sent: the box is for the next one
+            self.query_one(TextArea).clear()
+
+    def asked(self, label: str, partial: str) -> str | Text:
+        """A pane while its answer arrives: in chat, the conversation and the turn just sent above it."""
+        if not self.chat:
+            return partial
+        sent = {"role": "user", "content": self.prompt}
+        return transcript([*self.history.get(label, []), sent], partial)
 
     def start_worker(self) -> None:
         if self.worker is not None and self.worker.alive:
@@ -324,7 +328,7 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
         elif kind == "text" and 0 <= int(line.get("row", -1)) < len(panes):
             pane = panes[int(line["row"])]
             text = str(line.get("text", ""))
-            pane.set_text(transcript(self.history.get(pane.label, []), text) if self.chat else text)
+            pane.set_text(self.asked(pane.label, text))
         elif kind == "answers":
             self.raw_used = bool(line.get("raw"))
             self.answered(panes, line.get("answers", []))
@@ -336,18 +340,22 @@ class CompareScreen(ShowsWorkerErrors, Screen[None]):
             status.update(Text(f"{line.get('message')}{hint}", style="red"))
             for pane in panes:
                 pane.set_timing("")
+            prompt_box = self.query_one(TextArea)
+            if self.chat and not prompt_box.text:  # the turn was not answered: it is the user's to send again
+                prompt_box.text = self.prompt
 
     def answered(self, panes: list[AnswerPane], answers: list[dict[str, Any]]) -> None:
         self.running = False
         for pane, answer in zip(panes, answers):
             text = str(answer.get("text", ""))
+            new_tokens = int(answer.get("new_tokens", 0))
             if self.chat:
                 self.history.setdefault(pane.label, []).extend(
                     [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": text}])
                 pane.set_text(transcript(self.history[pane.label]))
             else:
-                pane.set_text(text)
-            pane.set_timing(f"{answer.get('new_tokens', 0)} tokens in {answer.get('seconds', 0):.2f} s")
+                pane.set_text(text if text.strip() else Text(empty_answer(new_tokens), style="dim italic"))
+            pane.set_timing(f"{plural(new_tokens, 'token')} in {answer.get('seconds', 0):.2f} s")
         pid = self.worker.pid if self.worker is not None else "?"
         self.query_one("#compare-status", Static).update(Text(
             f"done: one batched generate call; the models stay loaded (pid {pid})",

@@ -31,6 +31,37 @@ from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 PREVIEW_ROWS = 5
 TRAINED_STYLE = "bold green underline"
 NOTE_STYLE = "dim italic"
+KEPT_PREVIEWS = 8  # previews kept for this session, by profile and data file: opening one again is instant
+
+
+class PreviewCache:
+    """Previews made this session, by data home, the profile's text and its data file's size and change time."""
+
+    def __init__(self) -> None:
+        self.kept: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    @staticmethod
+    def key(home: Path, profile: Profile) -> tuple[str, str, str]:
+        data = Path(profile.data.path)
+        try:
+            stat = data.stat()  # a local file: the same bytes unless its size or change time moved
+            stamp = f"{data.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            stamp = profile.data.path  # builtin:NAME or a Hub id
+        return str(home), dumps_profile(profile), stamp
+
+    def get(self, home: Path, profile: Profile) -> dict[str, Any] | None:
+        return self.kept.get(self.key(home, profile))
+
+    def put(self, home: Path, profile: Profile, preview: dict[str, Any]) -> None:
+        if "error" in preview:
+            return  # a failure is tried again: the user may have fixed what it named
+        self.kept[self.key(home, profile)] = preview
+        while len(self.kept) > KEPT_PREVIEWS:
+            self.kept.pop(next(iter(self.kept)))
+
+
+PREVIEWS = PreviewCache()
 
 
 def preview_text(preview: dict[str, Any]) -> Text:
@@ -82,7 +113,11 @@ class DataPreviewScreen(ShowsWorkerErrors, Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#preview-scroll").focus()
-        self.load()
+        kept = PREVIEWS.get(self.app.home, self.profile)  # type: ignore[attr-defined]
+        if kept is not None:
+            self.query_one("#preview-body", Static).update(preview_text(kept))
+        else:
+            self.load()
 
     def on_unmount(self) -> None:
         if self.child is not None and self.child.poll() is None:
@@ -107,6 +142,7 @@ class DataPreviewScreen(ShowsWorkerErrors, Screen[None]):
         if not result:
             tail = err.strip().splitlines()[-1:] or [f"exit status {self.child.returncode}"]
             result = {"error": f"the preview process failed: {tail[0]}", "hint": ""}
+        PREVIEWS.put(home, self.profile, result)
         self.post_message(self.PreviewReady(result))
 
     def on_data_preview_screen_preview_ready(self, message: PreviewReady) -> None:

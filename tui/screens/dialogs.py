@@ -8,11 +8,12 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select
 
+from qlora_tui.tui.screens.modal import Dialog
 
-class AskText(ModalScreen[str | None]):
+
+class AskText(Dialog[str | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, question: str, value: str = "") -> None:
@@ -33,7 +34,7 @@ class AskText(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class Confirm(ModalScreen[bool]):
+class Confirm(Dialog[bool]):
     BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
 
     def __init__(self, question: str) -> None:
@@ -66,7 +67,7 @@ class MergeOptions:
     force: bool
 
 
-class AskMerge(ModalScreen[MergeOptions | None]):
+class AskMerge(Dialog[MergeOptions | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "ok", "Merge")]
 
     def __init__(self, ref: str, default_out: str) -> None:
@@ -107,7 +108,7 @@ class PushOptions:
     merged: bool
 
 
-class AskPush(ModalScreen[PushOptions | None]):
+class AskPush(Dialog[PushOptions | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "ok", "Push")]
 
     def __init__(self, ref: str) -> None:

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
+from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.screen import ModalScreen, Screen
+from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, Select, SelectionList, Static
 from textual.worker import Worker
 
 from qlora_tui.tui.jobs import run_worker
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
+from qlora_tui.tui.screens.modal import Dialog
+from qlora_tui.tui.screens.on_show import ReadsOnShow
+from qlora_tui.tui.widgets.version_list import VersionChoice, refill
 
 MARKS = {True: Text("pass", style="green"), False: Text("FAIL", style="bold red"), None: Text("-", style="dim")}
 
@@ -31,7 +36,7 @@ def rate_text(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.0%}"
 
 
-class Answers(ModalScreen[None]):
+class Answers(Dialog[None]):
     """One prompt's answers next to each other: base and each version, with the checks each failed."""
 
     BINDINGS = [Binding("escape,q", "dismiss", "Close")]
@@ -46,19 +51,28 @@ class Answers(ModalScreen[None]):
         box.border_subtitle = "escape closes"
         with box:
             yield Static(Text(self.prompt, style="bold"), classes="answers-prompt")
-            with Horizontal(id="answers-row"):
-                for label, answer in self.answers:
-                    with Vertical(classes="answers-pane"):
-                        head = Text(f"{label}  ")
-                        head.append_text(MARKS[answer.get("passed")])
-                        yield Label(head, classes="pane-title")
-                        yield Static(Text(answer.get("answer") or "(empty answer)"))
-                        failed = (answer.get("detail") or {}).get("failed") or []
-                        if failed:
-                            yield Static(Text("\n".join(failed), style="red"), classes="answers-failed")
+            yield Static(answers_table(self.answers), id="answers-row")
 
 
-class EvalScreen(ShowsWorkerErrors, Screen[None]):
+def answers_table(answers: list[tuple[str, dict[str, Any]]]) -> Table:
+    """The answers as one table row, a column each: its lines run the row's full height, however short the text."""
+    table = Table(box=box.SQUARE, expand=True, show_edge=False, padding=(0, 1))
+    for label, answer in answers:
+        head = Text(f"{label}  ", style="bold")
+        head.append_text(MARKS[answer.get("passed")])
+        table.add_column(head, ratio=1, overflow="fold")
+    cells = []
+    for _label, answer in answers:
+        cell = Text(answer.get("answer") or "(empty answer)")
+        failed = (answer.get("detail") or {}).get("failed") or []
+        if failed:
+            cell.append("\n\n" + "\n".join(failed), style="red")
+        cells.append(cell)
+    table.add_row(*cells)
+    return table
+
+
+class EvalScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
     AUTO_FOCUS = "#eval-sets"
     BINDINGS = [Binding("ctrl+g", "run", "Run eval")]
     PALETTE = [("Run eval", "Base and picked versions answer the prompt set (ctrl+g)", "action_run"),
@@ -70,7 +84,7 @@ class EvalScreen(ShowsWorkerErrors, Screen[None]):
             self.line = line
 
     class Loaded(Message):
-        def __init__(self, sets: list[str], versions: list[tuple[str, str]]) -> None:
+        def __init__(self, sets: list[str], versions: list[VersionChoice]) -> None:
             super().__init__()
             self.sets, self.versions = sets, versions
 
@@ -85,6 +99,7 @@ class EvalScreen(ShowsWorkerErrors, Screen[None]):
         super().__init__()
         self.running = False
         self.report: dict[str, Any] | None = None
+        self.sets: list[str] = []
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -100,10 +115,7 @@ class EvalScreen(ShowsWorkerErrors, Screen[None]):
                 yield DataTable(id="eval-table", cursor_type="row", zebra_stripes=True)
         yield Footer(compact=True)
 
-    def on_mount(self) -> None:
-        self.load_choices()
-
-    def on_screen_resume(self) -> None:
+    def read_on_show(self) -> None:
         self.load_choices()
 
     @work(thread=True, exclusive=True, group="eval-load", exit_on_error=False)
@@ -112,24 +124,22 @@ class EvalScreen(ShowsWorkerErrors, Screen[None]):
         from qlora_tui.registry.store import open_store
 
         home = self.app.home  # type: ignore[attr-defined]
-        versions = [(f"{v.ref}  {v.method}", v.ref) for v in reversed(open_store(home).list_versions())
+        versions = [VersionChoice(f"{v.ref}  {v.method}", v.ref) for v in reversed(open_store(home).list_versions())
                     if v.kind == "adapter"]
         self.post_message(self.Loaded(list_prompt_sets(home), versions))
 
     def on_eval_screen_loaded(self, message: Loaded) -> None:
         select = self.query_one("#eval-sets", Select)
-        chosen = select.value
-        select.set_options([(name, name) for name in message.sets])
-        if chosen in message.sets:
-            select.value = chosen
+        if message.sets != self.sets:  # setting the same options again would close a list being chosen from
+            self.sets = message.sets
+            chosen = select.value
+            select.set_options([(name, name) for name in message.sets])
+            if chosen in message.sets:
+                select.value = chosen
         if not message.sets:
             self.query_one("#eval-status", Static).update(
                 "no prompt sets yet: write <home>/prompts/NAME.jsonl (one JSON object per line: prompt, contains...)")
-        selection = self.query_one(SelectionList)
-        picked = set(selection.selected)
-        selection.clear_options()
-        for label, ref in message.versions:
-            selection.add_option((label, ref, ref in picked))
+        refill(self.query_one(SelectionList), message.versions)
 
     def picked(self) -> tuple[str | None, list[str]]:
         value = self.query_one("#eval-sets", Select).value

@@ -5,8 +5,9 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Static
+
+from qlora_tui.tui.screens.modal import Dialog
 
 HELP = """\
 [b]Everywhere[/b]
@@ -45,7 +46,7 @@ HELP = """\
 """
 
 
-class HelpScreen(ModalScreen[None]):
+class HelpScreen(Dialog[None]):
     BINDINGS = [Binding("escape", "dismiss", "Close"), Binding("question_mark", "dismiss", "Close")]
 
     def compose(self) -> ComposeResult:

@@ -6,6 +6,8 @@ only what was appended and repaints everything in one go. `l` opens the full log
 
 from __future__ import annotations
 
+import textwrap
+
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -17,8 +19,8 @@ from textual.widgets import Footer, Header, Log, Static
 
 from qlora_tui.core.device import Gpus
 from qlora_tui.core.errors import UserFacingError
-from qlora_tui.runner.resume_rule import plan_resume
-from qlora_tui.runner.rundir import RunDir, RunSummary
+from qlora_tui.runner.resume_rule import plan_resume, registered_note
+from qlora_tui.runner.rundir import ACTIVE, RunDir, RunSummary
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.watch import RunFollower
 from qlora_tui.tui.widgets.cards import MetricCards
@@ -31,6 +33,17 @@ METRIC_SERIES = {"rewards/accuracies": "green", "rewards/margins": "blue", "accu
                  "kl": "red", "align/accuracy": "magenta", "align/reward": "magenta", "align/greedy_reward": "yellow"}
 SUPERSEDED_STYLE = "grey42"  # steps an earlier life logged and a resumed one did again
 CRASH_LOG_LINES = 4
+
+
+def wrap_lines(lines: list[str], width: int) -> list[str]:
+    """Lines folded to `width` (a Log does not wrap, and a checkpoint's path runs past 80 columns)."""
+    if width < 20:
+        return lines
+    out = []
+    for line in lines:
+        out += textwrap.wrap(line, width, subsequent_indent="    ", break_on_hyphens=False,
+                             drop_whitespace=False) or [line]
+    return out
 
 
 def resume_sentence(follower: RunFollower) -> str:
@@ -52,7 +65,7 @@ def status_line(follower: RunFollower) -> Text:
     if s.reference and status in ("running", "starting"):
         text.append(f"\nreference: {s.reference}", style="dim")
     if status == "done":
-        text.append(f"\nregistered {s.registry_ref}: {s.adapter_path}", style="cyan")
+        text.append(f"\n{registered_note(s)}: {s.adapter_path}", style="cyan")
     elif status == "stopping":
         text.append("\nstopping: it saves a checkpoint at the end of its step (while starting, between stages)",
                     style="yellow")
@@ -149,13 +162,14 @@ class MonitorScreen(ShowsWorkerErrors, Screen[None]):
             lines += ["runner.log ends with:", *(f"  {line}" for line in self.run.log_tail(CRASH_LOG_LINES))]
         self.crash_shown = crashed
         if lines:
-            self.query_one(Log).write_lines(lines)
+            log = self.query_one(Log)
+            log.write_lines(wrap_lines(lines, log.scrollable_content_region.width))
 
     def repaint(self) -> None:
         assert self.follower is not None
         state = self.follower.state
         self.query_one("#run-status", Static).update(status_line(self.follower))
-        self.query_one(MetricCards).show(state)
+        self.query_one(MetricCards).show(state, live=self.follower.status in ACTIVE)
         loss = [Series("loss", state.loss_history, "cyan")]
         if state.eval_history:
             loss.append(Series("eval", state.eval_history, "magenta"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from qlora_tui.core.profile.validate import check_profile_name, parse_field_text
 from qlora_tui.runner.launch import start_run
 from qlora_tui.tui.screens.dialogs import AskText, Confirm
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
+from qlora_tui.tui.widgets.plan_text import compact_plan
 
 TOP_FIELDS = ("name", "description")
 PLAN_DELAY_S = 0.4  # the plan waits for a pause in typing: a half-typed model id never starts a Hub lookup
@@ -46,43 +48,26 @@ def text_of(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-SHORT_NAMES = {"activations, not checkpointed": "activations", "activations, checkpointed": "activations (ckpt)",
-               "CUDA context and kernels": "CUDA context", "base: embeddings, head, norms": "base: embed/head/norms",
-               "reward model (second base)": "reward model"}
-
-
-def compact_plan(plan: Any, width: int = 30) -> str:
-    """The estimator's plan in a box `width` columns wide: counted components, total, and the verdict."""
-    name_w = max(6, width - 8)
-    params = plan.total_params
-    count = f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M" if params >= 1e6 else f"{params:,}"
-    lines = [f"{plan.model_id}", f"{count} params, {plan.quantization}", ""]
-    for component in plan.components:
-        if component.counted and component.gb >= 0.005:
-            name = SHORT_NAMES.get(component.name, component.name)
-            lines.append(f"{name[:name_w]:<{name_w}} {component.gb:6.2f}")
-    lines.append(f"{'total (GB)'[:name_w]:<{name_w}} {plan.total_gb:6.2f}")
-    if plan.fits is None:
-        lines.append("\nno GPU detected: press g for a card size")
-    elif plan.fits:
-        lines.append(f"\n[green]fits a {plan.gpu_gb:.0f} GB card, {plan.spare_gb:.1f} GB spare[/green]")
-    else:
-        lines.append(f"\n[red]does not fit a {plan.gpu_gb:.0f} GB card[/red]")
-    gc = {True: "on", False: "off", "offload": "offloaded"}.get(plan.gradient_checkpointing, "on")
-    lines.append(f"gradient checkpointing {gc}; {plan.total_gb_other_checkpointing:.1f} GB if "
-                 f"{'off' if gc != 'off' else 'on'}")
-    return "\n".join(lines)
+def free_profile_name(home: Path, name: str) -> str:
+    """`name`, or NAME-2, NAME-3...: the first that is neither a shipped profile nor one of the user's."""
+    taken = {path.stem for _origin, path in list_profiles(home)}
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
 
 
 class NewRunScreen(ShowsWorkerErrors, Screen[None]):
     CSS_PATH = "new_run.tcss"
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (80, "-wide")]  # under 80 columns the labels and plan shrink
+    # under 80 columns the labels and the plan shrink; from 110 the plan widens rather than the fields
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (80, "-wide"), (110, "-wider")]
     BINDINGS = [
-        Binding("ctrl+s", "save", "Save profile"),
+        Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+l", "launch", "Launch"),
-        Binding("ctrl+o", "preview_data", "Data preview"),
+        Binding("ctrl+o", "preview_data", "Preview"),
         Binding("ctrl+r", "enqueue", "Queue"),
-        Binding("g", "card_size", "Card GB"),
+        Binding("g", "card_size", "Card GB", show=False),  # the plan names it; the footer fits 80 columns
     ]
     PALETTE = [("Save as profile", "Write the form to a profile file (ctrl+s)", "action_save"),
                ("Launch run", "Start this profile in the background (ctrl+l)", "action_launch"),
@@ -105,12 +90,13 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
         self._loaded_from = ""
         self.plan_request = 0  # only the newest request's plan is shown (older workers may finish later)
         self._plan_timer: Timer | None = None
+        self._pending_plan: Callable[[], None] | None = None  # what the timer will do, unless a field is left first
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="new-run"):
             with VerticalScroll(id="profile-form"):
-                with Horizontal(classes="field-row"):
+                with Horizontal(classes="field-row", id="profile-select-row"):
                     yield Label("start from", classes="field-label")
                     yield Select[str]([], prompt="choose a profile", id="profile-select")
                 yield Vertical(id="fields")
@@ -169,8 +155,6 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
     def _loaded(self) -> None:
         self._loading = False
         self._loaded_from = ""
-        self.plan_request = 0  # only the newest request's plan is shown (older workers may finish later)
-        self._plan_timer: Timer | None = None
         self.show_method_options()
         self.update_plan()
 
@@ -286,7 +270,21 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
         status.update("[green]profile is valid[/green]")
         request, card_gb = self.plan_request, self.card_gb
         width = self.query_one("#plan", Static).size.width or 30
-        self._plan_timer = self.set_timer(PLAN_DELAY_S, lambda: self.estimate(profile, card_gb, request, width))
+
+        def plan() -> None:
+            self._pending_plan = None
+            self.estimate(profile, card_gb, request, width)
+
+        self._pending_plan = plan
+        self._plan_timer = self.set_timer(PLAN_DELAY_S, plan)
+
+    @on(Input.Blurred)
+    def field_left(self) -> None:
+        """Leaving a field plans at once: the pause in typing only waits for a value to be whole."""
+        if self._pending_plan is not None:
+            if self._plan_timer is not None:
+                self._plan_timer.stop()
+            self._pending_plan()
 
     @work(thread=True, group="estimate", exit_on_error=False)
     def estimate(self, profile: Profile, card_gb: float | None, request: int, width: int = 30) -> None:
@@ -350,7 +348,8 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
             else:
                 write(path)
 
-        self.app.push_screen(AskText("Save as profile (a name for your profiles folder)", profile.name), chosen)
+        self.app.push_screen(AskText("Save as profile (a name for your profiles folder)",
+                                     free_profile_name(self.app.home, profile.name)), chosen)  # type: ignore[attr-defined]
 
     def action_preview_data(self) -> None:
         from qlora_tui.tui.screens.data_preview import DataPreviewScreen

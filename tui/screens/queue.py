@@ -17,11 +17,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
-from textual.screen import ModalScreen, Screen
+from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, SelectionList, Static
 
 from qlora_tui.core.errors import UserFacingError
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
+from qlora_tui.tui.screens.modal import Dialog
 
 COLUMNS = ("id", "profile", "state", "run", "step", "added", "note")
 STATE_STYLE = {"running": "bold green", "queued": "", "failed": "bold red", "ended": "dim"}
@@ -44,7 +45,7 @@ def read_queue(home: Path) -> tuple[list[dict[str, Any]], int | None]:
     return [entry_row(home, entry) for entry in list_entries(home)], queue_runner_pid(home)
 
 
-class PickProfiles(ModalScreen[list[str] | None]):
+class PickProfiles(Dialog[list[str] | None]):
     """Space picks profiles, enter queues them in the order shown, escape cancels."""
 
     BINDINGS = [Binding("enter", "ok", "Queue them", priority=True), Binding("escape", "cancel", "Cancel")]

@@ -13,8 +13,9 @@ from typing import Literal, Protocol
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Static
+
+from qlora_tui.tui.screens.modal import Dialog
 
 QuitChoice = Literal["leave", "stop"]
 
@@ -45,7 +46,7 @@ def let_go(jobs: list[ChildJob], choice: QuitChoice) -> None:
             job.cancel()
 
 
-class AskQuit(ModalScreen[QuitChoice | None]):
+class AskQuit(Dialog[QuitChoice | None]):
     """Names each running child and what quitting does to it; l leaves, s stops, escape stays."""
 
     BINDINGS = [Binding("l", "answer('leave')", "Quit, leave running"),

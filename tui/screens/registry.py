@@ -8,7 +8,6 @@ post messages; the handlers here change what is shown.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from rich.text import Text
@@ -18,16 +17,24 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, Header, ProgressBar, Static, Tree
+from textual.widgets.tree import TreeNode
 from textual.worker import Worker
 
 from qlora_tui.registry.errors import RegistryError
 from qlora_tui.registry.records import AdapterVersion
 from qlora_tui.registry.store import Store, open_store
-from qlora_tui.tui.format import number, size, timestamp
 from qlora_tui.tui.jobs import WorkerJob
 from qlora_tui.tui.screens.dialogs import AskMerge, AskPush, Confirm, MergeOptions, PushOptions
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
+from qlora_tui.tui.screens.on_show import ReadsOnShow
+from qlora_tui.tui.widgets.version_details import details_text
+
+# Up to this many versions every adapter's group starts open; beyond, only the one on show (the others open with
+# enter): the tree lays out and measures every open row before it paints one.
+OPEN_ALL_UP_TO = 200
+JOB_STATUS_S = 15.0  # how long a finished job's line stays under the details (its toast stays 10 s)
 
 
 def merge_args(ref: str, options: MergeOptions) -> list[str]:
@@ -35,49 +42,21 @@ def merge_args(ref: str, options: MergeOptions) -> list[str]:
             options.base_weights] + (["--force"] if options.force else [])
 
 
-def details_text(version: AdapterVersion, lineage: list[str]) -> Text:
-    text = Text()
-    text.append(f"{version.ref}", style="bold")
-    text.append(f"  ({version.kind})\n", style="dim")
-    for warning in version.extra.get("warnings") or []:
-        text.append(f"warning: {warning}\n", style="bold yellow")
-    rows = [
-        ("base model", version.base_model + (f"  [{version.base_revision}]" if version.base_revision else "")),
-        ("method", version.method or "-"),
-        ("created", timestamp(version.created)),
-        ("lineage", " -> ".join(lineage)),
-        ("data set", version.dataset or "-"),
-        ("data fingerprint", version.dataset_fingerprint or "-"),
-        ("run", version.run_id or "-"),
-        ("aliases", ", ".join(version.aliases) or "-"),
-        ("size", size(version.size_bytes)),
-        ("path", str(version.path)),
-    ]
-    for key, value in rows:
-        text.append(f"{key}: ", style="dim")
-        text.append(f"{value}\n")
-    if version.metrics:
-        text.append("\nmetrics\n", style="bold")
-        for key, value in sorted(version.metrics.items()):
-            shown = number(value) if isinstance(value, (int, float)) else json.dumps(value)
-            text.append(f"  {key}: {shown}\n")
-    for key, value in sorted((k, v) for k, v in version.extra.items() if k != "warnings"):
-        text.append(f"\n{key}: ", style="bold")
-        text.append(json.dumps(value) if not isinstance(value, str) else value)
-    text.append("\n\nfiles\n", style="bold")
-    for f in version.files:
-        text.append(f"  {f.path}  {size(f.size)}  {f.sha256[:12]}\n")
-    if version.pushes:
-        text.append("\nHub pushes\n", style="bold")
-        for p in version.pushes:
-            text.append(f"  {p.repo}  {p.commit_id[:12]}  {p.url}  {timestamp(p.pushed)}\n")
-    if version.profile:
-        text.append("\nprofile\n", style="bold")
-        text.append(version.profile, style="dim")
-    return text
+def group_name(node: TreeNode[str]) -> str:
+    """The adapter name of a group's row ("demo  (3)" -> "demo"; a name has no spaces)."""
+    return str(node.label).rsplit("  (", 1)[0]
 
 
-class RegistryScreen(ShowsWorkerErrors, Screen[None]):
+def put_cursor_on(tree: Tree[str], node: TreeNode[str]) -> None:
+    """Move the cursor to `node` now, with the tree's lines numbered first.
+
+    Tree numbers its lines lazily; moving to a node not yet numbered (line -1) put the cursor on the first row.
+    """
+    if tree.last_line >= 0:  # reading last_line numbers the lines
+        tree.move_cursor(node)
+
+
+class RegistryScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
     CSS_PATH = "registry.tcss"
     BINDINGS = [
         Binding("m", "merge", "Merge"),
@@ -121,6 +100,9 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
         super().__init__()
         self.versions: dict[str, AdapterVersion] = {}
         self.busy = False
+        self.status_timer: Timer | None = None  # clears a finished job's line, which would stay for good
+        self.opened_names: set[str] = set()  # adapters the user opened (enter) or closed: kept so on reload
+        self.closed_names: set[str] = set()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -137,9 +119,8 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
     def on_mount(self) -> None:
         self.query_one(ProgressBar).display = False
         self.query_one(Tree).show_root = False
-        self.reload()
 
-    def on_screen_resume(self) -> None:
+    def read_on_show(self) -> None:
         self.reload()
 
     def open_store(self) -> Store:
@@ -153,23 +134,42 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
     def on_registry_screen_loaded(self, message: Loaded) -> None:
         tree = self.query_one(Tree)
         selected = self.selected_ref()
-        tree.clear()
         self.versions = {v.ref: v for v in message.versions}
-        names: dict[str, Any] = {}
-        leaves: dict[str, Any] = {}
+        groups: dict[str, list[AdapterVersion]] = {}
         for version in message.versions:
-            if version.name not in names:
-                names[version.name] = tree.root.add(version.name, expand=True)
-            label = f"@{version.number}  {version.kind}  {version.method}"
-            if version.aliases:
-                label += f"  [{', '.join(version.aliases)}]"
-            leaves[version.ref] = names[version.name].add_leaf(label, data=version.ref)
-        if not message.versions:
+            groups.setdefault(version.name, []).append(version)
+        target = self.versions.get(selected or "") or next(iter(self.versions.values()), None)
+        if len(message.versions) <= OPEN_ALL_UP_TO:
+            shown = set(groups) - self.closed_names
+        else:  # a big registry: the adapter on show and those opened before (with enter, or shown)
+            shown = self.opened_names | ({target.name} if target else set())
+            self.opened_names = set(shown)
+        if target is not None:
+            shown.add(target.name)
+        tree.clear()
+        leaves: dict[str, TreeNode[str]] = {}
+        for name, versions in groups.items():  # Text labels: a str is read as markup, and "[best]" vanished
+            group = tree.root.add(Text(f"{name}  ({len(versions)})"), expand=name in shown)
+            for version in versions:
+                label = f"@{version.number}  {version.kind}  {version.method}"
+                if version.aliases:
+                    label += f"  [{', '.join(version.aliases)}]"
+                leaves[version.ref] = group.add_leaf(Text(label), data=version.ref)
+        if target is None:
             self.query_one("#details", Static).update("No adapters yet: a finished run registers its adapter.")
             return
         tree.focus()
-        target = leaves.get(selected or "") or next(iter(leaves.values()))
-        self.call_after_refresh(tree.move_cursor, target)
+        put_cursor_on(tree, leaves[target.ref])
+
+    def on_tree_node_expanded(self, event: Tree.NodeExpanded[str]) -> None:
+        if event.node.data is None:  # an adapter's name: it stays open when the view reloads
+            self.opened_names.add(group_name(event.node))
+            self.closed_names.discard(group_name(event.node))
+
+    def on_tree_node_collapsed(self, event: Tree.NodeCollapsed[str]) -> None:
+        if event.node.data is None:
+            self.closed_names.add(group_name(event.node))
+            self.opened_names.discard(group_name(event.node))
 
     def selected_ref(self) -> str | None:
         node = self.query_one(Tree).cursor_node
@@ -213,6 +213,8 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
             self.query_one("#job-status", Static).update("")
 
     def on_registry_screen_job_progress(self, message: JobProgress) -> None:
+        if self.status_timer is not None:
+            self.status_timer.stop()
         self.query_one("#job-status", Static).update(message.message)
         bar = self.query_one(ProgressBar)
         bar.display = message.fraction is not None
@@ -225,6 +227,10 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
         status = self.query_one("#job-status", Static)
         status.update(Text(message.message, style="green" if message.ok else "red"))
         self.notify(message.message, severity="information" if message.ok else "error", timeout=10)
+        if self.status_timer is not None:
+            self.status_timer.stop()
+        if message.ok:  # a failure stays until the next job: it may need reading twice
+            self.status_timer = self.set_timer(JOB_STATUS_S, lambda: status.update(""))
         self.reload()
 
     def action_merge(self) -> None:
@@ -312,7 +318,10 @@ class RegistryScreen(ShowsWorkerErrors, Screen[None]):
     def on_registry_screen_delete_checked(self, message: DeleteChecked) -> None:
         ref, children = message.ref, message.children
         question = f"Delete {ref}? Its files are removed from the registry."
-        if children:
+        if len(children) == 1:
+            question += (f"\n{children[0]} derives from it: it keeps working, and its lineage will say that {ref} "
+                         "was deleted.")
+        elif children:
             question += (f"\n{', '.join(children)} derive from it: they keep working, and their lineage will say "
                          f"that {ref} was deleted.")
 

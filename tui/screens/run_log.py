@@ -12,6 +12,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Log, Static
 
 from qlora_tui.runner.rundir import RunDir
+from qlora_tui.tui.screens.monitor import wrap_lines
 from qlora_tui.tui.watch import RunFollower
 
 POLL_S = 0.5
@@ -20,7 +21,8 @@ LOG_BYTES = 1 << 22  # the last 4 MB of runner.log: its whole story for any run 
 
 class RunLogScreen(Screen[None]):
     CSS_PATH = "run_views.tcss"
-    BINDINGS = [Binding("escape,l", "app.pop_screen", "Back"), Binding("tab", "focus_next", "Other pane")]
+    # app.focus_next: a Screen has no focus_next action, and a binding to one does nothing
+    BINDINGS = [Binding("escape,l", "app.pop_screen", "Back"), Binding("tab", "app.focus_next", "Other pane")]
 
     def __init__(self, follower: RunFollower) -> None:
         super().__init__()
@@ -38,7 +40,7 @@ class RunLogScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.follower.log_offset = 0  # from the start (of its last 4 MB), however often this view is opened
-        self.follow()
+        self.call_after_refresh(self.follow)  # once laid out: the messages are folded to the pane's width
         self.set_interval(POLL_S, self.follow)
         self.query_one("#full-log", Log).focus()
 
@@ -48,7 +50,8 @@ class RunLogScreen(Screen[None]):
         messages = self.follower.messages[self.shown:]
         self.shown = len(self.follower.messages)
         if messages:
-            self.query_one("#all-messages", Log).write_lines(messages)
+            pane = self.query_one("#all-messages", Log)
+            pane.write_lines(wrap_lines(messages, pane.scrollable_content_region.width))
         lines = self.follower.new_log_lines(max_bytes=LOG_BYTES)
         if lines:
             self.query_one("#full-log", Log).write_lines(lines)

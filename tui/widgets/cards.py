@@ -10,7 +10,8 @@ from qlora_tui.runner.events import RunState
 from qlora_tui.tui.format import duration, number, percent
 
 
-def card_values(state: RunState) -> list[tuple[str, str]]:
+def card_values(state: RunState, live: bool = True) -> list[tuple[str, str]]:
+    """The cards of a run; the last step's rate and the ETA only while it is `live` (after, they are stale)."""
     gpu = "-" if state.gpu_mem_gb is None else f"{state.gpu_mem_gb:.1f}/{state.gpu_mem_peak_gb or 0:.1f} GB"
     values = [
         ("step", f"{state.step}/{state.max_steps or '?'}"),
@@ -18,10 +19,12 @@ def card_values(state: RunState) -> list[tuple[str, str]]:
         ("loss", number(state.loss)),
         ("lr", "-" if state.lr is None else f"{state.lr:.2e}"),
         ("grad norm", number(state.grad_norm)),
-        ("tokens/s", "-" if state.tokens_per_s is None else f"{state.tokens_per_s:,.0f}"),
-        ("ETA", duration(state.eta_s)),
-        ("GPU mem", gpu),
     ]
+    if live:
+        values.append(("tok/s now", "-" if state.tokens_per_s is None else f"{state.tokens_per_s:,.0f}"))
+    if state.tokens_per_s_avg is not None:
+        values.append(("tok/s avg", f"{state.tokens_per_s_avg:,.0f}"))
+    values += [("ETA", duration(state.eta_s) if live else "-"), ("GPU mem", gpu)]
     values += throughput_values(state)
     if state.eval_loss is not None:
         values.append(("eval loss", number(state.eval_loss)))
@@ -32,12 +35,9 @@ def card_values(state: RunState) -> list[tuple[str, str]]:
 
 
 def throughput_values(state: RunState) -> list[tuple[str, str]]:
-    """Run-average real tokens/s, MFU and HFU, and peak reserved GPU memory (a CPU run: peak RSS), where the events
-    carry them."""
+    """MFU and HFU, and peak reserved GPU memory (a CPU run: peak RSS), where the events carry them."""
     seen = {**state.metrics, **state.summary}
     values = []
-    if isinstance(seen.get("tokens_per_s_avg"), (int, float)):
-        values.append(("tok/s avg", f"{seen['tokens_per_s_avg']:,.0f}"))
     for label, key in (("MFU", "mfu_pct"), ("HFU", "hfu_pct")):
         value = seen.get(f"{key}_avg", seen.get(key))
         if isinstance(value, (int, float)):
@@ -53,14 +53,15 @@ class MetricCards(Static):
     """Label over value, as many columns as the width allows (laid out again when the terminal is resized)."""
 
     state: RunState | None = None
+    live = True
 
     def on_resize(self) -> None:
         if self.state is not None:
-            self.show(self.state)
+            self.show(self.state, self.live)
 
-    def show(self, state: RunState) -> None:
-        self.state = state
-        values = card_values(state)
+    def show(self, state: RunState, live: bool = True) -> None:
+        self.state, self.live = state, live
+        values = card_values(state, live)
         columns = max(1, min(len(values), (self.size.width or 80) // 15))
         table = Table.grid(expand=True, padding=(0, 1))
         for _ in range(columns):
