@@ -26,7 +26,8 @@ OLD_TOP_LEVEL = ("runner", "registry", "tui", "core")
 RUNNER_FACE = (
     "qlora_tui.runner.events", "qlora_tui.runner.rundir", "qlora_tui.runner.launch", "qlora_tui.runner.resume_rule",
     "qlora_tui.runner.queue.entries", "qlora_tui.runner.queue.runner", "qlora_tui.runner.dist.plan",
-    "qlora_tui.runner.dist.slurm", "qlora_tui.runner.estimate.memory", "qlora_tui.runner.data.preflight",
+    "qlora_tui.runner.dist.slurm", "qlora_tui.runner.estimate.memory", "qlora_tui.runner.estimate.plan",
+    "qlora_tui.runner.data.preflight",
     "qlora_tui.runner.data.preview",
 )
 REGISTRY_LIGHT = ("store", "records", "errors", "staging", "integrity", "diff", "basemodel", "quant", "worker")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -85,3 +86,14 @@ def plain_value(value: Any) -> str:
     if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
         return ", ".join(plain_value(v) if isinstance(v, float) else str(v) for v in value) or "-"
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def wrap_lines(lines: list[str], width: int) -> list[str]:
+    """Lines folded to `width` (a Log does not wrap, and a checkpoint's path runs past 80 columns)."""
+    if width < 20:
+        return lines
+    out = []
+    for line in lines:
+        out += textwrap.wrap(line, width, subsequent_indent="    ", break_on_hyphens=False,
+                             drop_whitespace=False) or [line]
+    return out

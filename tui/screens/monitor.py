@@ -6,8 +6,6 @@ only what was appended and repaints everything in one go. `l` opens the full log
 
 from __future__ import annotations
 
-import textwrap
-
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -21,6 +19,7 @@ from qlora_tui.core.device import Gpus
 from qlora_tui.core.errors import UserFacingError
 from qlora_tui.runner.resume_rule import plan_resume, registered_note
 from qlora_tui.runner.rundir import ACTIVE, RunDir, RunSummary
+from qlora_tui.tui.format import wrap_lines
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.watch import RunFollower
 from qlora_tui.tui.widgets.cards import MetricCards
@@ -33,17 +32,6 @@ METRIC_SERIES = {"rewards/accuracies": "green", "rewards/margins": "blue", "accu
                  "kl": "red", "align/accuracy": "magenta", "align/reward": "magenta", "align/greedy_reward": "yellow"}
 SUPERSEDED_STYLE = "grey42"  # steps an earlier life logged and a resumed one did again
 CRASH_LOG_LINES = 4
-
-
-def wrap_lines(lines: list[str], width: int) -> list[str]:
-    """Lines folded to `width` (a Log does not wrap, and a checkpoint's path runs past 80 columns)."""
-    if width < 20:
-        return lines
-    out = []
-    for line in lines:
-        out += textwrap.wrap(line, width, subsequent_indent="    ", break_on_hyphens=False,
-                             drop_whitespace=False) or [line]
-    return out
 
 
 def resume_sentence(follower: RunFollower) -> str:

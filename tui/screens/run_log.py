@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Log, Static
 
 from qlora_tui.runner.rundir import RunDir
-from qlora_tui.tui.screens.monitor import wrap_lines
+from qlora_tui.tui.format import wrap_lines
 from qlora_tui.tui.watch import RunFollower
 
 POLL_S = 0.5
