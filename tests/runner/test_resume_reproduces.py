@@ -28,8 +28,9 @@ from tests.conftest import ROOT, _start_with_env, quick_profile, run_to_end, wai
 from tests.runner.helpers import events_of, last_step, wait_until
 
 SLOW = {"QLORA_TUI_STEP_DELAY": "0.15"}
-VOLATILE = {"tokens_per_s", "tokens_per_s_avg", "eta_s", "mfu_pct", "t", "seq", "v", "tokens_seen",
-            "cpu_rss_gb", "gpu_mem_gb", "gpu_mem_peak_gb"}  # clock and process counters, not the trajectory
+VOLATILE = {"tokens_per_s", "tokens_per_s_avg", "eta_s", "mfu_pct", "hfu_pct", "t", "seq", "v", "tokens_seen",
+            "cpu_rss_gb", "rss_gb", "rss_peak_gb", "gpu_mem_gb", "gpu_mem_peak_gb", "gpu_mem_reserved_gb",
+            "gpu_mem_reserved_peak_gb"}  # clock and process counters, not the trajectory
 
 
 def trajectory(run: RunDir) -> dict[str, dict[int, dict[str, Any]]]:
