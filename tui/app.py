@@ -20,6 +20,7 @@ from textual.theme import Theme
 from textual.widgets import Input
 
 from qlora_tui.runner.rundir import RunDir
+from qlora_tui.tui.keys import palette_commands
 from qlora_tui.tui.screens.help import HelpScreen
 from qlora_tui.tui.screens.quit import AskQuit, ChildJob, QuitChoice, let_go
 from qlora_tui.tui.screens.runs import RunsScreen
@@ -251,9 +252,8 @@ class QloraApp(App[None]):
         yield SystemCommand("Help", "Keys of every screen (?)", self.action_help)
         yield SystemCommand("Toggle dark/light theme", "Switch between the dark and the light theme (t)",
                             self.action_toggle_theme)
-        for action in getattr(screen, "PALETTE", ()):
-            title, help_text, method = action
-            yield SystemCommand(title, help_text, getattr(screen, method))
+        for title, help_text, callback in palette_commands(screen):
+            yield SystemCommand(title, help_text, callback)
 
 def make_app(home: Path, preloaded: PreloadedRuns | None = None) -> QloraApp:
     return QloraApp(home, preloaded)

@@ -111,3 +111,31 @@ async def test_every_footer_shows_each_of_its_keys_whole(tmp_path: Path, size: t
             missing = [item for item in footer_items(app) if item not in footer]
             assert not missing, f"{view}: {missing} not in {footer!r}"
             assert footer.rstrip().endswith("^p palette"), f"{view}: {footer!r}"
+
+
+SCREENS = (RunsScreen, NewRunScreen, RegistryScreen, CompareScreen, QueueScreen, EvalScreen, MonitorScreen)
+
+
+def test_each_screen_s_palette_commands_are_its_keys() -> None:
+    """A screen's keys are defined once (tui/keys.py Command): each palette entry names the key that does the same,
+    and every key a screen shows in its footer is in the palette."""
+    from qlora_tui.tui.keys import Command
+
+    for screen in SCREENS:
+        commands = [b for b in screen.BINDINGS if isinstance(b, Command)]
+        assert commands, screen.__name__
+        shown = [b for b in screen.BINDINGS if getattr(b, "show", True) and b.action != "app.pop_screen"]
+        assert all(isinstance(b, Command) for b in shown), screen.__name__
+        for command in commands:
+            assert command.title and command.help and not command.help.endswith(")"), command
+
+
+async def test_a_palette_command_runs_the_screen_s_action(tmp_path: Path) -> None:
+    home = build_demo_home(tmp_path / "home")
+    app = make_app(home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("2")
+        await until(pilot, lambda: isinstance(app.screen, NewRunScreen), "New run")
+        (save,) = [c for c in app.get_system_commands(app.screen) if c.title == "Save as profile"]
+        assert save.help == "Write the form to a profile file (ctrl+s)"
+        assert save.callback == app.screen.action_save  # the very action ctrl+s runs

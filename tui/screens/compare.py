@@ -16,7 +16,6 @@ from typing import Any
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
@@ -25,6 +24,7 @@ from textual.worker import Worker
 
 from qlora_tui.registry.records import AdapterVersion
 from qlora_tui.registry.store import open_store
+from qlora_tui.tui.keys import Command
 from qlora_tui.tui.playground import PlaygroundWorker
 from qlora_tui.tui.screens.dialogs import Confirm
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
@@ -35,15 +35,16 @@ from qlora_tui.tui.widgets.version_list import compare_choices, refill, unpickab
 
 class CompareScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
     AUTO_FOCUS = "#versions"  # not the prompt box: it would take the number keys that switch screens
-    BINDINGS = [Binding("ctrl+g", "generate", "Generate"),
-                Binding("ctrl+t", "toggle_chat", "Chat"),
-                Binding("ctrl+n", "new_chat", "New chat"),
-                Binding("ctrl+r", "toggle_raw", "Raw")]
-    PALETTE = [("Generate comparison", "Base and chosen versions answer the prompt (ctrl+g)", "action_generate"),
-               ("Toggle chat mode", "Keep each pane's conversation, turn after turn (ctrl+t)", "action_toggle_chat"),
-               ("New chat", "Forget the conversation; the models stay loaded (ctrl+n)", "action_new_chat"),
-               ("Toggle raw prompt", "Send the prompt as typed, or through the chat template (ctrl+r)",
-                "action_toggle_raw")]
+    BINDINGS = [
+        Command("ctrl+g", "generate", "Generate",
+                title="Generate comparison", help="Base and chosen versions answer the prompt"),
+        Command("ctrl+t", "toggle_chat", "Chat",
+                title="Toggle chat mode", help="Keep each pane's conversation, turn after turn"),
+        Command("ctrl+n", "new_chat", "New chat",
+                title="New chat", help="Forget the conversation; the models stay loaded"),
+        Command("ctrl+r", "toggle_raw", "Raw",
+                title="Toggle raw prompt", help="Send the prompt as typed, or through the chat template"),
+    ]
 
     class Streamed(Message):
         def __init__(self, line: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from textual.widgets import DataTable, Footer, Header, Label, Select, SelectionL
 from textual.worker import Worker
 
 from qlora_tui.tui.jobs import run_worker
+from qlora_tui.tui.keys import Command
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.screens.modal import Dialog
 from qlora_tui.tui.screens.on_show import ReadsOnShow
@@ -74,9 +75,11 @@ def answers_table(answers: list[tuple[str, dict[str, Any]]]) -> Table:
 
 class EvalScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
     AUTO_FOCUS = "#eval-sets"
-    BINDINGS = [Binding("ctrl+g", "run", "Run eval")]
-    PALETTE = [("Run eval", "Base and picked versions answer the prompt set (ctrl+g)", "action_run"),
-               ("Read answers", "The selected prompt's answers side by side (enter)", "action_answers")]
+    BINDINGS = [
+        Command("ctrl+g", "run", "Run eval", title='Run eval', help='Base and picked versions answer the prompt set'),
+        Command('enter', 'answers', 'Read', show=False,
+                title='Read answers', help="The selected prompt's answers side by side"),
+    ]
 
     class Streamed(Message):
         def __init__(self, line: dict[str, Any]) -> None:

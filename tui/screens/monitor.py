@@ -20,6 +20,7 @@ from qlora_tui.core.errors import UserFacingError
 from qlora_tui.runner.resume_rule import plan_resume, registered_note
 from qlora_tui.runner.rundir import ACTIVE, RunDir, RunSummary
 from qlora_tui.tui.format import wrap_lines
+from qlora_tui.tui.keys import Command
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.watch import RunFollower
 from qlora_tui.tui.widgets.cards import MetricCards
@@ -77,13 +78,11 @@ class MonitorScreen(ShowsWorkerErrors, Screen[None]):
     CSS_PATH = "monitor.tcss"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
-        Binding("s", "stop", "Stop"),
-        Binding("r", "resume", "Resume"),
-        Binding("l", "full_log", "Log"),
+        Command("s", "stop", "Stop", title='Stop this run', help='Checkpoint and stop'),
+        Command("r", "resume", "Resume", title='Resume this run', help='Continue from the newest complete checkpoint'),
+        Command("l", "full_log", "Log",
+                title='Full log of this run', help="All the runner's messages and runner.log, scrollable"),
     ]
-    PALETTE = [("Stop this run", "Checkpoint and stop (s)", "action_stop"),
-               ("Resume this run", "Continue from the newest complete checkpoint (r)", "action_resume"),
-               ("Full log of this run", "All the runner's messages and runner.log, scrollable (l)", "action_full_log")]
 
     class HistoryLoaded(Message):
         def __init__(self, follower: RunFollower) -> None:

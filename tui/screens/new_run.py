@@ -30,6 +30,7 @@ from qlora_tui.core.profile.schema import SECTIONS, Profile
 from qlora_tui.core.profile.shipped import list_profiles
 from qlora_tui.core.profile.validate import check_profile_name, parse_field_text, profile_from_dict
 from qlora_tui.runner.launch import start_run
+from qlora_tui.tui.keys import Command
 from qlora_tui.tui.screens.dialogs import AskText, Confirm
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.widgets.plan_text import compact_plan
@@ -63,17 +64,13 @@ class NewRunScreen(ShowsWorkerErrors, Screen[None]):
     # under 80 columns the labels and the plan shrink; from 110 the plan widens rather than the fields
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (80, "-wide"), (110, "-wider")]
     BINDINGS = [
-        Binding("ctrl+s", "save", "Save"),
-        Binding("ctrl+l", "launch", "Launch"),
-        Binding("ctrl+o", "preview_data", "Preview"),
-        Binding("ctrl+r", "enqueue", "Queue"),
+        Command("ctrl+s", "save", "Save", title='Save as profile', help='Write the form to a profile file'),
+        Command("ctrl+l", "launch", "Launch", title='Launch run', help='Start this profile in the background'),
+        Command("ctrl+o", "preview_data", "Preview",
+                title='Preview the data', help='First rows after the chat template, what trains, pre-flight counts'),
+        Command("ctrl+r", "enqueue", "Queue", title='Queue run', help='Start this profile after the queued runs'),
         Binding("g", "card_size", "Card GB", show=False),  # the plan names it; the footer fits 80 columns
     ]
-    PALETTE = [("Save as profile", "Write the form to a profile file (ctrl+s)", "action_save"),
-               ("Launch run", "Start this profile in the background (ctrl+l)", "action_launch"),
-               ("Preview the data", "First rows after the chat template, what trains, pre-flight counts (ctrl+o)",
-                "action_preview_data"),
-               ("Queue run", "Start this profile after the queued runs (ctrl+r)", "action_enqueue")]
 
     class PlanReady(Message):
         def __init__(self, text: str, fits: bool | None, request: int) -> None:

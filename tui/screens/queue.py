@@ -21,6 +21,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, SelectionList, Static
 
 from qlora_tui.core.errors import UserFacingError
+from qlora_tui.tui.keys import Command
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.screens.modal import Dialog
 
@@ -78,14 +79,14 @@ class PickProfiles(Dialog[list[str] | None]):
 
 class QueueScreen(ShowsWorkerErrors, Screen[None]):
     BINDINGS = [
-        Binding("a", "add", "Add"),
-        Binding("d,delete", "remove", "Remove"),
-        Binding("r", "resume", "Start runner"),
-        Binding("enter", "open_run", "Monitor"),
+        Command("a", "add", "Add", title='Queue profiles', help='Add profiles to the run queue'),
+        Command("d,delete", "remove", "Remove",
+                title='Remove queue entry', help='Take the selected entry out of the queue'),
+        Command("r", "resume", "Start runner",
+                title='Start queue runner', help='Start working through the queue again'),
+        Command("enter", "open_run", "Monitor", title="Open the running entry's monitor",
+                help="Loss curve, metrics and log of the run the queue is training"),
     ]
-    PALETTE = [("Queue profiles", "Add profiles to the run queue (a)", "action_add"),
-               ("Remove queue entry", "Take the selected entry out of the queue (d)", "action_remove"),
-               ("Start queue runner", "Start working through the queue again (r)", "action_resume")]
 
     class QueueRead(Message):
         def __init__(self, rows: list[dict[str, Any]], runner_pid: int | None) -> None:

@@ -13,7 +13,6 @@ from typing import Any
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
@@ -26,6 +25,7 @@ from qlora_tui.registry.errors import RegistryError
 from qlora_tui.registry.records import AdapterVersion
 from qlora_tui.registry.store import Store, open_store
 from qlora_tui.tui.jobs import WorkerJob
+from qlora_tui.tui.keys import Command
 from qlora_tui.tui.screens.dialogs import AskMerge, AskPush, Confirm, MergeOptions, PushOptions
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.screens.on_show import ReadsOnShow
@@ -59,17 +59,12 @@ def put_cursor_on(tree: Tree[str], node: TreeNode[str]) -> None:
 class RegistryScreen(ReadsOnShow, ShowsWorkerErrors, Screen[None]):
     CSS_PATH = "registry.tcss"
     BINDINGS = [
-        Binding("m", "merge", "Merge"),
-        Binding("c", "compare", "Compare"),
-        Binding("p", "push", "Push"),
-        Binding("d", "delete", "Delete"),
-        Binding("v", "verify", "Verify"),
+        Command("m", "merge", "Merge", title='Merge version', help='Merge the selected version into its base'),
+        Command("c", "compare", "Compare", title='Compare version', help='Compare the selected version with its base'),
+        Command("p", "push", "Push", title='Push version', help='Push the selected version to the Hub'),
+        Command("d", "delete", "Delete", title='Delete version', help='Delete the selected version'),
+        Command("v", "verify", "Verify", title='Verify version', help="Re-hash the selected version's files"),
     ]
-    PALETTE = [("Merge version", "Merge the selected version into its base (m)", "action_merge"),
-               ("Compare version", "Compare the selected version with its base (c)", "action_compare"),
-               ("Push version", "Push the selected version to the Hub (p)", "action_push"),
-               ("Delete version", "Delete the selected version (d)", "action_delete"),
-               ("Verify version", "Re-hash the selected version's files (v)", "action_verify")]
 
     class Loaded(Message):
         def __init__(self, versions: list[AdapterVersion]) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from qlora_tui.core.errors import UserFacingError
 from qlora_tui.runner.rundir import RunDir
+from qlora_tui.tui.keys import Command
 from qlora_tui.tui.run_cells import COLUMNS, cell_texts
 from qlora_tui.tui.screens.failures import ShowsWorkerErrors
 from qlora_tui.tui.watch import RunRow, RunsIndex
@@ -30,17 +30,16 @@ class RunsScreen(ShowsWorkerErrors, Screen[None]):
     """A table refreshed once a second from an incremental index (no file is re-read)."""
 
     BINDINGS = [
-        Binding("enter", "open_run", "Monitor"),
-        Binding("s", "stop_run", "Stop"),
-        Binding("r", "resume_run", "Resume"),
-        Binding("space", "mark_run", "Mark"),
-        Binding("c", "compare_runs", "Compare"),
+        Command("enter", "open_run", "Monitor",
+                title='Open run monitor', help='Loss curve, metrics and log of the selected run'),
+        Command("s", "stop_run", "Stop", title='Stop run', help='Ask the selected run to checkpoint and stop'),
+        Command("r", "resume_run", "Resume",
+                title='Resume run', help='Continue the selected run from its newest checkpoint'),
+        Command("space", "mark_run", "Mark",
+                title='Mark run', help='Choose the selected run for a loss-curve comparison'),
+        Command("c", "compare_runs", "Compare",
+                title='Compare marked runs', help='Their loss and eval curves in one chart'),
     ]
-    PALETTE = [("Open run monitor", "Loss curve, metrics and log of the selected run (enter)", "action_open_run"),
-               ("Stop run", "Ask the selected run to checkpoint and stop (s)", "action_stop_run"),
-               ("Resume run", "Continue the selected run from its newest checkpoint (r)", "action_resume_run"),
-               ("Mark run", "Choose the selected run for a loss-curve comparison (space)", "action_mark_run"),
-               ("Compare marked runs", "Their loss and eval curves in one chart (c)", "action_compare_runs")]
 
     class RunsLoaded(Message):
         def __init__(self, index: RunsIndex, older: list[RunDir]) -> None:
