@@ -20,6 +20,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Log, Select, SelectionList, Static
 
+from qlora_tui.core.builtin import ensure_builtin_model
 from qlora_tui.core.device import detect_gpu
 from qlora_tui.tui.app import QloraApp, make_app
 from qlora_tui.tui.screens.compare import CompareScreen
@@ -37,9 +38,14 @@ Snap = Callable[..., bool]
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder holding `home/`, built once: the app only reads it in these tests."""
+    """The folder holding `home/`, built once: the app only reads it in these tests.
+
+    The built-in model is built here, as any home that has run once holds it: data preview would build it (its
+    tokenizer) mid-module, and New run's plan counts the built model's real vocabulary, so the screens would
+    depend on the order the tests ran in."""
     root = tmp_path_factory.mktemp("snapshots")
     build_demo_home(root / "home")
+    ensure_builtin_model(root / "home", "builtin:tiny-llama")
     return root
 
 

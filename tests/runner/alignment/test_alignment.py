@@ -91,6 +91,7 @@ def test_preference_run_starts_from_the_sft_weights_not_a_fresh_lora(aligned_hom
     from qlora_tui.runner.alignment.measure import answer_logps
     from qlora_tui.runner.data.preference import to_alignment_examples
     from qlora_tui.runner.data.rows import read_rows
+    from qlora_tui.runner.model import keep_trainable_4bit_layout
 
     run = run_named(aligned_home, "dpo-on-sft")
     (baseline,) = events_of(run, "alignment_baseline")
@@ -101,6 +102,9 @@ def test_preference_run_starts_from_the_sft_weights_not_a_fresh_lora(aligned_hom
     base = AutoModelForCausalLM.from_pretrained(builtin_model_dir(aligned_home, "builtin:tiny-llama"),
                                                 quantization_config=quant, dtype=torch_dtype(compute))
     sft_path = open_store(aligned_home).get("quick@1").path
+    # the run keeps bitsandbytes' training layout (no CPU inference repack, whose bf16 kernel rounds ~0.03 apart
+    # on CPUs with AVX512-BF16); measure the same way, or the comparison depends on the machine
+    keep_trainable_4bit_layout(base)
     model = PeftModel.from_pretrained(base, str(sft_path)).eval()
     tokenizer = AutoTokenizer.from_pretrained(sft_path)
     first = pairs[:4]
